@@ -1,0 +1,36 @@
+"""`python -m replication <command> [...]`: one entry point for every step of the replication.
+
+Each command lives in the module named after the thing it does; this file only dispatches.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "demo-data": ("replication.data.demo", "generate the demo datasets in the six native formats"),
+    "prepare": ("replication.data.prepare", "crop faces and write manifest.csv + report.json"),
+    "pretrain": ("replication.pretrain", "demo only: CLIP-style pre-training of the tiny encoder"),
+    "counts": ("replication.accounting", "parameter counts and GFLOPs, thesis vs replicated"),
+    "train": ("replication.engine", "train/evaluate one method (resumable run folder)"),
+    "reproduce": ("replication.reproduce", "run the notebooks in chapter order with papermill"),
+    "bench": ("replication.bench", "GPU throughput/memory benchmark of every method"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: python -m replication <command> [options]\n\ncommands:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.cli(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

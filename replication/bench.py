@@ -1,0 +1,548 @@
+"""`python -m replication bench`: speed and memory of every adaptation method (issue 7).
+
+For each method of thesis §3.3–3.6.1 (LP, AP, FT4, LoRA, DoRA, MTLoRA), built with the three multi-task
+heads (age 9, gender 2, emotion 7 classes; §3.7) on the chosen PE-Core architecture with *random* weights
+and synthetic images, this measures
+
+* the training step (forward + backward + AdamW step, autocast in the chosen dtype, §3.7.1 masked
+  cross-entropy with §3.7.3 uncertainty weighting): images/s, peak GPU memory, achieved TFLOP/s and the
+  fraction of the card's bf16 matmul peak, measured in the same run;
+* inference of the deployable model: LoRA/DoRA merged into the backbone (``merge_adapters``; §3.6 "no
+  additional inference overhead"), MTLoRA with what it cannot merge (§3.6.1);
+* for LP, the feature-caching pass (the frozen backbone runs once, then only the heads train, §3.3),
+  and a training step on cached features;
+* optionally peft's LoRA/DoRA around the same encoder (``--peft``) and the input pipeline
+  (``--data-loading``: JPEG decode + Listing 3.1 augmentation + collation).
+
+FLOPs are *counted*, not estimated from a formula that could drift from the code: `FlopCounter` runs one
+forward pass and adds up 2·MACs of every matmul, convolution and attention op that actually executes
+(torch's own per-op formulas, `torch.utils.flop_counter`; attention QK^T and AV included). A training step
+is charged 3x the forward FLOPs of the ops in the autograd graph (backward ≈ grad-input + grad-weight) and
+1x for the ops before the first trainable parameter (a frozen prefix runs forward only). `FLOP_CONVENTION`
+states this in the JSON; benchmarks/README.md explains it with the formulas for PE-Core.
+
+CUDA timing uses torch.cuda.Event around each step after synchronising; warm-up steps are excluded and
+the median of the timed steps is reported. On CPU the same code runs with time.perf_counter (smoke test).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from replication import engine
+from replication.config import get_config
+from replication.engine import FaceDataset, TrainConfig, build_model
+from replication.labels import NUM_CLASSES
+from replication.lora import adapter_modules, merge_adapters
+from replication.losses import make_weighting
+from replication.methods import METHODS
+from replication.sampling import emotion_replication_factor
+from replication.thesis import TABLE_3_2_TASKS
+from replication.transforms import train_transform
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+L40S_BYTES = 46068 * 2**20  # the thesis's card (48 GB L40S) as nvidia-smi reports it
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+FLOP_CONVENTION = (
+    "FLOPs = 2 x multiply-accumulates of every matmul, convolution and attention op executed (QK^T and AV "
+    "included; softmax, norms, activations, elementwise ops and the optimizer not counted), counted per op by "
+    "torch.utils.flop_counter formulas during one real forward pass at the benchmark batch size. "
+    "Training step = 3 x forward FLOPs of ops in the autograd graph (an input requires grad) + 1 x forward "
+    "FLOPs of ops outside it (frozen prefix, forward only). Activation recomputation from gradient "
+    "checkpointing is not counted. Inference = 1 x forward FLOPs. 'flops' = per step (whole batch). "
+    "'executed_gflop_per_image' = forward + backward ops actually run, counted by the same formulas "
+    "(attention backward as torch counts it, checkpointing recomputation included)."
+)
+
+
+# --- FLOP counting ---------------------------------------------------------------------------------------
+class FlopCounter(TorchDispatchMode):
+    """Adds up torch's FLOP formulas (2·MACs) for every matmul/conv/attention op run inside its scope.
+
+    Forward ops are split by whether grad mode is on and a tensor argument requires grad, i.e. whether the
+    op enters the autograd graph and will be differentiated (DoRA's detached weight norm, computed under
+    no_grad, does not); after `start_backward()` every op counts as backward.
+    Ops without a formula are decomposed (as torch's FlopCounterMode does) so that composite ops reach
+    the aten matmuls they are made of."""
+
+    def __init__(self):
+        super().__init__()
+        self.graph = self.no_graph = self.backward = 0
+        self._in_backward = False
+
+    def start_backward(self) -> None:
+        self._in_backward = True
+
+    @property
+    def forward(self) -> int:
+        return self.graph + self.no_graph
+
+    @property
+    def training(self) -> int:
+        """The model-FLOP convention of a training step (FLOP_CONVENTION)."""
+        return 3 * self.graph + self.no_graph
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is None:
+            with self:
+                decomposed = func.decompose(*args, **kwargs)
+            if decomposed is not NotImplemented:
+                return decomposed
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        flops = formula(*args, **kwargs, out_val=out)
+        if self._in_backward:
+            self.backward += flops
+        elif torch.is_grad_enabled() and any(
+                t.requires_grad for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)):
+            self.graph += flops
+        else:
+            self.no_graph += flops
+        return out
+
+
+# --- timing ----------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn, device: torch.device, steps: int, warmup: int) -> list[float]:
+    """Seconds of each of `steps` calls of fn() after `warmup` untimed calls (CUDA events on GPU)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def matmul_peak_tflops(device: torch.device, steps: int = 20, warmup: int = 5) -> float:
+    """The card's achievable dense bf16 matmul rate, measured: a large square matmul (8192 on GPU)."""
+    n = 8192 if device.type == "cuda" else 256
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    seconds = statistics.median(time_calls(lambda: a @ b, device, steps, warmup))
+    return 2 * n**3 / seconds / 1e12
+
+
+def thesis_epoch_images() -> int:
+    """Draws per multi-task epoch on the thesis's training set (Table 3.2a: 168,362 images, 9,215 with an
+    emotion label), after §3.7.2 replication of the emotion images to a third of the set."""
+    total, emotion = TABLE_3_2_TASKS.value("total", "samples"), TABLE_3_2_TASKS.value("emotion", "samples")
+    has_emotion = np.arange(total) < emotion
+    return total - emotion + emotion_replication_factor(has_emotion) * emotion
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+def _autocast(device: torch.device, dtype: str):
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[dtype])
+
+
+def _reset_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device: torch.device) -> dict:
+    """Peak allocated/reserved GiB since the last reset (None on CPU: not measured)."""
+    if device.type != "cuda":
+        return {"peak_alloc_gib": None, "peak_reserved_gib": None, "fits_l40s": None}
+    reserved = torch.cuda.max_memory_reserved(device)
+    return {"peak_alloc_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+            "peak_reserved_gib": reserved / 2**30, "fits_l40s": reserved < L40S_BYTES}
+
+
+def _synthetic_batch(batch: int, size: int, device: torch.device, seed: int = 0):
+    """Random images and a (batch, tasks) label matrix, every task labelled."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, size, size, generator=g).to(device)
+    targets = torch.stack([torch.randint(0, c, (batch,), generator=g) for c in NUM_CLASSES.values()], 1)
+    return images, targets.to(device)
+
+
+def model_image_size(config: str) -> int:
+    return get_config(config).vision.image_size
+
+
+def _rates(times: list[float], batch: int, flops: int, peak: float) -> dict:
+    median = statistics.median(times)
+    return {"step_ms": 1e3 * median, "step_ms_all": [1e3 * t for t in times], "images_per_s": batch / median,
+            "flops": flops, "gflop_per_image": flops / batch / 1e9, "tflops": flops / median / 1e12,
+            "frac_of_peak": flops / median / 1e12 / peak}
+
+
+def _train_config(method: str, args) -> TrainConfig:
+    return TrainConfig(method=method, tasks=tuple(NUM_CLASSES), weighting="uw", model_config=args.config,
+                       batch_size=args.batch, amp={"fp32": "none"}.get(args.dtype, args.dtype),
+                       grad_checkpointing=args.grad_checkpointing, device=args.device)
+
+
+class _Step:
+    """The engine's own training step (engine.Objective + engine.train_step: masked CE per task, §3.7.3
+    uncertainty weighting, AdamW with the method's parameter groups, GradScaler for fp16)."""
+
+    def __init__(self, cfg, adapted, model, device, cached: bool, fused_adamw: bool, groups=None):
+        weighting = make_weighting(cfg.weighting, cfg.tasks).to(device)
+        groups = engine._param_groups(cfg, adapted, weighting) if groups is None else groups(weighting)
+        self.optimizer = torch.optim.AdamW(groups, fused=fused_adamw or None)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+        self.autocast = engine._autocast(cfg, device)
+        self.objective = engine.Objective(model, weighting, cached)
+        self.run = self.objective
+
+    def __call__(self, inputs, targets) -> None:
+        engine.train_step(self.run, self.optimizer, self.scaler, inputs, targets, self.autocast)
+
+    def count(self, inputs, targets) -> FlopCounter:
+        """FLOPs of one step on the eager model (forward and backward; the optimizer step changes nothing)."""
+        counter = FlopCounter()
+        with counter:
+            with self.autocast:
+                total, _ = self.objective(inputs, targets)
+            counter.start_backward()
+            total.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return counter
+
+    def measure(self, inputs, targets, args, device, peak: float) -> dict:
+        counter = self.count(inputs, targets)
+        if args.compile:
+            self.run = torch.compile(self.objective)
+        _reset_memory(device)
+        times = time_calls(lambda: self(inputs, targets), device, args.steps, args.warmup)
+        row = {**_rates(times, args.batch, counter.training, peak), **_peak_memory(device)}
+        row["executed_gflop_per_image"] = (counter.forward + counter.backward) / args.batch / 1e9
+        return row
+
+
+def _infer(fn, inputs, args, device, peak: float) -> dict:
+    """Inference throughput of fn(inputs) (inference mode, autocast), FLOPs counted on one eager call."""
+    autocast = _autocast(device, args.dtype)
+    counter = FlopCounter()
+    with counter, torch.inference_mode(), autocast:
+        fn(inputs)
+    run = torch.compile(fn) if args.compile else fn
+
+    def call():
+        with torch.inference_mode(), autocast:
+            return run(inputs)
+
+    _reset_memory(device)
+    times = time_calls(call, device, args.steps, args.warmup)
+    return {**_rates(times, args.batch, counter.forward, peak), **_peak_memory(device)}
+
+
+# --- one method ------------------------------------------------------------------------------------------
+def bench_method(method: str, args, device: torch.device, peak: float) -> dict:
+    """Training step, inference (merged where possible) and, for LP, the feature-caching pass."""
+    cfg = _train_config(method, args)
+    adapted = build_model(cfg)
+    model = adapted.model.to(device).train()
+    images, targets = _synthetic_batch(args.batch, model_image_size(args.config), device)
+    row = {"method": method, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+    if getattr(model, "frozen_backbone", False) and cfg.cache_embeddings:
+        # §3.3: the frozen backbone embeds every image once (cache pass); the epochs then train the heads only.
+        model.eval()
+        row["cache"] = _infer(model.embed, images, args, device, peak)
+        with torch.no_grad(), _autocast(device, args.dtype):
+            inputs = {t: e.float() for t, e in model.embed(images).items()}
+        model.train()
+        row["train_input"] = "cached features"
+    else:
+        inputs = images
+        row["train_input"] = "images"
+    step = _Step(cfg, adapted, model, device, cached=inputs is not images, fused_adamw=args.fused_adamw)
+    row["train"] = step.measure(inputs, targets, args, device, peak)
+    row["train"]["epoch_minutes"] = thesis_epoch_images() / row["train"]["images_per_s"] / 60
+    del step
+    model.zero_grad(set_to_none=True)
+
+    # Inference of the deployable model: LoRA/DoRA folded into the weights (§3.6, no extra cost); MTLoRA's
+    # task-specific branches cannot be folded (§3.6.1), merge_adapters folds the shared ones.
+    model.eval()
+    merge_adapters(model)
+    row["infer"] = _infer(model, images, args, device, peak)
+    row["infer"]["merged"] = any(getattr(m, "merged", False) for m in model.modules())
+    return row
+
+
+# --- peft side by side -----------------------------------------------------------------------------------
+def _as_linear(adapter) -> torch.nn.Linear:
+    """The plain nn.Linear under one of our adapters, sharing its weight and bias Parameters."""
+    linear = torch.nn.Linear(adapter.in_features, adapter.out_features, bias=adapter.bias is not None,
+                             device="meta")
+    linear.weight, linear.bias = adapter.weight, adapter.bias
+    return linear
+
+
+def bench_peft(method: str, args, device: torch.device, peak: float) -> dict | None:
+    """peft's LoRA/DoRA (use_dora) on the very modules our `method` adapts; same heads, batch, dtype, step.
+
+    Our TaskModel is built as usual, every adapter is replaced by its base nn.Linear, and peft injects its
+    own adapter there with the same rank, alpha and dropout. Heads and BatchNorm stay trainable; all of
+    peft's adapter tensors train at the backbone learning rate (speed does not depend on it)."""
+    try:
+        import peft
+    except ImportError:
+        print("peft is not installed: skipping the peft comparison (pip install peft)")
+        return None
+    cfg = _train_config(method, args)
+    adapted = build_model(cfg)
+    model = adapted.model
+    adapters = list(adapter_modules(model))
+    first = adapters[0][1]
+    for name, adapter in adapters:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, _as_linear(adapter))
+    keep = {n for n, p in model.named_parameters() if p.requires_grad}  # heads, BatchNorm
+    config = peft.LoraConfig(r=first.rank, lora_alpha=first.alpha, target_modules=[n for n, _ in adapters],
+                             lora_dropout=getattr(first.dropout, "p", 0.0), use_dora=method == "dora")
+    model = peft.inject_adapter_in_model(config, model)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in keep or "lora_" in n)
+    model = model.to(device).train()
+    images, targets = _synthetic_batch(args.batch, model_image_size(args.config), device)
+
+    def groups(weighting):
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr_backbone,
+                 "weight_decay": cfg.weight_decay},
+                {"params": list(weighting.parameters()), "lr": cfg.lr_head, "weight_decay": 0.0}]
+
+    step = _Step(cfg, adapted, model, device, cached=False, fused_adamw=args.fused_adamw, groups=groups)
+    return {"method": f"peft-{method}", "peft_version": peft.__version__, "target_modules": len(adapters),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "train_input": "images", "train": step.measure(images, targets, args, device, peak)}
+
+
+# --- input pipeline --------------------------------------------------------------------------------------
+def _write_jpegs(folder: Path, n: int, size: int) -> list[str]:
+    """Face-crop-like JPEGs at the model resolution (as `prepare` writes them): smooth random images
+    (bicubic-upsampled 8x8 noise plus mild pixel noise), quality 95. Returns paths relative to `folder`."""
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(n):
+        low = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+        pixels = np.clip(np.asarray(low, dtype=np.int16) + rng.integers(-12, 13, (size, size, 3)), 0, 255)
+        names.append(f"{i:05d}.jpg")
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / names[-1], quality=95)
+    return names
+
+
+def bench_data_loading(args, size: int, device: torch.device) -> dict:
+    """Images/s of the engine's input pipeline: engine.FaceDataset (PIL decode, Listing 3.1 train_transform,
+    per-sample seeded augmentation as the BalancedSampler asks for) -> DataLoader collation -> device."""
+    workers = args.workers
+    # With W workers the first W batches are produced in parallel from the start and arrive together;
+    # the steady-state rate is read from the arrivals after that first wave.
+    skip = max(workers, 1)
+    batches = max(args.loader_batches or 4 * skip, skip + 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        names = _write_jpegs(Path(tmp), args.loader_images, size)
+        frame = pd.DataFrame({"path": names, **{t: [0] * len(names) for t in NUM_CLASSES}})
+        dataset = FaceDataset(Path(tmp), frame, tuple(NUM_CLASSES), train_transform(size))
+        draws = [(i % len(names), i) for i in range(args.batch * batches)]  # (row, augmentation seed)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, sampler=draws, num_workers=workers,
+                                             pin_memory=device.type == "cuda", drop_last=True)
+        arrivals = []
+        for images, _ in loader:
+            images.to(device, non_blocking=True)
+            _sync(device)
+            arrivals.append(time.perf_counter())
+    timed = len(arrivals) - skip
+    return {"workers": workers, "images": timed * args.batch, "distinct_jpegs": len(names), "image_size": size,
+            "images_per_s": timed * args.batch / (arrivals[-1] - arrivals[skip - 1]),
+            "pin_memory": device.type == "cuda"}
+
+
+# --- driver ----------------------------------------------------------------------------------------------
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # Linux: the CPU model, e.g. "AMD EPYC 7R13 Processor"
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "cpu"
+
+
+def run(args, argv: list[str]) -> dict:
+    """Every measurement the arguments ask for, as one JSON-ready dict."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    peak = matmul_peak_tflops(device)
+    print(f"{_device_name(device)}: measured bf16 matmul peak {peak:.1f} TFLOP/s", flush=True)
+    result = {
+        "device": _device_name(device), "device_type": device.type, "torch": torch.__version__,
+        "cuda": torch.version.cuda, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": "python -m replication bench " + shlex.join(argv), "config": args.config,
+        "image_size": model_image_size(args.config), "dtype": args.dtype, "batch": args.batch,
+        "steps": args.steps, "warmup": args.warmup, "grad_checkpointing": args.grad_checkpointing,
+        "compile": args.compile, "fused_adamw": args.fused_adamw, "weights": "random (architecture only)",
+        "step": "engine.train_step: masked CE, uncertainty weighting, AdamW (method's param groups)",
+        "timing": "median of timed steps (CUDA events after synchronize), warm-up steps excluded",
+        "peak_bf16_tflops": peak, "flop_convention": FLOP_CONVENTION, "epoch_images": thesis_epoch_images(),
+        "epoch_minutes": "training steps only (no validation, no data loading) for epoch_images draws",
+        "rows": [], "peft": [], "data_loading": None,
+    }
+    for method in args.methods:
+        print(f"[{method}] ...", flush=True)
+        try:
+            result["rows"].append(bench_method(method, args, device, peak))
+        except torch.cuda.OutOfMemoryError as e:  # recorded, not hidden: the table shows it
+            print(f"[{method}] out of memory at batch {args.batch}: {str(e).splitlines()[0]}")
+            result["rows"].append({"method": method, "error": "out of memory"})
+        _reset_memory(device)
+    if args.peft:
+        for method in ("lora", "dora"):
+            print(f"[peft-{method}] ...", flush=True)
+            row = bench_peft(method, args, device, peak)
+            if row is None:
+                break
+            ours = next((r for r in result["rows"] if r["method"] == method and "train" in r), None)
+            if ours:
+                row["ours_over_peft_speed"] = ours["train"]["images_per_s"] / row["train"]["images_per_s"]
+            result["peft"].append(row)
+            _reset_memory(device)
+    if args.data_loading:
+        print("[data loading] ...", flush=True)
+        dl = bench_data_loading(args, model_image_size(args.config), device)
+        dl["loader_over_train_rate"] = {r["method"]: dl["images_per_s"] / r["train"]["images_per_s"]
+                                        for r in result["rows"] if r.get("train_input") == "images"}
+        result["data_loading"] = dl
+    return result
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def format_table(result: dict) -> str:
+    """A Markdown table, one row per method (and per peft variant), then the derived ratios."""
+    head = ("method", "train img/s", "step ms", "peak GiB", "TFLOP/s", "% peak", "GFLOP/img", "epoch min",
+            "infer img/s", "infer TFLOP/s", "infer % peak")
+    table = [head, ("---",) * len(head)]
+    for r in result["rows"] + result["peft"]:
+        if "error" in r:
+            table.append((r["method"], r["error"]) + ("",) * (len(head) - 2))
+            continue
+        t, i = r["train"], r.get("infer")
+        table.append((
+            r["method"] + (" (cached features)" if r["train_input"] == "cached features" else ""),
+            _fmt(t["images_per_s"], ".1f"), _fmt(t["step_ms"], ".1f"), _fmt(t["peak_alloc_gib"], ".1f"),
+            _fmt(t["tflops"], ".2f"), _fmt(100 * t["frac_of_peak"], ".1f"), _fmt(t["gflop_per_image"], ".2f"),
+            _fmt(t.get("epoch_minutes"), ".1f"), _fmt(i and i["images_per_s"], ".1f"), _fmt(i and i["tflops"], ".2f"),
+            _fmt(i and 100 * i["frac_of_peak"], ".1f")))
+    lines = ["| " + " | ".join(row) + " |" for row in table]
+    lines.append("")
+    for r in result["rows"]:
+        if "cache" in r:
+            c = r["cache"]
+            lines.append(f"LP feature-caching pass: {c['images_per_s']:.1f} img/s, {c['tflops']:.2f} TFLOP/s "
+                         f"({100 * c['frac_of_peak']:.1f}% of peak), {c['gflop_per_image']:.2f} GFLOP/img")
+    trained = {r["method"]: r for r in result["rows"] if "train" in r}
+    if "lora" in trained and "dora" in trained:
+        ratio = trained["dora"]["train"]["step_ms"] / trained["lora"]["train"]["step_ms"]
+        lines.append(f"DoRA / LoRA step time: {ratio:.2f}x")
+    for r in result["peft"]:
+        if "ours_over_peft_speed" in r:
+            lines.append(f"{r['method']}: ours / peft training speed {r['ours_over_peft_speed']:.2f}x")
+    dl = result["data_loading"]
+    if dl:
+        lines.append(f"data loading ({dl['workers']} workers, {dl['image_size']} px): {dl['images_per_s']:.1f} img/s = "
+                     + ", ".join(f"{x:.2f}x {m}" for m, x in dl["loader_over_train_rate"].items())
+                     + " training rate")
+    lines.append(f"{result['device']}, torch {result['torch']}, {result['config']}, {result['dtype']}, "
+                 f"batch {result['batch']}, grad checkpointing {result['grad_checkpointing']}, "
+                 f"measured bf16 matmul peak {result['peak_bf16_tflops']:.2f} TFLOP/s")
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path: Path) -> None:
+    """Atomic write: a temporary file in the same folder, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def cli(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(prog="python -m replication bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", type=_methods, default="lp,ap,ft4,lora,dora,mtlora")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.add_argument("--config", default="PE-Core-L14-336")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (median reported)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
+    p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing of the blocks")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (FLOPs counted eagerly)")
+    p.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) instead of the engine's default")
+    p.add_argument("--peft", action="store_true", help="also time peft's LoRA/DoRA on the same encoder")
+    p.add_argument("--data-loading", action="store_true", help="also time JPEG decode + augmentation")
+    p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="DataLoader workers")
+    p.add_argument("--loader-images", type=int, default=256, help="distinct synthetic JPEGs written")
+    p.add_argument("--loader-batches", type=int, default=0,
+                   help="batches loaded (0: 4 x workers); the first max(workers, 1) are not timed")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON path (default benchmarks/results/bench-<device>-<date>.json)")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1:
+        p.error("--steps and --batch must be >= 1, --warmup >= 0")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available; pass --device cpu for a smoke test")
+
+    result = run(args, argv)
+    print(format_table(result))
+    out = args.out or RESULTS / "bench-{}-{}.json".format(
+        re.sub(r"[^a-z0-9]+", "-", result["device"].lower()).strip("-"), dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    write_json(result, out)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,210 @@
+"""Loading and saving PE-Core weights: Meta's official layout and timm's `vit_pe_core_*` layout.
+
+Meta's `PE-Core-*.pt` (Hugging Face `facebook/<name>`, file `<name>.pt`, docs §6) holds the whole CLIP:
+text keys at the top level, vision keys under `visual.`. A vision-only file has the vision keys without
+prefix. Both may be wrapped in {"state_dict": ...} or {"weights": ...} and carry DDP's `module.` prefix.
+Meta's loader (`load_ckpt`) only *prints* missing/unexpected keys; here any missing, unexpected or
+mis-shaped key is an error that lists them all, so a wrong file or config never loads half a model.
+
+Two renames bridge the layouts:
+* our blocks hold the fused q|k|v projection as an nn.Linear `attn.in_proj` (so adapters can wrap it,
+  thesis §3.6 "migrate_weights"), Meta's as raw `attn.in_proj_weight` / `attn.in_proj_bias`;
+  the attention pooler keeps Meta's raw names (it is not adapted);
+* timm's Eva port renames most modules and splits the pooler's in_proj into `q` and `kv` (docs §6).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .config import CLIPConfig, get_config
+from .pe import CLIP, VisionTransformer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the model: names every offending key."""
+
+
+# --- Meta layout <-> this model ------------------------------------------------------------------------
+# Only the transformer blocks' attention is renamed; `attn_pool.attn.in_proj_weight` stays as it is.
+_META_BLOCK_QKV = re.compile(r"^(.*transformer\.resblocks\.\d+\.attn)\.in_proj_(weight|bias)$")
+_OUR_BLOCK_QKV = re.compile(r"^(.*transformer\.resblocks\.\d+\.attn)\.in_proj\.(weight|bias)$")
+
+
+def from_meta_layout(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Meta key names -> this model's (`...attn.in_proj_weight` -> `...attn.in_proj.weight`)."""
+    return {_META_BLOCK_QKV.sub(r"\1.in_proj.\2", k): v for k, v in sd.items()}
+
+
+def meta_key(key: str) -> str:
+    """This model's name of a key -> Meta's."""
+    return _OUR_BLOCK_QKV.sub(r"\1.in_proj_\2", key)
+
+
+def to_meta_layout(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This model's key names -> Meta's (inverse of from_meta_layout)."""
+    return {meta_key(k): v for k, v in sd.items()}
+
+
+# --- timm layout -> Meta layout --------------------------------------------------------------------------
+# timm's `_convert_pe` renames modules by substring swaps; these tables undo them exactly.
+_TIMM_BLOCK = re.compile(r"^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$")
+_TIMM_BLOCK_NAMES = {"norm1": "ln_1", "norm2": "ln_2", "attn.qkv": "attn.in_proj", "attn.proj": "attn.out_proj",
+                     "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+_TIMM_TOP = {
+    "patch_embed.proj.weight": "conv1.weight",
+    "norm_pre.weight": "ln_pre.weight", "norm_pre.bias": "ln_pre.bias",
+    "norm.weight": "ln_post.weight", "norm.bias": "ln_post.bias",
+    "attn_pool.proj.weight": "attn_pool.attn.out_proj.weight",
+    "attn_pool.proj.bias": "attn_pool.attn.out_proj.bias",
+    "attn_pool.norm.weight": "attn_pool.layernorm.weight", "attn_pool.norm.bias": "attn_pool.layernorm.bias",
+    "attn_pool.mlp.fc1.weight": "attn_pool.mlp.c_fc.weight", "attn_pool.mlp.fc1.bias": "attn_pool.mlp.c_fc.bias",
+    "attn_pool.mlp.fc2.weight": "attn_pool.mlp.c_proj.weight", "attn_pool.mlp.fc2.bias": "attn_pool.mlp.c_proj.bias",
+}
+
+
+def is_timm_layout(sd: dict) -> bool:
+    return "patch_embed.proj.weight" in sd
+
+
+def timm_to_meta(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm `vit_pe_core_*` (Eva) vision state dict -> Meta's vision-only layout (docs §6).
+
+    cls_token (1,1,w) -> class_embedding (w,); pos_embed (1,N,w) -> (N,w); attn_pool.latent -> probe;
+    attn_pool.q + attn_pool.kv -> the fused in_proj; head.weight (out,in) -> proj (in,out), transposed.
+    PE has no bias after `proj`: timm's head.bias is all zeros in a converted checkpoint; a non-zero one
+    (a re-trained head) cannot be represented and is an error. Unknown keys are kept, so the strict
+    load reports them.
+    """
+    out, rest = {}, dict(sd)
+    # timm's fixed RoPE tables (if a version saved them) are recomputed here, as timm itself skips them.
+    for k in [k for k in rest if k.startswith("rope.")]:
+        del rest[k]
+    if "head.bias" in rest:
+        bias = rest.pop("head.bias")
+        if torch.count_nonzero(bias):
+            raise CheckpointError("timm checkpoint has a non-zero head.bias; PE-Core's `proj` has no bias, "
+                                  "so this is not a converted PE-Core checkpoint (or its head was re-trained)")
+    if "head.weight" in rest:
+        out["proj"] = rest.pop("head.weight").t()
+    if "cls_token" in rest:
+        out["class_embedding"] = rest.pop("cls_token").reshape(-1)
+    if "pos_embed" in rest:
+        out["positional_embedding"] = rest.pop("pos_embed").squeeze(0)
+    if "attn_pool.latent" in rest:
+        out["attn_pool.probe"] = rest.pop("attn_pool.latent")
+    for part in ("weight", "bias"):
+        q, kv = f"attn_pool.q.{part}", f"attn_pool.kv.{part}"
+        if q in rest and kv in rest:
+            out[f"attn_pool.attn.in_proj_{part}"] = torch.cat([rest.pop(q), rest.pop(kv)], dim=0)
+    for k, v in rest.items():
+        m = _TIMM_BLOCK.match(k)
+        if m:
+            i, name, part = m.groups()
+            out[f"transformer.resblocks.{i}.{_TIMM_BLOCK_NAMES[name]}{'_' if name == 'attn.qkv' else '.'}{part}"] = v
+        else:
+            out[_TIMM_TOP.get(k, k)] = v
+    return out
+
+
+# --- reading a file --------------------------------------------------------------------------------------
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file -> flat state dict in Meta's layout (wrappers and `module.` removed,
+    timm layout converted). `.safetensors` needs the `safetensors` package (timm's HF cache uses it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (PE-Core weights: Hugging Face "
+                                f"facebook/PE-Core-L14-336, file PE-Core-L14-336.pt)")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ImportError(f"{path}: reading .safetensors needs `pip install safetensors`") from None
+        obj = load_file(str(path))
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "weights"):  # what Meta's load_ckpt unwraps
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors (optionally under 'state_dict' or "
+                              f"'weights'), got {type(obj).__name__}")
+    sd = {k.removeprefix("module."): v for k, v in obj.items()}
+    return timm_to_meta(sd) if is_timm_layout(sd) else sd
+
+
+def _load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict with one error listing every missing, unexpected and mis-shaped key
+    (named as in Meta's layout, i.e. as in the file).
+
+    The model is built on the meta device; `assign=True` adopts the checkpoint's tensors (no second copy
+    of a 2.5 GB model), converted to float32 as Meta's fp32 model would hold them.
+    """
+    own = model.state_dict()
+    missing = [meta_key(k) for k in own if k not in sd]
+    unexpected = [meta_key(k) for k in sd if k not in own]
+    misshaped = [f"{meta_key(k)}: checkpoint {tuple(sd[k].shape)}, model {tuple(own[k].shape)}"
+                 for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or misshaped:
+        lines = [f"checkpoint {source} does not match the model:"]
+        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshaped)):
+            if keys:
+                lines += [f"  {title} ({len(keys)}):"] + [f"    {k}" for k in keys]
+        if isinstance(model, CLIP) and not any(k.startswith("visual.") for k in sd):
+            lines.append("  (no `visual.*` keys: this is a vision-only checkpoint; use load_vision)")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict({k: v.float().contiguous() for k, v in sd.items()}, strict=True, assign=True)
+
+
+# --- public API ------------------------------------------------------------------------------------------
+def load_clip(checkpoint: str | Path | None = None, config: str | CLIPConfig = "PE-Core-L14-336") -> CLIP:
+    """A PE-Core CLIP of `config`, with weights from a full-CLIP checkpoint in Meta's layout
+    (None: random initialisation, for the demo, tests and benchmarks). Returned in eval mode, fp32, CPU."""
+    cfg = get_config(config)
+    if checkpoint is None:
+        return CLIP(cfg).eval()
+    with torch.device("meta"):
+        model = CLIP(cfg)
+    _load_strict(model, from_meta_layout(read_state_dict(checkpoint)), str(checkpoint))
+    return model.eval()
+
+
+def load_vision(checkpoint: str | Path | None = None,
+                config: str | CLIPConfig = "PE-Core-L14-336") -> VisionTransformer:
+    """The vision tower alone, from a full-CLIP or vision-only checkpoint in Meta's or timm's layout.
+
+    As Meta's VisionTransformer.load_ckpt: of a full-CLIP file only the `visual.*` keys are used (the
+    text tower is not needed); the vision keys are then checked strictly.
+    """
+    cfg = get_config(config)
+    if checkpoint is None:
+        return VisionTransformer(cfg.vision).eval()
+    sd = read_state_dict(checkpoint)
+    if any(k.startswith("visual.") for k in sd):
+        sd = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
+    with torch.device("meta"):
+        model = VisionTransformer(cfg.vision)
+    _load_strict(model, from_meta_layout(sd), str(checkpoint))
+    return model.eval()
+
+
+def save_clip_meta_layout(model: CLIP | VisionTransformer, path: str | Path) -> None:
+    """Write `model`'s weights in Meta's key layout (a CLIP as a full file, a vision tower as a
+    vision-only file), atomically. Adapter-wrapped models must be merged back into plain modules first."""
+    sd = to_meta_layout({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    # Guard against saving a model whose keys Meta's layout (and hence load_clip) would not recognise.
+    with torch.device("meta"):
+        plain = CLIP(model.cfg) if isinstance(model, CLIP) else VisionTransformer(model.cfg)
+    expected = set(to_meta_layout(plain.state_dict()))
+    if set(sd) != expected:
+        extra, lacking = sorted(set(sd) - expected), sorted(expected - set(sd))
+        raise CheckpointError(f"cannot save in Meta's layout: unexpected keys {extra[:10]}, missing keys {lacking[:10]} "
+                              f"(merge adapters into the base model first)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(sd, tmp)
+    os.replace(tmp, path)

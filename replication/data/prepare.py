@@ -1,0 +1,310 @@
+"""``prepare``: raw datasets -> face crops + ``manifest.csv`` + ``report.json`` (thesis §2.7, §3.1).
+
+    python -m replication prepare --data-root RAW --out PREPARED [--detector ssd|boxes|none]
+        [--detector-dir DIR] [--aligned utkface,celebahq] [--size 336] [--workers N] [--seed 0]
+
+How the face of each dataset is found (``crop_mode``):
+* LAGENDA always uses its provided face boxes (§2.7 "using the already provided bounding boxes").
+* ``--detector ssd`` (default, the thesis): every other dataset goes through the res10 SSD.
+* ``--detector boxes``: RAF-DB / VGGFace2 use their shipped boxes (a record without one is
+  skipped as ``no_box``); datasets that ship no boxes (FairFace, UTKFace, CelebA-HQ, all
+  distributed as face chips) use the whole image.
+* ``--detector none`` or ``--aligned DATASETS``: whole image (for aligned face chips).
+When the SSD finds no face, FairFace keeps the image with the whole image as a fallback crop
+(Table 3.2 counts all 86,744 FairFace images); other datasets skip it as ``no_face``.
+
+Every label row ends up either in the manifest or under a skip reason in report.json
+(checked before writing). Crops are written once; a journal makes re-runs resume.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import cv2
+import pandas as pd
+from tqdm.auto import tqdm
+
+from replication.labels import DATASETS, NUM_CLASSES, TASKS
+
+from .compose import compose, training_totals
+from .faces import (DetectorFilesError, ImageError, SSDFaceDetector, load_rgb, locate_ssd_files, resize,
+                    save_jpeg, square_crop)
+from .readers import READERS, Record
+
+BOXED = ("lagenda", "rafdb", "vggface2")  # datasets that can ship face boxes
+NO_FACE_FALLBACK = ("fairface",)  # keep the whole image when the SSD finds no face
+MANIFEST_COLUMNS = ["path", "dataset", "split", "age", "gender", "emotion"]
+MAX_LISTED = 1000  # names listed per reason in report.json (counts are always complete)
+# Settings that change the crops; a resumed run must use the same ones.
+CROP_SETTINGS = ("detector", "aligned", "size", "margin", "threshold")
+
+
+def crop_mode(dataset: str, detector: str, aligned: tuple[str, ...] = ()) -> str:
+    if dataset == "lagenda":
+        return "boxes"
+    if detector == "none" or dataset in aligned:
+        return "none"
+    if detector == "boxes":
+        return "boxes" if dataset in BOXED else "none"
+    return "ssd"
+
+
+# ---------------------------------------------------------------- one image (runs in workers)
+
+_WORKER: dict = {}
+
+
+def _init_worker(settings: dict, ssd=None) -> None:
+    _WORKER.clear()
+    _WORKER.update(settings, ssd=ssd)
+
+
+def _crop_one(task: tuple[Record, str, str]) -> tuple[str, str | None, list[str]]:
+    """-> (key, skip reason or None, notes). Writes the crop on success."""
+    record, mode, out_path = task
+    try:
+        rgb, notes = load_rgb(record.image)
+    except ImageError as e:
+        return record.key, e.reason, []
+    try:
+        return _crop_decoded(record, rgb, notes, mode, Path(out_path))
+    except (cv2.error, ValueError, MemoryError):  # e.g. a huge or odd image: count it, keep going
+        return record.key, "crop_failed", notes
+
+
+def _crop_decoded(record: Record, rgb, notes: list[str], mode: str, out_path: Path):
+    s = _WORKER
+    h, w = rgb.shape[:2]
+    if mode == "ssd":
+        if s["ssd"] is None:
+            s["ssd"] = SSDFaceDetector.from_dir(s["detector_dir"], s["threshold"])
+        found = s["ssd"].detect(rgb)
+        if found is not None:
+            crop = square_crop(rgb, found[0], s["size"], s["margin"])
+        elif record.dataset in NO_FACE_FALLBACK:
+            notes.append("no_face_fallback")
+            crop = resize(rgb, s["size"])
+        else:
+            return record.key, "no_face", notes
+    elif mode == "boxes":
+        box = record.box
+        if box is None:
+            return record.key, "no_box", notes
+        if box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h:
+            return record.key, "box_outside_image", notes
+        crop = square_crop(rgb, box, s["size"], s["margin"])
+    else:
+        crop = resize(rgb, s["size"])
+    save_jpeg(crop, out_path)
+    return record.key, None, notes
+
+
+# ---------------------------------------------------------------- the whole run
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _listing(names: list[str]) -> dict:
+    return {"count": len(names), "files": names[:MAX_LISTED]}
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Crops already in ``out`` are reused only if they were made with the same settings."""
+    path = out / "prepare_settings.json"
+    wanted = {k: settings[k] for k in CROP_SETTINGS}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != wanted:
+            raise ValueError(f"{out} holds crops made with {old}; this run asks for {wanted}. "
+                             "Use another --out folder (or delete it) to change crop settings.")
+    else:
+        _atomic_write(path, json.dumps(wanted, indent=1))
+
+
+def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd", detector_dir=None,
+                size: int = 336, workers: int = 1, seed: int = 0, aligned: tuple[str, ...] = (),
+                margin: float = 0.2, threshold: float = 0.5, datasets: tuple[str, ...] = DATASETS,
+                ssd: SSDFaceDetector | None = None, progress: bool = True) -> dict:
+    """Run the pipeline; returns the report (also written to ``out/report.json``).
+
+    ``ssd`` injects a ready detector (tests use a stub net); it forces in-process work.
+    """
+    root, out = Path(data_root), Path(out)
+    present = [d for d in datasets if (root / d).is_dir()]
+    if not present:
+        raise FileNotFoundError(f"no dataset folder in {root}: expected some of {', '.join(datasets)} "
+                                "(see the README for the layout of each)")
+    modes = {d: crop_mode(d, detector, tuple(aligned)) for d in present}
+    if ssd is None and "ssd" in modes.values():
+        locate_ssd_files(detector_dir)  # fail before any work, with download instructions
+    settings = dict(detector=detector, aligned=sorted(aligned), size=size, margin=margin,
+                    threshold=threshold, detector_dir=None if detector_dir is None else str(detector_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, settings)
+
+    reads = {d: READERS[d](root / d) for d in present}
+    journal_path = out / "journal.jsonl"
+    done = {}  # crop path -> notes, for crops finished by an earlier run
+    if journal_path.is_file():
+        for line in journal_path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interrupted run: redo that crop
+                continue
+            done[entry["path"]] = entry["notes"]
+
+    # record -> [skip reason or None, notes, reused]; keys are unique per dataset after this loop
+    outcome: dict[tuple[str, str], list] = {}
+    tasks = []
+    for d, result in reads.items():
+        unique = {}
+        for r in result.records:
+            if r.key in unique:  # two names that map to the same crop file
+                result.skip("duplicate_key", r.name)
+            else:
+                unique[r.key] = r
+        result.records = list(unique.values())
+        for r in result.records:
+            rel = crop_rel(r)
+            if rel in done and (out / rel).is_file():
+                outcome[(d, r.key)] = [None, done[rel], True]
+            else:
+                tasks.append((r, modes[d], str(out / rel)))
+
+    _init_worker(settings, ssd)
+    bar = tqdm(total=len(tasks), desc="prepare", unit="img", mininterval=1.0, disable=not progress)
+    pool = mp.get_context().Pool(workers, _init_worker, (settings,)) if workers > 1 and ssd is None else None
+    try:
+        results = pool.imap(_crop_one, tasks, chunksize=32) if pool else map(_crop_one, tasks)
+        with open(journal_path, "a") as journal:
+            for (r, _, _), (key, reason, notes) in zip(tasks, results):
+                outcome[(r.dataset, key)] = [reason, notes, False]
+                if reason is None:
+                    journal.write(json.dumps({"path": crop_rel(r), "notes": notes}) + "\n")
+                    journal.flush()
+                bar.update()
+    finally:
+        bar.close()
+        if pool:
+            pool.close()
+            pool.join()
+
+    written = [r for res in reads.values() for r in res.records if outcome[(r.dataset, r.key)][0] is None]
+    composition = compose(written, seed)
+    manifest = pd.DataFrame([(crop_rel(r), r.dataset, split, r.age, r.gender, r.emotion)
+                             for r, split in composition.rows], columns=MANIFEST_COLUMNS)
+    manifest = manifest.sort_values(["dataset", "split", "path"], kind="stable")
+    _atomic_write(out / "manifest.csv", manifest.to_csv(index=False))
+
+    report = {"options": {**settings, "seed": seed, "workers": workers, "data_root": str(root)},
+              "absent_datasets": [d for d in datasets if d not in present],
+              "manifest_rows": len(manifest),
+              "training_totals": training_totals(composition.rows),
+              "datasets": {d: _dataset_report(res, modes[d], outcome, composition, manifest)
+                           for d, res in reads.items()}}
+    _atomic_write(out / "report.json", json.dumps(report, indent=1))
+    return report
+
+
+def crop_rel(r: Record) -> str:
+    """Crop location relative to the prepared folder (the manifest's ``path``)."""
+    return f"crops/{r.dataset}/{r.key}.jpg"
+
+
+def _dataset_report(result, mode: str, outcome: dict, composition, manifest: pd.DataFrame) -> dict:
+    d = result.dataset
+    skipped = defaultdict(list, {k: list(v) for k, v in result.skipped.items()})
+    notes = defaultdict(list, {k: list(v) for k, v in result.notes.items()})
+    states = Counter()
+    for r in result.records:
+        reason, rec_notes, reused = outcome[(d, r.key)]
+        if reason is not None:
+            skipped[reason].append(r.name)
+        states["reused" if reused else "written"] += reason is None
+        for note in rec_notes:
+            notes[note].append(r.name)
+    for reason, names in composition.removed.get(d, {}).items():
+        skipped[reason] += names
+    counts = manifest[manifest.dataset == d].split.value_counts()
+    in_manifest = {s: int(counts.get(s, 0)) for s in ("train", "val", "test")}
+    n_skipped = sum(len(v) for v in skipped.values())
+    if result.rows_read != sum(in_manifest.values()) + n_skipped:  # the "never silently drop" rule
+        raise AssertionError(f"{d}: {result.rows_read} rows read but {sum(in_manifest.values())} "
+                             f"in the manifest + {n_skipped} skipped")
+    return {
+        "crop": mode, "rows_read": result.rows_read, "records": len(result.records),
+        "written": states["written"], "reused": states["reused"],
+        "skipped": {k: _listing(v) for k, v in sorted(skipped.items()) if v},
+        "notes": {k: _listing(v) for k, v in sorted(notes.items()) if v},
+        "faces_not_found": len(skipped.get("no_face", [])) + len(notes.get("no_face_fallback", [])),
+        "fallback_used": len(notes.get("no_face_fallback", [])),
+        "manifest": in_manifest,
+    }
+
+
+# ---------------------------------------------------------------- reading the result back
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Load ``manifest.csv`` and validate every value; errors name the row and what was expected."""
+    path = Path(path)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(df.columns) != MANIFEST_COLUMNS:
+        raise ValueError(f"{path}: columns {list(df.columns)}, expected {MANIFEST_COLUMNS}")
+    allowed = {"dataset": set(DATASETS), "split": {"train", "val", "test"}}
+    for i, row in enumerate(df.itertuples(index=False)):
+        where = f"{path} row {i + 1} (line {i + 2})"
+        if not row.path:
+            raise ValueError(f"{where}: empty path")
+        for col, values in allowed.items():
+            if getattr(row, col) not in values:
+                raise ValueError(f"{where}: {col}={getattr(row, col)!r}, expected one of {sorted(values)}")
+        for task in TASKS:
+            value = getattr(row, task)
+            if not value.lstrip("-").isdigit() or not -1 <= int(value) < NUM_CLASSES[task]:
+                raise ValueError(f"{where}: {task}={value!r}, expected an integer in -1..{NUM_CLASSES[task] - 1}")
+    return df.astype({task: "int64" for task in TASKS})
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m replication prepare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", required=True, help="raw data root with one folder per dataset")
+    p.add_argument("--out", required=True, help="output folder (crops/, manifest.csv, report.json)")
+    p.add_argument("--detector", choices=("ssd", "boxes", "none"), default="ssd")
+    p.add_argument("--detector-dir", help="folder with deploy.prototxt + res10 caffemodel")
+    p.add_argument("--aligned", default="", help="comma-separated datasets whose images are face chips")
+    p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset to prepare")
+    p.add_argument("--size", type=int, default=336, help="crop side in pixels (model resolution)")
+    p.add_argument("--margin", type=float, default=0.2, help="box margin per side, fraction of the box")
+    p.add_argument("--threshold", type=float, default=0.5, help="minimum SSD confidence")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the 80/20 train/val splits")
+    a = p.parse_args(argv)
+    split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
+    unknown = set(split(a.aligned) + split(a.datasets)) - set(DATASETS)
+    if unknown:
+        p.error(f"unknown dataset(s) {sorted(unknown)}; known: {', '.join(DATASETS)}")
+    try:
+        report = run_prepare(a.data_root, a.out, detector=a.detector, detector_dir=a.detector_dir, size=a.size,
+                         workers=a.workers, seed=a.seed, aligned=split(a.aligned), margin=a.margin,
+                         threshold=a.threshold, datasets=split(a.datasets))
+    except (DetectorFilesError, FileNotFoundError, ValueError) as e:
+        print(f"prepare: error: {e}", file=sys.stderr)
+        return 2
+    for d, r in report["datasets"].items():
+        skips = ", ".join(f"{k} {v['count']}" for k, v in r["skipped"].items()) or "none"
+        print(f"{d:9s} read {r['rows_read']:7d}  manifest {r['manifest']}  skipped: {skips}")
+    print(f"wrote {Path(a.out) / 'manifest.csv'} ({report['manifest_rows']} rows) and report.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

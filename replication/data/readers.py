@@ -1,0 +1,397 @@
+"""Readers for the six datasets of thesis §2.7, each in its officially released layout.
+
+Every reader turns label files into ``Record``s carrying the thesis's class ids
+(``replication.labels``: age 0..8, gender 0 male / 1 female, emotion 0..6, -1 missing)
+and the dataset's *official* split. Rows that cannot become a record are not dropped
+silently: they are collected in ``ReadResult.skipped`` (reason -> offending names), and
+``rows_read == len(records) + sum(len(v) for v in skipped.values())`` always holds.
+
+Readers only parse labels; whether an image file exists and decodes is checked when it
+is cropped (``prepare.py``), so the count tests can run on label files alone.
+Formats: shared/docs/dataset-formats.md (one section per dataset, cited below).
+
+Expected layout under the raw data root (one folder per dataset id):
+
+    fairface/  fairface_label_{train,val}.csv, fairface-img-margin025-trainval/{train,val}/N.jpg
+    utkface/   UTKFace/<age>_<gender>_<race>_<datetime>.jpg.chip.jpg   (or part1..3/ wild images)
+    lagenda/   lagenda_annotation.csv, lag_benchmark/<hash>.jpg.jpg
+    rafdb/     basic/EmoLabel/list_patition_label.txt, basic/Image/original/*.jpg,
+               basic/Annotation/manual/*_manu_attri.txt, [basic/Annotation/boundingbox/*]
+    celebahq/  celeba_hq/{train,val}/{female,male}/*.jpg   (StarGAN v2), or
+               CelebAMask-HQ/{CelebA-HQ-img/N.jpg, CelebAMask-HQ-attribute-anno.txt}
+    vggface2/  test_list.txt, identity_meta.csv, test/nXXXXXX/*.jpg,
+               test.age_detected.csv (MIVIA ages), [bb_landmark/loose_bb_test.csv]
+"""
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from replication.labels import AGE_GROUPS, MISSING, age_to_group
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+
+
+@dataclass(frozen=True)
+class Record:
+    """One labelled face: where its image is, its official split and its class ids."""
+
+    dataset: str
+    image: Path  # source image file
+    name: str  # the name the label file uses (shown in the report)
+    key: str  # unique, filesystem-safe id -> crop file name
+    split: str  # official split: train | val | test | all (no official split)
+    age: int = MISSING
+    gender: int = MISSING
+    emotion: int = MISSING
+    box: Box | None = None  # face box shipped with the dataset, if any
+
+
+@dataclass
+class ReadResult:
+    dataset: str
+    rows_read: int = 0
+    records: list[Record] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    notes: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def skip(self, reason: str, name: str) -> None:
+        self.skipped[reason].append(name)
+
+
+def safe_key(text: str) -> str:
+    """File-system safe crop name: path separators and odd characters become '_'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: expected {path}")
+    return path
+
+
+def _first_existing(paths: Iterable[Path]) -> Path | None:
+    return next((p for p in paths if p.exists()), None)
+
+
+# ---------------------------------------------------------------- FairFace (formats.md §1)
+
+# The official CSV spells the last bin "more than 70" (the thesis's 70+).
+FAIRFACE_AGES = {name: i for i, name in enumerate(AGE_GROUPS[:-1])} | {"more than 70": 8}
+FAIRFACE_GENDERS = {"Male": 0, "Female": 1}
+FAIRFACE_IMAGE_FOLDERS = ("fairface-img-margin025-trainval", "fairface-img-margin125-trainval")
+
+
+def read_fairface_csv(label_csv: Path, image_root: Path, result: ReadResult) -> None:
+    """Append the rows of one ``fairface_label_{train,val}.csv`` (split = its name's part)."""
+    split = "train" if "train" in label_csv.name else "val"
+    with open(_need(label_csv, "FairFace label CSV"), newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"file", "age", "gender"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{label_csv}: header {reader.fieldnames} lacks columns {sorted(missing)}")
+        for row in reader:
+            result.rows_read += 1
+            name = row["file"]
+            age, gender = FAIRFACE_AGES.get(row["age"]), FAIRFACE_GENDERS.get(row["gender"])
+            if age is None or gender is None:
+                # e.g. Excel-mangled copies ("03-Sep" for "3-9"): refuse, never guess.
+                result.skip("unknown_label", f"{name} (age={row['age']!r}, gender={row['gender']!r})")
+                continue
+            result.records.append(Record("fairface", image_root / name, name, safe_key(name[:-4]),
+                                         split, age=age, gender=gender))
+
+
+def read_fairface(folder: Path) -> ReadResult:
+    result = ReadResult("fairface")
+    image_root = _first_existing(folder / d for d in FAIRFACE_IMAGE_FOLDERS) or folder
+    for split in ("train", "val"):
+        read_fairface_csv(folder / f"fairface_label_{split}.csv", image_root, result)
+    return result
+
+
+# ---------------------------------------------------------------- UTKFace (formats.md §2)
+
+def parse_utkface_name(name: str) -> tuple[int, int] | None:
+    """(age years, gender) from ``age_gender_race_datetime.jpg.chip.jpg``, None if malformed.
+
+    Only the first two fields are trusted: a few official names lack the race field or
+    have odd timestamps (formats.md §2), which must not lose the sample.
+    """
+    parts = name.split("_")
+    try:
+        age, gender = int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+    return (age, gender) if age >= 0 and gender in (0, 1) else None
+
+
+def read_utkface_names(names: Iterable[str], image_dir: Path, result: ReadResult) -> None:
+    for name in names:
+        result.rows_read += 1
+        parsed = parse_utkface_name(name)
+        if parsed is None:
+            result.skip("bad_file_name", name)
+            continue
+        age, gender = parsed
+        stem = name.split(".jpg")[0]
+        result.records.append(Record("utkface", image_dir / name, name, safe_key(stem), "all",
+                                     age=age_to_group(age), gender=gender))
+
+
+def read_utkface(folder: Path) -> ReadResult:
+    """The aligned ``UTKFace/`` folder if present, else the in-the-wild ``part1..3`` folders."""
+    result = ReadResult("utkface")
+    dirs = [folder / "UTKFace"] if (folder / "UTKFace").is_dir() else sorted(folder.glob("part[0-9]"))
+    if not dirs:
+        raise FileNotFoundError(f"UTKFace images not found: expected {folder}/UTKFace/ or {folder}/part1/")
+    for d in dirs:
+        read_utkface_names(sorted(p.name for p in d.iterdir() if p.is_file()), d, result)
+    return result
+
+
+# ---------------------------------------------------------------- LAGENDA (formats.md §3)
+
+LAGENDA_GENDERS = {"M": 0, "F": 1}
+
+
+def read_lagenda(folder: Path) -> ReadResult:
+    """One record per annotated person with both labels and a face box (§2.7: provided boxes).
+
+    Rows are persons, several per image; unlabelled persons (-1) are counted as skipped.
+    """
+    result = ReadResult("lagenda")
+    path = _need(folder / "lagenda_annotation.csv", "LAGENDA annotation CSV")
+    box_cols = ("face_x0", "face_y0", "face_x1", "face_y1")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"img_name", "age", "gender", *box_cols} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: header {reader.fieldnames} lacks columns {sorted(missing)}")
+        for row_no, row in enumerate(reader, start=2):  # line 1 is the header
+            result.rows_read += 1
+            name = f"{row['img_name']} (line {row_no})"
+            try:
+                age = float(row["age"])
+                box = tuple(float(row[c]) for c in box_cols)
+            except ValueError:
+                result.skip("unknown_label", name)
+                continue
+            gender = LAGENDA_GENDERS.get(row["gender"].strip())
+            if gender is None and row["gender"].strip() != "-1":
+                result.skip("unknown_label", f"{name} gender={row['gender']!r}")
+            elif age < 0 and gender is None:
+                result.skip("not_annotated", name)
+            elif age < 0 or gender is None:
+                # Table 3.2: every LAGENDA sample has both labels (its age and gender
+                # totals both include the same 80% of LAGENDA).
+                result.skip("missing_age" if age < 0 else "missing_gender", name)
+            elif all(v == -1 for v in box) or box[2] <= box[0] or box[3] <= box[1]:
+                result.skip("no_face_box", name)
+            else:
+                stem = Path(row["img_name"]).name.split(".")[0]
+                result.records.append(Record("lagenda", folder / row["img_name"], name,
+                                             f"{safe_key(stem)}_{row_no}", "all",
+                                             age=age_to_group(age), gender=gender, box=box))
+    return result
+
+
+# ---------------------------------------------------------------- RAF-DB basic (formats.md §4)
+
+RAFDB_LABELS = {str(i) for i in range(1, 8)}  # 1 Surprise ... 7 Neutral = thesis order + 1
+RAFDB_LIST_NAMES = ("list_patition_label.txt", "list_partition_label.txt")  # real name has the typo
+
+
+def read_rafdb_manual_gender(path: Path) -> int | None:
+    """Line 6 of ``*_manu_attri.txt``: 0 male, 1 female, 2 unsure (returned as 2)."""
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(lines) < 6 or lines[5] not in ("0", "1", "2"):
+        return None
+    return int(lines[5])
+
+
+def read_rafdb_list(list_file: Path, image_dir: Path, result: ReadResult,
+                    manual_dir: Path | None = None, bbox_dir: Path | None = None) -> None:
+    """``<name> <label 1..7>`` lines; split from the ``train_``/``test_`` prefix.
+
+    Gender comes from the manual attribute files when given: "unsure" (2) and absent files
+    both become -1 and are listed in ``result.notes`` (compose.py removes such training rows).
+    """
+    for line in _need(list_file, "RAF-DB label list").read_text().splitlines():
+        if not line.strip():
+            continue
+        result.rows_read += 1
+        parts = line.split()
+        name = parts[0]
+        split = name.split("_")[0]
+        if len(parts) != 2 or parts[1] not in RAFDB_LABELS or split not in ("train", "test"):
+            result.skip("unknown_label", line.strip())
+            continue
+        stem = name.rsplit(".", 1)[0]
+        gender = MISSING
+        if manual_dir is not None:
+            attr = manual_dir / f"{stem}_manu_attri.txt"
+            g = read_rafdb_manual_gender(attr) if attr.is_file() else None
+            if g is None:
+                result.notes["gender_annotation_missing"].append(name)
+            elif g == 2:
+                result.notes["gender_unsure"].append(name)
+            else:
+                gender = g
+        box = None
+        if bbox_dir is not None and (bbox_dir / f"{stem}_boundingbox.txt").is_file():
+            values = (bbox_dir / f"{stem}_boundingbox.txt").read_text().split()
+            box = tuple(float(v) for v in values[:4]) if len(values) >= 4 else None
+        result.records.append(Record("rafdb", image_dir / name, name, stem, split,
+                                     gender=gender, emotion=int(parts[1]) - 1, box=box))
+
+
+def read_rafdb(folder: Path) -> ReadResult:
+    result = ReadResult("rafdb")
+    basic = folder / "basic" if (folder / "basic").is_dir() else folder
+    list_file = _first_existing(basic / "EmoLabel" / n for n in RAFDB_LIST_NAMES)
+    if list_file is None:
+        raise FileNotFoundError(f"RAF-DB label list not found: expected {basic}/EmoLabel/{RAFDB_LIST_NAMES[0]}")
+    bbox_dir = basic / "Annotation" / "boundingbox"
+    read_rafdb_list(list_file, basic / "Image" / "original", result,
+                    manual_dir=basic / "Annotation" / "manual",
+                    bbox_dir=bbox_dir if bbox_dir.is_dir() else None)
+    return result
+
+
+# ---------------------------------------------------------------- CelebA-HQ (formats.md §5)
+
+def parse_celebamask_attributes(path: Path) -> dict[str, int]:
+    """``CelebAMask-HQ-attribute-anno.txt`` -> {image name: gender id} from the ``Male`` column."""
+    lines = _need(path, "CelebAMask-HQ attribute file").read_text().splitlines()
+    count, names = int(lines[0]), lines[1].split()
+    male = names.index("Male")
+    genders = {}
+    for line_no, line in enumerate(lines[2:], start=3):
+        parts = line.split()
+        if len(parts) != len(names) + 1 or parts[male + 1] not in ("1", "-1"):
+            raise ValueError(f"{path} line {line_no}: expected a name and {len(names)} values of 1/-1")
+        genders[parts[0]] = 0 if parts[male + 1] == "1" else 1
+    if len(genders) != count:
+        raise ValueError(f"{path}: line 1 announces {count} images, found {len(genders)}")
+    return genders
+
+
+def read_celebahq(folder: Path) -> ReadResult:
+    """StarGAN v2 ``celeba_hq/{train,val}/{female,male}`` (28,000/2,000: the split Table 3.2 fits),
+    else CelebAMask-HQ's 30,000 images with the attribute file (no official split: all train)."""
+    result = ReadResult("celebahq")
+    stargan = folder / "celeba_hq"
+    if stargan.is_dir():
+        for split in ("train", "val"):
+            for gender, sex in enumerate(("male", "female")):
+                d = stargan / split / sex
+                for p in sorted(d.iterdir()) if d.is_dir() else ():
+                    result.rows_read += 1
+                    rel = f"{split}/{sex}/{p.name}"
+                    result.records.append(Record("celebahq", p, rel, safe_key(rel.rsplit(".", 1)[0]),
+                                                 split, gender=gender))
+        return result
+    mask = folder / "CelebAMask-HQ"
+    for name, gender in parse_celebamask_attributes(mask / "CelebAMask-HQ-attribute-anno.txt").items():
+        result.rows_read += 1
+        result.records.append(Record("celebahq", mask / "CelebA-HQ-img" / name, name,
+                                     safe_key(name.rsplit(".", 1)[0]), "train", gender=gender))
+    result.notes["no_official_split_layout"].append(str(mask))
+    return result
+
+
+# ---------------------------------------------------------------- VGGFace2 test (formats.md §6)
+
+def parse_identity_meta(path: Path) -> dict[str, tuple[int, int]]:
+    """``identity_meta.csv`` -> {class id: (gender id, flag)}; CRLF, spaces after commas, quoted names."""
+    out = {}
+    with open(_need(path, "VGGFace2 identity_meta.csv"), newline="") as f:
+        rows = csv.reader(f, skipinitialspace=True)
+        header = [h.strip() for h in next(rows)]
+        if header[:5] != ["Class_ID", "Name", "Sample_Num", "Flag", "Gender"]:
+            raise ValueError(f"{path}: unexpected header {header}")
+        for line_no, row in enumerate(rows, start=2):
+            gender = {"m": 0, "f": 1}.get(row[4].strip()) if len(row) >= 5 else None
+            if gender is None:
+                raise ValueError(f"{path} line {line_no}: expected Gender m/f, got {row}")
+            out[row[0].strip()] = (gender, int(row[3]))
+    return out
+
+
+def parse_mivia_ages(path: Path) -> dict[str, float]:
+    """MIVIA ``*.age_detected.csv``: image path in column 0, age (float years) in the last column."""
+    ages = {}
+    with open(path, newline="") as f:
+        for line_no, row in enumerate(csv.reader(f, skipinitialspace=True, quotechar="|"), start=1):
+            if not row:
+                continue
+            try:
+                ages[row[0].strip()] = float(row[-1])
+            except ValueError:
+                if line_no > 1:  # line 1 may be a header
+                    raise ValueError(f"{path} line {line_no}: last column is not an age: {row}") from None
+    return ages
+
+
+def parse_loose_boxes(path: Path) -> dict[str, Box]:
+    """``loose_bb_test.csv``: NAME_ID,X,Y,W,H (xywh) -> {NAME_ID.jpg: xyxy}."""
+    boxes = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            x, y, w, h = (float(row[c]) for c in ("X", "Y", "W", "H"))
+            boxes[row["NAME_ID"] + ".jpg"] = (x, y, x + w, y + h)
+    return boxes
+
+
+VGGFACE2_AGE_FILES = ("test.age_detected.csv", "annotations/test.age_detected.csv")
+
+
+def read_vggface2_list(test_list: Path, identities: dict[str, tuple[int, int]], image_dir: Path,
+                       result: ReadResult, ages: dict[str, float] | None = None,
+                       boxes: dict[str, Box] | None = None) -> None:
+    """Every test image inherits its identity's gender; age from the MIVIA file when given."""
+    for name in _need(test_list, "VGGFace2 test_list.txt").read_text().split():
+        result.rows_read += 1
+        identity = identities.get(name.split("/")[0])
+        if identity is None:
+            result.skip("unknown_identity", name)
+            continue
+        age = MISSING
+        if ages is not None:
+            if name in ages and ages[name] >= 0:
+                # MIVIA ages are real-valued estimates; binning floors them like whole years.
+                age = age_to_group(ages[name])
+            else:
+                result.notes["age_missing"].append(name)
+        result.records.append(Record("vggface2", image_dir / name, name, safe_key(name[:-4]), "test",
+                                     age=age, gender=identity[0],
+                                     box=None if boxes is None else boxes.get(name)))
+
+
+def read_vggface2(folder: Path) -> ReadResult:
+    result = ReadResult("vggface2")
+    age_file = _first_existing(folder / n for n in VGGFACE2_AGE_FILES)
+    if age_file is None:
+        result.notes["mivia_age_file_absent"].append(f"{folder}/{VGGFACE2_AGE_FILES[0]}")
+    box_file = folder / "bb_landmark" / "loose_bb_test.csv"
+    read_vggface2_list(folder / "test_list.txt", parse_identity_meta(folder / "identity_meta.csv"),
+                       folder / "test", result,
+                       ages=parse_mivia_ages(age_file) if age_file else None,
+                       boxes=parse_loose_boxes(box_file) if box_file.is_file() else None)
+    return result
+
+
+# Dataset id (= folder name under the raw root) -> reader.
+READERS: dict[str, Callable[[Path], ReadResult]] = {
+    "lagenda": read_lagenda,
+    "fairface": read_fairface,
+    "rafdb": read_rafdb,
+    "celebahq": read_celebahq,
+    "utkface": read_utkface,
+    "vggface2": read_vggface2,
+}

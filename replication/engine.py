@@ -1,0 +1,741 @@
+"""Training and evaluation engine: one resumable run folder per (method, tasks, weighting, seed).
+
+Thesis §3.1 shared settings: AdamW (weight decay 0.01), ReduceLROnPlateau (factor 0.1, patience 5),
+automatic mixed precision, batch 128, early stopping after 10 epochs without improvement of the
+validation loss (single-task) or of the average validation accuracy (multi-task); §3.2 class-balanced
+sampling; §3.7 masked multi-task losses with EMA or uncertainty weighting and emotion replication;
+§4.1 checkpoint selection (highest validation accuracy, single-task; highest average validation
+accuracy, multi-task); test predictions and the §4 results.
+
+Run folder ``<runs_dir>/<name>/``: config.json, metrics.jsonl (one record per epoch), best.pt (the
+selected trainable state), last.pt (everything needed to resume), predictions.csv, results.json, DONE.
+Every file is written atomically (tmp + os.replace). last.pt is saved at every epoch end and every
+``checkpoint_every`` steps with the RNG states and the sampler position, so a run killed at any point
+(kill -9 included) resumes bit-identically when the same command is run again; a run with DONE is not
+retrained. Decisions the thesis leaves open are stated where they are made.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from replication import distributed
+from replication.checkpoint import load_clip, load_vision
+from replication.config import get_config
+from replication.data import read_manifest
+from replication.labels import MISSING, TASKS, TEST_SETS
+from replication.losses import make_weighting, masked_cross_entropy
+from replication.methods import build_method
+from replication.metrics import dataset_results, summarize_predictions
+from replication.profiles import get_profile
+from replication.sampling import BalancedSampler, class_balanced_weights, replicate_emotion
+from replication.transforms import eval_transform, train_transform
+from replication.zero_shot import ZeroShotClassifier
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (nanoGPT style: one flat config, every field overridable on the CLI)."""
+    method: str                              # lp | ap | ft4 | lora | dora | mtlora | zero_shot
+    tasks: tuple[str, ...]                   # subset of labels.TASKS, in any order
+    weighting: str = "uw"                    # §3.7.3 uw | ema (multi-task); none (single-task)
+    profile: str = "demo"
+    model_config: str = "demo-tiny"
+    checkpoint: str | None = None            # PE-Core weights (None: random init, tests only)
+    bpe: str | None = None                   # BPE merges (zero-shot only)
+    prepared: str = "data/demo/prepared"     # folder with manifest.csv
+    runs_dir: str = "runs/demo"
+    batch_size: int = 128
+    max_epochs: int = 100
+    patience: int = 10                       # §3.1 early stopping
+    lr_head: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 0.01
+    amp: str = "none"                        # bf16 | fp16 | none
+    seed: int = 0
+    num_workers: int = 0
+    grad_checkpointing: bool = False
+    emotion_share: float = 1 / 3             # §3.7.2
+    max_train_samples: int | None = None     # subsample the training rows (demo/notebook budgets)
+    cache_embeddings: bool = True            # LP: embed the frozen backbone's outputs once
+    checkpoint_every: int = 200              # steps between mid-epoch last.pt saves
+    device: str = "cpu"
+    run_name: str | None = None              # folder name; default derived from the fields above
+
+    def __post_init__(self):
+        if isinstance(self.tasks, str):
+            self.tasks = tuple(t for t in self.tasks.split(",") if t)
+        self.tasks = tuple(self.tasks)
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if not self.tasks or unknown:
+            raise ValueError(f"tasks must be a non-empty subset of {list(TASKS)}, got {list(self.tasks)}")
+        if self.weighting not in ("uw", "ema", "none"):
+            raise ValueError(f"weighting must be uw, ema or none, got {self.weighting!r}")
+        if len(self.tasks) == 1 and self.weighting != "none":
+            raise ValueError("a single-task run uses the plain cross-entropy (§3.1): weighting must be 'none'")
+        if self.amp not in ("bf16", "fp16", "none"):
+            raise ValueError(f"amp must be bf16, fp16 or none, got {self.amp!r}")
+
+    @property
+    def multi_task(self) -> bool:
+        return len(self.tasks) > 1
+
+    @property
+    def name(self) -> str:
+        if self.run_name:
+            return self.run_name
+        parts = [self.method, "-".join(self.tasks)]
+        if self.multi_task:
+            parts.append(self.weighting)
+        if self.max_train_samples:
+            parts.append(f"n{self.max_train_samples}")
+        return "_".join(parts + [f"seed{self.seed}"])
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+# fields that change how a run executes but not what it computes: a resumed run may differ in them
+_EXECUTION_ONLY = {"num_workers", "checkpoint_every", "runs_dir", "device"}
+
+
+# --- files --------------------------------------------------------------------------------------------
+def _atomic_write(path: Path, write) -> None:
+    """Write via ``write(tmp_path)`` then rename, so a reader never sees a half-written file. (No fsync:
+    this guards against the process dying, which is what resuming is for, not against power loss.)"""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _save(path: Path, obj) -> None:
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _config_dict(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists, as read back
+
+
+# --- data ---------------------------------------------------------------------------------------------
+def read_split(cfg: TrainConfig, split: str) -> pd.DataFrame:
+    """Rows of ``split`` with a label for at least one of the run's tasks (others carry no signal)."""
+    frame = read_manifest(Path(cfg.prepared) / "manifest.csv")
+    frame = frame[frame["split"] == split]
+    frame = frame[(frame[list(cfg.tasks)] != MISSING).any(axis=1)].reset_index(drop=True)
+    if frame.empty:
+        raise ValueError(f"{Path(cfg.prepared) / 'manifest.csv'}: no {split} rows labelled for {list(cfg.tasks)}")
+    return frame
+
+
+class FaceDataset(Dataset):
+    """Prepared face crops with their labels for the run's tasks (-1 = missing), one item per row.
+
+    Items may be ``(row, seed)``: the augmentation then draws from its own generator seeded with
+    ``seed`` (see sampling.BalancedSampler), so the images a run sees are fixed by the sampler alone."""
+
+    def __init__(self, root: Path, frame: pd.DataFrame, tasks, transform):
+        self.root, self.transform = Path(root), transform
+        self.paths = frame["path"].tolist()
+        self.labels = torch.tensor(frame[list(tasks)].to_numpy(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item):
+        row, seed = item if isinstance(item, tuple) else (item, None)
+        path = self.root / self.paths[row]
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"cannot read image {path} (manifest row {row}): {e}") from e
+        if seed is None:
+            return self.transform(image), self.labels[row]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), self.labels[row]
+
+
+class TrainingSet:
+    """§3.2/§3.7.2 the training rows after emotion replication, and their sampling weights."""
+
+    def __init__(self, cfg: TrainConfig, frame: pd.DataFrame):
+        if cfg.max_train_samples and cfg.max_train_samples < len(frame):
+            keep = np.random.default_rng(cfg.seed).choice(len(frame), cfg.max_train_samples, replace=False)
+            frame = frame.iloc[np.sort(keep)].reset_index(drop=True)
+        self.frame = frame
+        # §3.7.2 only multi-task training with emotion needs replication (single-task sets are one task)
+        if cfg.multi_task and "emotion" in cfg.tasks:
+            self.rows = replicate_emotion(frame["emotion"].to_numpy() != MISSING, cfg.emotion_share)
+        else:
+            self.rows = np.arange(len(frame))
+        labels = {t: frame[t].to_numpy(np.int64)[self.rows] for t in cfg.tasks}
+        self.weights = class_balanced_weights(labels)
+
+
+class _Rows(Dataset):
+    """A dataset seen through an index array (replicated training rows, one rank's evaluation shard)."""
+
+    def __init__(self, base: Dataset, rows: np.ndarray):
+        self.base, self.rows = base, rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, item):
+        if isinstance(item, tuple):
+            i, seed = item
+            return self.base[(int(self.rows[i]), seed)]
+        return self.base[int(self.rows[item])]
+
+
+# --- model --------------------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig):
+    """The method's TaskModel and AdamW parameter groups (replication.methods), seeded by ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    vision = load_vision(cfg.checkpoint, config=cfg.model_config)
+    vision.grad_checkpointing = cfg.grad_checkpointing
+    return build_method(cfg.method, cfg.tasks, vision, lr_head=cfg.lr_head, lr_backbone=cfg.lr_backbone,
+                        weight_decay=cfg.weight_decay)
+
+
+class Objective(nn.Module):
+    """Model + §3.7.3 loss weighting in one module, so DDP also averages the gradients of the s_k.
+
+    ``cached=True`` (linear probing): inputs are the frozen backbone's per-task embeddings and only
+    the heads run."""
+
+    def __init__(self, model: nn.Module, weighting: nn.Module, cached: bool):
+        super().__init__()
+        self.model, self.weighting, self.cached = model, weighting, cached
+
+    def forward(self, inputs, targets):
+        logits = self.model.classify(inputs) if self.cached else self.model(inputs)
+        losses = {t: masked_cross_entropy(logits[t], targets[:, i]) for i, t in enumerate(self.weighting.tasks)}
+        return self.weighting(losses), losses
+
+
+def _param_groups(cfg: TrainConfig, adapted, weighting: nn.Module) -> list[dict]:
+    """AdamW groups: the method's (learning rates of §3.3-3.6; weight decay ``cfg.weight_decay`` on every
+    parameter, biases, norms and DoRA magnitudes included, as the default ``torch.optim.AdamW`` of §3.1
+    does) + the UW log-variances s_k, at the heads' learning rate and without weight decay (see
+    losses.UncertaintyWeighting)."""
+    groups = list(adapted.param_groups)
+    extra = [p for p in weighting.parameters() if p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "lr": cfg.lr_head, "weight_decay": 0.0, "name": "uncertainty_weighting"})
+    return groups
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+
+
+def train_step(objective, optimizer, scaler, inputs, targets, autocast) -> dict[str, torch.Tensor]:
+    """One AdamW step on one batch; returns the detached per-task losses."""
+    with autocast:
+        total, losses = objective(inputs, targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return {t: l.detach() for t, l in losses.items()}
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def _run_model(model, batches, device, autocast) -> dict[str, torch.Tensor]:
+    """Concatenated outputs of ``model`` (dict task -> tensor) over ``batches`` of inputs, on CPU."""
+    out: dict[str, list] = {}
+    for inputs in batches:
+        inputs = {t: x.to(device) for t, x in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)
+        with autocast:
+            result = model(inputs)
+        for t, v in result.items():
+            out.setdefault(t, []).append(v.float().cpu())
+    return {t: torch.cat(v) for t, v in out.items()}
+
+
+def _image_batches(dataset: Dataset, rows: np.ndarray, cfg: TrainConfig):
+    # evaluation must not consume the global RNG (a resumed run would drift): own generator
+    loader = DataLoader(_Rows(dataset, rows), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                        generator=torch.Generator())
+    return (images for images, _ in loader)
+
+
+def _sharded(d: distributed.Dist, n: int, compute) -> dict[str, torch.Tensor]:
+    """``compute(rows) -> dict task -> (len(rows), ...)`` over all ``n`` rows: each rank runs rows
+    rank, rank + world, ...; the results are gathered and put back in row order on every rank."""
+    mine = np.arange(d.rank, n, d.world_size)
+    gathered = distributed.all_gather(d, (mine, compute(mine)))
+    inverse = np.argsort(np.concatenate([m for m, _ in gathered]))
+    return {t: torch.cat([out[t] for _, out in gathered])[inverse] for t in gathered[0][1]}
+
+
+def predict_logits(model, dataset: FaceDataset, cfg: TrainConfig, d: distributed.Dist,
+                   embeddings: dict | None = None) -> dict[str, torch.Tensor]:
+    """Logits (on CPU) of every row of ``dataset``, in eval mode, sharded over DDP ranks.
+
+    With ``embeddings`` (LP cache) only the heads run, on the cached per-task embeddings."""
+    autocast = _autocast(cfg, d.device)
+
+    def compute(rows):
+        if embeddings is None:
+            return _run_model(model, _image_batches(dataset, rows, cfg), d.device, autocast)
+        chunks = ({t: e[rows[i:i + cfg.batch_size]] for t, e in embeddings.items()}
+                  for i in range(0, len(rows), cfg.batch_size))
+        return _run_model(model.classify, chunks, d.device, autocast)
+
+    was_training = model.training
+    model.eval()
+    logits = _sharded(d, len(dataset), compute)
+    model.train(was_training)
+    return logits
+
+
+def validation_metrics(logits: dict, frame: pd.DataFrame, tasks) -> dict:
+    """Per task: masked CE over all labelled validation rows, and the §4 "average accuracy" (mean over
+    the validation datasets) used for §3.1 early stopping and §4.1 selection."""
+    out = {"val_loss": {}, "val_accuracy": {}}
+    for t in tasks:
+        y = frame[t].to_numpy(np.int64)
+        out["val_loss"][t] = float(masked_cross_entropy(logits[t], torch.tensor(y)))
+        labelled = y != MISSING
+        preds = pd.DataFrame({"dataset": frame["dataset"].to_numpy()[labelled], "task": t, "label": y[labelled],
+                              "pred": logits[t].argmax(1).numpy()[labelled]})
+        out["val_accuracy"][t] = dataset_results(preds, t, preds["dataset"].unique())["average_accuracy"]
+    out["val_average_accuracy"] = float(np.mean(list(out["val_accuracy"].values())))
+    return out
+
+
+def evaluation_frame(cfg: TrainConfig) -> pd.DataFrame:
+    """Test rows of the datasets that test at least one of the run's tasks (§3.1 Table 3.1)."""
+    frame = read_split(cfg, "test")
+    wanted = {ds for t in cfg.tasks for ds in TEST_SETS[t]}
+    return frame[frame["dataset"].isin(wanted)].reset_index(drop=True)
+
+
+def predictions_table(logits: dict, frame: pd.DataFrame, tasks) -> pd.DataFrame:
+    """predictions.csv: one row per (test image, task) with a label, on that task's test sets."""
+    parts = []
+    for t in tasks:
+        keep = (frame[t].to_numpy() != MISSING) & frame["dataset"].isin(TEST_SETS[t]).to_numpy()
+        parts.append(pd.DataFrame({"path": frame["path"][keep], "dataset": frame["dataset"][keep], "task": t,
+                                   "label": frame[t][keep], "pred": logits[t].argmax(1).numpy()[keep]}))
+    return pd.concat(parts, ignore_index=True)
+
+
+# --- training -----------------------------------------------------------------------------------------
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in last.pt."""
+    epoch: int = 0                 # epochs completed
+    step: int = 0                  # batches done in the current epoch
+    loss_sums: dict = field(default_factory=dict)   # task -> [sum of batch losses, batches with labels]
+    history: list = field(default_factory=list)     # metrics.jsonl records
+    best: float | None = None      # best selection value (§4.1)
+    best_epoch: int | None = None
+    monitor_best: float | None = None  # best early-stopping value (§3.1)
+    bad_epochs: int = 0
+    finished: bool = False
+
+
+class Trainer:
+    """Builds everything a run needs from its config; ``fit()`` trains (resuming from last.pt)."""
+
+    def __init__(self, cfg: TrainConfig, d: distributed.Dist | None = None):
+        self.cfg, self.d = cfg, d or distributed.Dist(device=torch.device(cfg.device))
+        self.dir = cfg.run_dir
+        adapted = build_model(cfg)
+        self.model = adapted.model.to(self.d.device)
+        self.weighting = make_weighting(cfg.weighting, cfg.tasks).to(self.d.device)
+        self.optimizer = torch.optim.AdamW(_param_groups(cfg, adapted, self.weighting))
+        # §3.1 early stopping and the LR schedule watch the same quantity: the validation loss for
+        # single-task, the average validation accuracy for multi-task (loss scales differ per task)
+        self.monitor_mode = "max" if cfg.multi_task else "min"
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode=self.monitor_mode, factor=0.1, patience=5)
+        self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=cfg.amp == "fp16")
+        self.autocast = _autocast(cfg, self.d.device)
+        self.cached = bool(getattr(self.model, "frozen_backbone", False)) and cfg.cache_embeddings
+        objective = Objective(self.model, self.weighting, self.cached)
+        if self.d.enabled:
+            ids = None
+            if self.d.device.type == "cuda":
+                # BatchNorm over the global batch, as on the thesis's single GPU (Gloo/CPU has no SyncBN)
+                objective, ids = nn.SyncBatchNorm.convert_sync_batchnorm(objective), [self.d.device.index]
+            # static graph: every step uses the same parameters (a task without labels in a batch still
+            # takes part, see masked_cross_entropy), and it tolerates trainable parameters that never get a
+            # gradient, such as MTLoRA's zero-scaled shared pairs kept for the thesis's parameter count
+            objective = DistributedDataParallel(objective, device_ids=ids, static_graph=True)
+        self.objective = objective
+
+        size = _image_size(cfg)
+        root = Path(cfg.prepared)
+        self.train_set = TrainingSet(cfg, read_split(cfg, "train"))
+        self.val_frame = read_split(cfg, "val")
+        self.train_images = FaceDataset(root, self.train_set.frame, cfg.tasks, train_transform(size))
+        self.val_images = FaceDataset(root, self.val_frame, cfg.tasks, eval_transform(size))
+        self.sampler = BalancedSampler(self.train_set.weights, cfg.seed, self.d.rank, self.d.world_size)
+        # batch_size is the global batch of §3.1 (128 on the thesis's one GPU); each rank takes its share,
+        # so DDP changes the hardware, not the optimisation
+        if cfg.batch_size % self.d.world_size:
+            raise ValueError(f"batch size {cfg.batch_size} is not divisible by {self.d.world_size} processes")
+        self.batch = cfg.batch_size // self.d.world_size
+        self.steps_per_epoch = self.sampler.num_samples // self.batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.sampler.num_samples} training draws per rank < batch size {self.batch}")
+        self.progress = Progress()
+
+    # -- state ----------------------------------------------------------------------------------------
+    def _save_last(self) -> None:
+        rng = distributed.all_gather(self.d, _rng_state())  # every rank's generators, for exact resume
+        if self.d.is_main:
+            _save(self.dir / "last.pt", {
+                "model": self.model.trainable_state_dict(), "weighting": self.weighting.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "progress": dataclasses.asdict(self.progress), "rng": rng})
+
+    def _load_last(self) -> bool:
+        path = self.dir / "last.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.d.device, weights_only=False)
+        self.model.load_trainable_state_dict(state["model"])
+        self.weighting.load_state_dict(state["weighting"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"])
+        if len(state["rng"]) != self.d.world_size:
+            raise ValueError(f"{path} was written by {len(state['rng'])} processes; resume with as many "
+                             f"(now {self.d.world_size})")
+        _set_rng_state(state["rng"][self.d.rank])
+        return True
+
+    def _write_metrics(self) -> None:
+        if self.d.is_main:
+            _write_text(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.progress.history))
+
+    # -- LP embedding cache ---------------------------------------------------------------------------
+    def _embed_all(self, dataset: FaceDataset) -> dict[str, torch.Tensor]:
+        """§3.3 the frozen backbone's per-task embeddings of every row (eval transform), on the device.
+
+        When the model feeds one tensor to every head (all methods but MTLoRA) it is stored once."""
+        tasks = self.cfg.tasks
+
+        def embed(images):
+            emb = self.model.embed(images)
+            return {"shared": emb[tasks[0]]} if all(emb[t] is emb[tasks[0]] for t in tasks) else emb
+
+        self.model.eval()
+        out = _sharded(self.d, len(dataset), lambda rows: _run_model(
+            embed, _image_batches(dataset, rows, self.cfg), self.d.device, self.autocast))
+        return {t: out.get("shared", out.get(t)).to(self.d.device) for t in tasks}
+
+    def _cache(self) -> tuple[dict, dict]:
+        start = time.perf_counter()
+        train_eval = FaceDataset(self.cfg.prepared, self.train_set.frame, self.cfg.tasks,
+                                 eval_transform(_image_size(self.cfg)))
+        train, val = self._embed_all(train_eval), self._embed_all(self.val_images)
+        self._log(f"LP cache: embedded {len(train_eval)} train + {len(self.val_images)} val images once "
+                  f"in {time.perf_counter() - start:.1f}s; epochs now run the heads only")
+        return train, val
+
+    def _log(self, text: str) -> None:
+        if self.d.is_main:
+            print(text, flush=True)
+
+    # -- loop -----------------------------------------------------------------------------------------
+    def _batches(self, train_cache):
+        """This epoch's remaining training batches (inputs, targets), from the sampler's position."""
+        cfg, p = self.cfg, self.progress
+        self.sampler.set_epoch(p.epoch, start=p.step * self.batch)
+        if train_cache is not None:
+            idx, _ = self.sampler.draws()
+            rows = torch.as_tensor(self.train_set.rows)[idx]
+            labels = self.train_images.labels
+            for s in range(p.step, self.steps_per_epoch):
+                r = rows[s * self.batch:(s + 1) * self.batch]
+                yield {t: e[r] for t, e in train_cache.items()}, labels[r]
+            return
+        # an explicit generator keeps the DataLoader from drawing its base seed from the global RNG
+        loader = DataLoader(_Rows(self.train_images, self.train_set.rows), batch_size=self.batch,
+                            sampler=self.sampler, drop_last=True, num_workers=cfg.num_workers,
+                            pin_memory=self.d.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(cfg.seed))
+        yield from loader
+
+    def _observe(self, losses: dict, targets: torch.Tensor) -> None:
+        """Feed the batch losses (averaged over ranks) to the EMA weighting and the epoch means."""
+        tasks = self.cfg.tasks
+        present = (targets != MISSING).any(0).to(torch.float64).cpu()
+        stats = distributed.all_reduce_mean(self.d, torch.cat([
+            torch.stack([losses[t].double().cpu() * present[i] for i, t in enumerate(tasks)]), present]))
+        k = len(tasks)
+        values = {t: float(stats[i] / stats[k + i]) if stats[k + i] > 0 else 0.0 for i, t in enumerate(tasks)}
+        seen = {t: bool(stats[k + i] > 0) for i, t in enumerate(tasks)}
+        self.weighting.observe(values, seen)
+        for t in tasks:
+            if seen[t]:
+                s = self.progress.loss_sums.setdefault(t, [0.0, 0])
+                s[0], s[1] = s[0] + values[t], s[1] + 1
+
+    def _end_epoch(self, val_cache, seconds: float) -> None:
+        """Validation, LR schedule, §4.1 selection, §3.1 early stopping, then last.pt and metrics.jsonl."""
+        cfg, p = self.cfg, self.progress
+        distributed.broadcast_buffers(self.d, self.model)
+        logits = predict_logits(self.model, self.val_images, cfg, self.d, val_cache)
+        record = {"epoch": p.epoch + 1,
+                  "lr": {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)},
+                  "train_loss": {t: s / n for t, (s, n) in p.loss_sums.items()},
+                  **validation_metrics(logits, self.val_frame, cfg.tasks), **self.weighting.log()}
+        if cfg.multi_task:
+            monitor = selection = record["val_average_accuracy"]
+        else:
+            (task,) = cfg.tasks
+            monitor, selection = record["val_loss"][task], record["val_accuracy"][task]
+        self.scheduler.step(monitor)
+        improved = p.best is None or selection > p.best
+        if improved:
+            p.best, p.best_epoch = selection, p.epoch + 1
+            if self.d.is_main:
+                _save(self.dir / "best.pt", {"model": self.model.trainable_state_dict(), "epoch": p.best_epoch,
+                                              "selection": selection})
+        better = p.monitor_best is None or (monitor > p.monitor_best if self.monitor_mode == "max"
+                                            else monitor < p.monitor_best)
+        p.monitor_best = monitor if better else p.monitor_best
+        p.bad_epochs = 0 if better else p.bad_epochs + 1
+        record.update(selection=selection, monitor=monitor, best_epoch=p.best_epoch, train_seconds=round(seconds, 3))
+        p.history.append(record)
+        p.epoch, p.step, p.loss_sums = p.epoch + 1, 0, {}
+        p.finished = p.bad_epochs >= cfg.patience or p.epoch >= cfg.max_epochs
+        self._save_last()
+        self._write_metrics()
+        fmt = lambda d: " ".join(f"{t} {v:.4f}" for t, v in d.items())  # noqa: E731
+        self._log(f"epoch {p.epoch} ({seconds:.1f}s): train loss {fmt(record['train_loss'])} | val acc "
+                  f"{fmt(record['val_accuracy'])} | {'best' if improved else f'{p.bad_epochs} without improvement'}")
+
+    def fit(self) -> None:
+        cfg = self.cfg
+        if self.d.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier(self.d)
+        resumed = self._load_last()
+        p = self.progress
+        if resumed:
+            self._log(f"resuming {self.dir} at epoch {p.epoch + 1}, step {p.step}")
+        if p.finished:
+            return
+        train_cache, val_cache = self._cache() if self.cached else (None, None)
+        self.objective.train()
+        while not p.finished:
+            if p.step == 0:
+                self.weighting.start_epoch()  # §3.7.3 EMA weights are fixed for the whole epoch
+            start = time.perf_counter()
+            bar = tqdm(total=self.steps_per_epoch, initial=p.step, desc=f"epoch {p.epoch + 1}", leave=False,
+                       mininterval=10, disable=not self.d.is_main)
+            for inputs, targets in self._batches(train_cache):
+                inputs = ({t: x.to(self.d.device) for t, x in inputs.items()} if isinstance(inputs, dict)
+                          else inputs.to(self.d.device, non_blocking=True))
+                targets = targets.to(self.d.device)
+                losses = train_step(self.objective, self.optimizer, self.scaler, inputs, targets, self.autocast)
+                self._observe(losses, targets)
+                p.step += 1
+                bar.update()
+                if p.step % cfg.checkpoint_every == 0 and p.step < self.steps_per_epoch:
+                    self._save_last()
+            bar.close()
+            self._end_epoch(val_cache, time.perf_counter() - start)
+
+
+def _image_size(cfg: TrainConfig) -> int:
+    return get_config(cfg.model_config).vision.image_size
+
+
+# --- runs ---------------------------------------------------------------------------------------------
+def _same_run(cfg: TrainConfig) -> bool:
+    """True if the run folder exists with this config; raises if it holds a different run."""
+    path = cfg.run_dir / "config.json"
+    if not path.exists():
+        return False
+    old, new = json.loads(path.read_text()), _config_dict(cfg)
+    diff = {k for k in set(old) | set(new) if k not in _EXECUTION_ONLY and old.get(k) != new.get(k)}
+    if diff:
+        raise ValueError(f"{cfg.run_dir} holds a run with a different config ({sorted(diff)}); "
+                         f"choose another --run-name or remove the folder")
+    return True
+
+
+def _prepare_dir(cfg: TrainConfig, d: distributed.Dist) -> None:
+    """Create the run folder with config.json, or check that an existing one is the same run."""
+    if not _same_run(cfg) and d.is_main:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_text(cfg.run_dir / "config.json", json.dumps(_config_dict(cfg), indent=2) + "\n")
+    distributed.barrier(d)
+
+
+def _finish(cfg: TrainConfig, logits: dict, frame: pd.DataFrame, extra: dict) -> None:
+    """Write predictions.csv and results.json, then DONE (last, so DONE means complete)."""
+    preds = predictions_table(logits, frame, cfg.tasks)
+    _atomic_write(cfg.run_dir / "predictions.csv", lambda tmp: preds.to_csv(tmp, index=False))
+    results = {"run": cfg.name, "method": cfg.method, "profile": cfg.profile, **extra,
+               **summarize_predictions(preds, cfg.tasks)}
+    _write_text(cfg.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    _write_text(cfg.run_dir / "DONE", "")
+
+
+def _zero_shot_model(cfg: TrainConfig) -> ZeroShotClassifier:
+    return ZeroShotClassifier(load_clip(cfg.checkpoint, config=cfg.model_config), cfg.bpe, cfg.tasks).eval()
+
+
+def _zero_shot(cfg: TrainConfig, d: distributed.Dist) -> None:
+    """§4.2 baseline: no training; the zero-shot classifier predicts the test sets."""
+    model = _zero_shot_model(cfg).to(d.device)
+    frame = evaluation_frame(cfg)
+    dataset = FaceDataset(Path(cfg.prepared), frame, cfg.tasks, eval_transform(_image_size(cfg)))
+    logits = predict_logits(model, dataset, cfg, d)
+    if d.is_main:
+        _finish(cfg, logits, frame, {})
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Train (or resume) the run, evaluate its selected checkpoint on the test sets; returns the folder.
+
+    A folder with DONE is returned as is. Under torchrun every rank calls this; rank 0 writes."""
+    if (cfg.run_dir / "DONE").exists() and _same_run(cfg):
+        return cfg.run_dir
+    d = distributed.setup(cfg.device)
+    try:
+        torch.manual_seed(cfg.seed)
+        _prepare_dir(cfg, d)
+        if cfg.method == "zero_shot":
+            _zero_shot(cfg, d)
+        else:
+            trainer = Trainer(cfg, d)
+            trainer.fit()
+            best = torch.load(cfg.run_dir / "best.pt", map_location=d.device, weights_only=False)
+            trainer.model.load_trainable_state_dict(best["model"])
+            frame = evaluation_frame(cfg)
+            dataset = FaceDataset(Path(cfg.prepared), frame, cfg.tasks, eval_transform(_image_size(cfg)))
+            logits = predict_logits(trainer.model, dataset, cfg, d)
+            if d.is_main:
+                _finish(cfg, logits, frame, {"best_epoch": best["epoch"], "epochs": trainer.progress.epoch})
+        distributed.barrier(d)
+    finally:
+        distributed.teardown(d)
+    return cfg.run_dir
+
+
+@dataclass
+class RunResult:
+    config: TrainConfig
+    epochs: list[dict]
+    predictions: pd.DataFrame
+    results: dict
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    return TrainConfig(**json.loads((Path(path) / "config.json").read_text()))
+
+
+def load_run(path: str | Path) -> RunResult:
+    """A finished run folder's config, per-epoch metrics, test predictions and results."""
+    path = Path(path)
+    if not (path / "DONE").exists():
+        raise FileNotFoundError(f"{path} is not a finished run (no DONE); run the same train command again")
+    metrics = path / "metrics.jsonl"
+    epochs = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    return RunResult(load_config(path), epochs, pd.read_csv(path / "predictions.csv"),
+                     json.loads((path / "results.json").read_text()))
+
+
+def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
+    """The run's selected model (best.pt; zero-shot: the classifier) in eval mode, for analyses."""
+    cfg = load_config(path)
+    if cfg.method == "zero_shot":
+        return _zero_shot_model(cfg).to(device)
+    model = build_model(cfg).model
+    model.load_trainable_state_dict(torch.load(Path(path) / "best.pt", map_location="cpu", weights_only=False)["model"])
+    return model.to(device).eval()
+
+
+# --- command line -------------------------------------------------------------------------------------
+_PROFILE_FIELDS = {"model_config": "model_config", "prepared": "prepared", "runs_dir": "runs",
+                   "checkpoint": "checkpoint", "bpe": "bpe", "batch_size": "batch_size",
+                   "max_epochs": "max_epochs", "patience": "patience", "amp": "amp", "device": "device",
+                   "num_workers": "num_workers"}
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m replication train --method M --tasks age,gender,emotion [--weighting uw|ema]
+    [--profile demo|full] [--<field> value ...]``: every TrainConfig field can be overridden."""
+    parser = argparse.ArgumentParser(prog="python -m replication train", description=cli.__doc__)
+    parser.add_argument("--profile", default="demo", help="demo | full: default folders and settings")
+    for f in fields(TrainConfig):
+        if f.name == "profile":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=None, required=f.name in ("method", "tasks"))
+    args = vars(parser.parse_args(argv))
+    profile = get_profile(args.pop("profile"))
+    values = {k: getattr(profile, attr) for k, attr in _PROFILE_FIELDS.items()}
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
+    optional = {f.name for f in fields(TrainConfig) if "None" in str(f.type)}
+    # given flags override the profile; an empty value clears an optional one (--checkpoint "" = random init)
+    values.update({k: (None if v == "" and k in optional else v) for k, v in args.items() if v is not None})
+    tasks = values["tasks"].split(",")
+    values.setdefault("weighting", "uw" if len(tasks) > 1 else "none")
+    cfg = TrainConfig(profile=profile.name, **values)
+    folder = run(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"run": str(folder), **{k: v for k, v in load_run(folder).results.items()
+                                                   if k == "overall_average_accuracy"}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

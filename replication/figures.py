@@ -1,0 +1,193 @@
+"""The thesis's figures, regenerated: figures/<id>.png (matplotlib Agg + seaborn).
+
+* Figs 2.8–2.13 (§2.7): class distribution of each dataset, per task and split;
+* Fig 3.1 (§3.1): Listing 3.1's training augmentation applied to crops;
+* Fig 4.1 (§4.4.1): the uncertainty-weighting variances σ² = exp(s_k) learned per epoch;
+* Figs 4.2–4.3 (§4.7): confusion matrices with accuracy and balanced accuracy;
+* Figs 4.4–4.6 (§4.8): PCA and t-SNE (on the first 50 principal components, as §4.8) of features;
+* Fig 5.1 (§5.1): test images with the model's predictions.
+
+Every figure of the demo profile has "demo profile — not the thesis's data or model" drawn on it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+from replication.data import class_counts  # noqa: E402
+from replication.labels import TASKS  # noqa: E402
+from replication.profiles import DEMO_LABEL  # noqa: E402
+
+# Figs 2.8–2.13: figure id -> dataset (the thesis draws VGGFace2's ages on a log scale)
+DATASET_FIGURES = {"2.8": "fairface", "2.9": "utkface", "2.10": "lagenda", "2.11": "rafdb",
+                   "2.12": "vggface2", "2.13": "celebahq"}
+LOG_SCALE_AGE = {"vggface2"}
+
+
+def draw_label(fig: plt.Figure, profile: str) -> None:
+    """The demo profile's warning, drawn across the bottom of the figure."""
+    if profile == "demo":
+        fig.text(0.5, 0.005, DEMO_LABEL, ha="center", va="bottom", fontsize=10, color="crimson",
+                 weight="bold", bbox={"facecolor": "white", "edgecolor": "crimson", "alpha": 0.9})
+
+
+def save(fig: plt.Figure, out_dir: str | Path, fig_id: str, profile: str) -> Path:
+    """Draw the demo label (demo profile) and write <out_dir>/figure_<id>.png atomically."""
+    draw_label(fig, profile)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"figure_{fig_id.replace('.', '_')}.png"
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _denormalise(x: torch.Tensor) -> np.ndarray:
+    """A (3, H, W) tensor normalised with mean = std = 0.5 back to an (H, W, 3) image in [0, 1]."""
+    return (x.permute(1, 2, 0).numpy() * 0.5 + 0.5).clip(0, 1)
+
+
+# --- §2.7 -----------------------------------------------------------------------------------
+
+def dataset_distribution(manifest: pd.DataFrame, fig_id: str, out_dir, profile: str) -> Path:
+    """Figs 2.8–2.13: one bar chart per labelled task of the dataset, bars coloured by split."""
+    dataset = DATASET_FIGURES[fig_id]
+    counts = class_counts(manifest[manifest["dataset"] == dataset])
+    if counts.empty:
+        raise ValueError(f"the manifest has no labelled rows of {dataset!r} (Fig. {fig_id})")
+    tasks = [t for t in TASKS if (counts["task"] == t).any()]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        data = counts[counts["task"] == task]
+        sns.barplot(data=data, x="class_name", y="count", hue="split", ax=ax,
+                    order=list(TASKS[task]))
+        ax.set(title=f"{dataset}: {task}", xlabel="", ylabel="images")
+        if task == "age" and dataset in LOG_SCALE_AGE:
+            ax.set_yscale("log")
+        ax.tick_params(axis="x", rotation=45)
+    fig.suptitle(f"Fig. {fig_id} — {dataset} class distribution")
+    fig.tight_layout()
+    return save(fig, out_dir, fig_id, profile)
+
+
+# --- §3.1 -----------------------------------------------------------------------------------
+
+def augmentation_examples(paths: Sequence[str | Path], transform, out_dir, profile: str,
+                          n_augmented: int = 5, seed: int = 0) -> Path:
+    """Fig 3.1: each crop (first column) and ``n_augmented`` draws of Listing 3.1's transform."""
+    torch.manual_seed(seed)
+    fig, axes = plt.subplots(len(paths), n_augmented + 1,
+                             figsize=(1.8 * (n_augmented + 1), 1.9 * len(paths)), squeeze=False)
+    for row, path in zip(axes, paths):
+        image = Image.open(path).convert("RGB")
+        row[0].imshow(image)
+        row[0].set_title("crop", fontsize=8)
+        for ax in row[1:]:
+            ax.imshow(_denormalise(transform(image)))
+        for ax in row:
+            ax.axis("off")
+    fig.suptitle("Fig. 3.1 — training augmentation (Listing 3.1)")
+    fig.tight_layout()
+    return save(fig, out_dir, "3.1", profile)
+
+
+# --- §4.4.1 ---------------------------------------------------------------------------------
+
+def learned_variances(histories: Mapping[str, Sequence[Mapping[str, float]]], out_dir,
+                      profile: str) -> Path:
+    """Fig 4.1: σ_k² = exp(s_k) per epoch for each run (``histories[name]`` = per-epoch {task: s_k})."""
+    fig, axes = plt.subplots(1, len(histories), figsize=(5 * len(histories), 3.6), squeeze=False)
+    for ax, (name, epochs) in zip(axes[0], histories.items()):
+        for task in TASKS:
+            ax.plot(range(1, len(epochs) + 1), [np.exp(e[task]) for e in epochs], marker="o",
+                    label=task)
+        ax.set(title=name, xlabel="epoch", ylabel="σ² = exp(s)")
+        ax.legend()
+    fig.suptitle("Fig. 4.1 — learned task variances (uncertainty weighting)")
+    fig.tight_layout()
+    return save(fig, out_dir, "4.1", profile)
+
+
+# --- §4.7 -----------------------------------------------------------------------------------
+
+def confusion_matrices(panels: Sequence[tuple[str, np.ndarray, Sequence[str]]], fig_id: str,
+                       out_dir, profile: str) -> Path:
+    """Figs 4.2/4.3: row-normalised confusion matrices (true class per row), one per panel.
+
+    ``panels``: (title, counts (C, C), class names); titles carry the (balanced) accuracies."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    for ax, (title, counts, names) in zip(axes[0], panels):
+        totals = counts.sum(axis=1, keepdims=True)
+        recall = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+        sns.heatmap(recall, annot=counts, fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=False,
+                    xticklabels=names, yticklabels=names, ax=ax, annot_kws={"fontsize": 7})
+        ax.set(title=title, xlabel="predicted", ylabel="true")
+    fig.tight_layout()
+    return save(fig, out_dir, fig_id, profile)
+
+
+# --- §4.8 -----------------------------------------------------------------------------------
+
+def project(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
+    """2-D map of ``features``: 'pca', or 'tsne' applied to the first 50 principal components."""
+    features = np.asarray(features, dtype=np.float64)
+    if method == "pca":
+        return PCA(n_components=2, random_state=seed).fit_transform(features)
+    if method != "tsne":
+        raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+    reduced = PCA(n_components=min(50, *features.shape), random_state=seed).fit_transform(features)
+    perplexity = min(30.0, (len(features) - 1) / 3)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed
+                ).fit_transform(reduced)
+
+
+def feature_maps(panels: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[str], str]],
+                 fig_id: str, out_dir, profile: str, columns: int = 2) -> Path:
+    """Figs 4.4–4.6: scatter of each panel (title, features, labels, class names, 'pca'|'tsne')."""
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4.2 * rows), squeeze=False)
+    for ax, (title, features, labels, names, method) in zip(axes.flat, panels):
+        xy = project(features, method)
+        sns.scatterplot(x=xy[:, 0], y=xy[:, 1], hue=[names[i] for i in labels], ax=ax, s=14,
+                        hue_order=[n for i, n in enumerate(names) if i in set(labels)],
+                        palette="tab10", linewidth=0)
+        ax.set(title=title, xticks=[], yticks=[])
+        ax.legend(fontsize=7, markerscale=0.8)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return save(fig, out_dir, fig_id, profile)
+
+
+# --- §5.1 -----------------------------------------------------------------------------------
+
+def prediction_examples(examples: Sequence[tuple[str | Path, Mapping[str, str], Mapping[str, str]]],
+                        out_dir, profile: str, columns: int = 4) -> Path:
+    """Fig 5.1: each (image path, predicted class per task, true class per task where labelled)."""
+    rows = -(-len(examples) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
+    for ax, (path, predicted, truth) in zip(axes.flat, examples):
+        ax.imshow(Image.open(path).convert("RGB"))
+        lines = [f"{task}: {predicted[task]}" + (f" (true {truth[task]})" if task in truth else "")
+                 for task in TASKS if task in predicted]
+        ax.set_title("\n".join(lines), fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Fig. 5.1 — MTLoRA predictions")
+    fig.tight_layout()
+    return save(fig, out_dir, "5.1", profile)

@@ -1,0 +1,275 @@
+"""LoRA and DoRA adapters for nn.Linear layers, written by hand (thesis §3.6).
+
+LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"):
+    y = W0 x + b + (alpha / r) * B A dropout(x),   A: (r, in), B: (out, r), B = 0 at init.
+DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"):
+    W' = m * (W0 + s BA) / ||W0 + s BA||_row,   m: one magnitude per *output* feature,
+    initialised to the row norms of W0, so W' = W0 at init. §4.3 of the paper treats the norm as a
+    constant in the backward pass (detached), which saves memory and changes little.
+
+The thesis (§3.6) adapts every linear layer of the 24 blocks (the fused q|k|v `in_proj`, `out_proj`,
+`c_fc`, `c_proj`) and of the attention pooling (`out_proj`, `c_fc`, `c_proj`; its fused in_proj is a raw
+Parameter and was not adapted), rank 64, "no scaling factor" (alpha = r, scale 1), LoRA dropout 0.5.
+
+Style follows torchtune's `modules/peft`: the adapter module *is* the linear layer (it owns `weight`
+and `bias`, the very Parameters of the wrapped nn.Linear), so the backbone's state_dict keys do not
+change (`attn.in_proj.weight` stays `attn.in_proj.weight`) and only `lora_a`, `lora_b` (and DoRA's
+`magnitude`) are new. Merging folds the update into `weight` exactly, so a merged model costs nothing
+extra at inference (§3.6: "DoRA does not introduce any additional inference overhead").
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ADAPTER_KINDS = ("lora", "dora")
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update (Hu et al. 2021, §4.1).
+
+    A is initialised like nn.Linear's weight (kaiming-uniform, a=sqrt(5)) and B to zeros, so the layer is
+    exactly the base layer at initialisation. Dropout acts on the adapter's input only.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int = 64, alpha: float | None = None, dropout: float = 0.0):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRA wraps an nn.Linear, got {type(base).__name__}")
+        if rank <= 0:
+            raise ValueError(f"rank must be positive, got {rank}")
+        self.in_features, self.out_features = base.in_features, base.out_features
+        # The base layer's own Parameters (not copies): state_dict keys and loaded weights stay as they are.
+        self.weight = base.weight
+        self.register_parameter("bias", base.bias)
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        self.rank = rank
+        self.alpha = float(rank if alpha is None else alpha)
+        self.scaling = self.alpha / rank  # the thesis: alpha = r, i.e. "no scaling factor" (§3.6)
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_a = nn.Parameter(torch.empty(rank, self.in_features, **factory))
+        self.lora_b = nn.Parameter(torch.zeros(self.out_features, rank, **factory))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"alpha={self.alpha:g}, merged={self.merged}")
+
+    def delta_weight(self) -> torch.Tensor:
+        """The dense update s * B A, shape (out, in)."""
+        return self.scaling * (self.lora_b @ self.lora_a)
+
+    def _lora(self, x: torch.Tensor) -> torch.Tensor:
+        # two thin matmuls (x A^T) B^T instead of forming B A: r << in, out
+        return F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return out
+        return out + self._lora(self.dropout(x))
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """The adapted weight W' as a new tensor (W0 + s BA for LoRA), without changing the layer."""
+        if self.merged:
+            return self.weight.detach().clone()
+        return self.weight + self.delta_weight().to(self.weight.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W <- W' (idempotent): the layer becomes a plain linear layer with the update folded in."""
+        if not self.merged:
+            self.weight.copy_(self.merged_weight())
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W <- W - s BA: restores W0 up to floating-point rounding (idempotent)."""
+        if self.merged:
+            self.weight -= self.delta_weight().to(self.weight.dtype)
+            self.merged = False
+
+    def to_linear(self) -> nn.Linear:
+        """A plain nn.Linear with the merged weight (the adapter folded in), sharing no storage."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.merged_weight())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+
+class DoRALinear(LoRALinear):
+    """DoRA (Liu et al. 2024): W' = m * V / ||V||_row with V = W0 + s BA; the bias is not rescaled.
+
+    The magnitude m has one entry per output feature (as in the paper's code and PEFT; docs §7), so
+    `m.numel() == out_features`. The row norm ||V|| is computed once per forward call from the weights
+    (not from the activations) and detached (paper §4.3). With dropout the whole weight change W' - W0 acts
+    on the dropped-out input, like LoRA's update does:
+        y = W0 x + b + [(m/||V|| - 1) * W0 + (m/||V||) * s BA] dropout(x)
+    which is what PEFT's DoRA computes; in eval mode it is exactly y = W' x + b.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int = 64, alpha: float | None = None, dropout: float = 0.0):
+        super().__init__(base, rank, alpha, dropout)
+        self.magnitude = nn.Parameter(self.weight.detach().norm(dim=1))
+        # Row norm used at merge time, kept so that unmerge can invert the merge.
+        self.register_buffer("_merged_norm", None, persistent=False)
+
+    def weight_norm(self) -> torch.Tensor:
+        """||W0 + s BA|| per output row, detached (DoRA §4.3)."""
+        with torch.no_grad():
+            return (self.weight + self.delta_weight().to(self.weight.dtype)).norm(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return out
+        scale = (self.magnitude / self.weight_norm()).to(out.dtype)  # (out,), gradient flows to m only
+        z = self.dropout(x)
+        if isinstance(self.dropout, nn.Identity) or not self.training:
+            base = out if self.bias is None else out - self.bias.to(out.dtype)  # W0 x, already computed
+        else:
+            base = F.linear(z, self.weight)
+        return out + (scale - 1) * base + scale * self._lora(z)
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """W' = m * V / ||V||_row with V = W0 + s BA, as a new tensor."""
+        if self.merged:
+            return self.weight.detach().clone()
+        v = self.weight + self.delta_weight().to(self.weight.dtype)
+        return v * (self.magnitude / v.norm(dim=1)).unsqueeze(1).to(v.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            norm = self.weight_norm()
+            self.weight.copy_(self.merged_weight())
+            self._merged_norm = norm
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            v = self.weight * (self._merged_norm / self.magnitude).unsqueeze(1).to(self.weight.dtype)
+            self.weight.copy_(v - self.delta_weight().to(v.dtype))
+            self._merged_norm = None
+            self.merged = False
+
+
+_ADAPTER_CLASSES = {"lora": LoRALinear, "dora": DoRALinear}
+
+
+def _parent(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (root.get_submodule(parent_name) if parent_name else root), child
+
+
+def inject_adapters(module: nn.Module, names: Iterable[str], kind: str = "lora", *, rank: int = 64,
+                    alpha: float | None = None, dropout: float = 0.0) -> list[str]:
+    """Replace each nn.Linear `module.<name>` by a LoRALinear/DoRALinear around it, in place.
+
+    `names` are dotted paths relative to `module` (e.g. "transformer.resblocks.0.attn.in_proj").
+    Returns the names adapted. A clear error names any path that is missing or not an nn.Linear.
+    """
+    if kind not in _ADAPTER_CLASSES:
+        raise ValueError(f"adapter kind must be one of {ADAPTER_KINDS}, got {kind!r}")
+    names = list(names)
+    for name in names:
+        try:
+            target = module.get_submodule(name)
+        except AttributeError as err:
+            raise KeyError(f"inject_adapters: no submodule {name!r} in {type(module).__name__}") from err
+        if isinstance(target, LoRALinear):
+            raise ValueError(f"inject_adapters: {name!r} already carries an adapter")
+        if not isinstance(target, nn.Linear):
+            raise TypeError(f"inject_adapters: {name!r} is a {type(target).__name__}, expected nn.Linear")
+        parent, child = _parent(module, name)
+        setattr(parent, child, _ADAPTER_CLASSES[kind](target, rank=rank, alpha=alpha, dropout=dropout))
+    return names
+
+
+def adapter_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    """(name, module) of every LoRA/DoRA layer in `model`."""
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            yield name, m
+
+
+def adapter_parameters(model: nn.Module, which: str = "all") -> list[nn.Parameter]:
+    """Adapter Parameters: which = "a" (LoRA A), "b" (LoRA B), "magnitude" (DoRA m) or "all".
+
+    Used for the LoRA+ parameter groups (Hayou et al. 2024: a larger learning rate for B than for A).
+    """
+    attrs = {"a": ("lora_a",), "b": ("lora_b",), "magnitude": ("magnitude",),
+             "all": ("lora_a", "lora_b", "magnitude")}[which]
+    return [getattr(m, a) for _, m in adapter_modules(model) for a in attrs if hasattr(m, a)]
+
+
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its weight (W <- W'), in place; returns `model`."""
+    for _, m in adapter_modules(model):
+        m.merge()
+    return model
+
+
+def unmerge_adapters(model: nn.Module) -> nn.Module:
+    """Undo merge_adapters (W0 restored up to rounding), in place; returns `model`."""
+    for _, m in adapter_modules(model):
+        m.unmerge()
+    return model
+
+
+_ADAPTER_KEYS = ("lora_a", "lora_b", "magnitude")
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the adapter tensors (A, B, DoRA magnitudes), keyed as in model.state_dict().
+
+    For L14 with rank 64 this is ~26M values (~100 MB fp32) instead of the 1.2 GB backbone.
+    """
+    return {f"{name}.{key}": getattr(m, key).detach().clone()
+            for name, m in adapter_modules(model) for key in _ADAPTER_KEYS if hasattr(m, key)}
+
+
+@torch.no_grad()
+def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load tensors saved by adapter_state_dict into a model with the same adapters (unmerged)."""
+    expected = {f"{name}.{key}": getattr(m, key)
+                for name, m in adapter_modules(model) for key in _ADAPTER_KEYS if hasattr(m, key)}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise KeyError(f"adapter state does not match the model: missing {missing[:5]}"
+                       f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                       f"{'...' if len(unexpected) > 5 else ''}")
+    if any(m.merged for _, m in adapter_modules(model)):
+        raise RuntimeError("unmerge_adapters(model) before loading adapter weights")
+    for key, param in expected.items():
+        if state[key].shape != param.shape:
+            raise ValueError(f"adapter tensor {key}: expected shape {tuple(param.shape)}, got {tuple(state[key].shape)}")
+        param.copy_(state[key])
+
+
+def export_merged(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` for inference with every adapter merged and replaced by a plain nn.Linear.
+
+    The copy has exactly the original (un-adapted) module structure and state_dict keys, so e.g. a
+    merged VisionTransformer loads into a fresh VisionTransformer. `model` itself is left unchanged.
+    """
+    plain = copy.deepcopy(model)
+    for name, m in list(adapter_modules(plain)):
+        parent, child = _parent(plain, name)
+        setattr(parent, child, m.to_linear())
+    return plain

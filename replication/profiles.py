@@ -1,0 +1,101 @@
+"""The two profiles of one code path: ``demo`` (embedded default) and ``full`` (the thesis).
+
+Both run the same readers, preparation, methods, engine and notebooks. They differ only in the
+model configuration, where the data and weights come from, and how long training lasts:
+
+* ``demo``: the tiny PE-Core-architecture model ``demo-tiny``, briefly pre-trained CLIP-style on
+  generated faces (``replication.pretrain``), and the generated datasets (``replication.data.demo``)
+  written in the six datasets' native formats. Runs on a 2-core CPU in minutes. It proves the
+  pipeline, never the thesis's numbers, and every table and figure it produces says so.
+* ``full``: PE-Core-L14-336 with Meta's official weights and the real datasets on a GPU, with the
+  thesis's training settings (§3.1): batch 128, early stopping after 10 epochs, bf16/fp16 AMP.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+DEMO_LABEL = "demo profile — not the thesis's data or model"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model_config: str          # key of replication.config.CONFIGS
+    raw_data: Path | None      # native-format datasets (input of `prepare`)
+    prepared: Path             # face crops + manifest.csv (output of `prepare`)
+    runs: Path                 # one folder per training run
+    checkpoint: Path | None    # PE-Core .pt in Meta's layout
+    bpe: Path | None           # CLIP BPE merges file
+    detector_dir: Path | None  # OpenCV res10 SSD files (None: datasets' boxes / no detection)
+    detector: str              # prepare --detector: ssd | boxes | none
+    image_size: int            # crop size written by `prepare`
+    batch_size: int
+    max_epochs: int
+    patience: int              # §3.1 early stopping
+    amp: str                   # bf16 | fp16 | none
+    device: str
+    num_workers: int
+    executed_notebooks: Path   # where `reproduce` writes executed notebooks
+
+    @property
+    def label(self) -> str:
+        """Text that every table and figure of this profile must carry (empty for `full`)."""
+        return DEMO_LABEL if self.name == "demo" else ""
+
+    def with_paths(self, **paths) -> "Profile":
+        """A copy with some folders/files replaced (strings are turned into Paths)."""
+        return replace(self, **{k: (Path(v) if v is not None else None) for k, v in paths.items()})
+
+
+_DEMO_ROOT = REPO / "data" / "demo"
+
+PROFILES = {
+    "demo": Profile(
+        name="demo",
+        model_config="demo-tiny",
+        raw_data=_DEMO_ROOT / "raw",
+        prepared=_DEMO_ROOT / "prepared",
+        runs=REPO / "runs" / "demo",
+        checkpoint=_DEMO_ROOT / "PE-Core-demo-tiny.pt",
+        bpe=_DEMO_ROOT / "bpe_demo.txt.gz",
+        detector_dir=None,
+        detector="boxes",
+        image_size=64,
+        batch_size=64,
+        max_epochs=4,
+        patience=10,
+        amp="none",
+        device="cpu",
+        num_workers=0,
+        executed_notebooks=REPO / "notebooks" / "executed" / "demo",
+    ),
+    "full": Profile(
+        name="full",
+        model_config="PE-Core-L14-336",
+        raw_data=None,
+        prepared=REPO / "data" / "full" / "prepared",
+        runs=REPO / "runs" / "full",
+        checkpoint=None,
+        bpe=None,
+        detector_dir=None,
+        detector="ssd",
+        image_size=336,
+        batch_size=128,
+        max_epochs=100,
+        patience=10,
+        amp="bf16",
+        device="cuda",
+        num_workers=8,
+        executed_notebooks=REPO / "notebooks" / "executed" / "full",
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise KeyError(f"unknown profile {name!r}; expected one of {sorted(PROFILES)}") from None

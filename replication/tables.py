@@ -1,0 +1,261 @@
+"""Thesis-vs-replicated tables: one DataFrame per thesis table, written to tables/<name>.csv and .md.
+
+Every table has one row per published cell: ``row`` and ``column`` name the cell (method, dataset/
+task, class...), ``thesis`` is the published value (replication.thesis), ``replicated`` the value
+this replication computed, ``difference`` = replicated − thesis, ``profile`` the profile that
+produced it, ``note`` what the cell is when that needs saying (a literature row with its citation,
+a thesis inconsistency), and ``label`` the profile's visible warning: every demo table says
+"demo profile — not the thesis's data or model" in each CSV row and at the top of its Markdown.
+
+The replicated values come from run folders through replication.metrics (§4.1 accuracy, balanced
+accuracy, §4 averages that leave VGGFace2 out of the age average, Table 4.15 concordance), from the
+prepared manifest through replication.sampling (Table 3.2) and from replication.accounting (the
+parameter and GFLOPs figures of §3.3–3.6.1, Tables 4.3 and 4.14). No result number is written here.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from replication import metrics, sampling, thesis
+from replication.data import training_distribution
+from replication.labels import DATASETS, MISSING, TASKS
+from replication.profiles import DEMO_LABEL
+
+COLUMNS = ["table", "row", "column", "thesis", "replicated", "difference", "profile", "note", "label"]
+
+def profile_label(profile: str) -> str:
+    return DEMO_LABEL if profile == "demo" else ""
+
+
+def compare(table: thesis.Table, replicated: Callable[[str, str], float | None], profile: str,
+            notes: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One row per published cell of ``table``; ``replicated(row, column)`` gives our value or None."""
+    notes = dict(notes or {})
+    if table.notes:  # the thesis's own remarks travel with the first row
+        first = next(iter(table.rows))
+        notes[first] = " ".join(filter(None, [notes.get(first, ""), *table.notes]))
+    records = []
+    for row, values in table.rows.items():
+        for column, published in zip(table.columns, values):
+            ours = None if row in table.literature else replicated(row, column)
+            note = (f"literature: {table.literature[row]}" if row in table.literature
+                    else notes.get(row, ""))
+            records.append({
+                "table": table.id, "row": thesis.METHOD_NAMES.get(row, row), "column": column,
+                "thesis": published, "replicated": np.nan if ours is None else ours,
+                "difference": _difference(published, ours), "profile": profile, "note": note,
+                "label": profile_label(profile)})
+    return pd.DataFrame.from_records(records, columns=COLUMNS)
+
+
+def _difference(published, ours) -> float:
+    if isinstance(published, (int, float)) and ours is not None and not isinstance(ours, str):
+        return float(ours) - float(published)
+    return np.nan
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+def filename(table_id: str) -> str:
+    """'4.5' -> 'table_4_5', '3.2/age' -> 'table_3_2_age', 'fig4.3' -> 'figure_4_3'."""
+    if table_id == "params":
+        return "parameters_3_3-3_6_1"
+    stem = table_id.replace(".", "_").replace("/", "_")
+    return f"figure_{stem[3:]}" if table_id.startswith("fig") else f"table_{stem}"
+
+
+def write(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> tuple[Path, Path]:
+    """Write ``df`` to <out_dir>/<name>.csv and .md atomically; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table_id = df["table"].iloc[0]
+    stem = out_dir / filename(table_id)
+    label = df["label"].iloc[0]
+    header = [f"# {title or table_id}", ""]
+    if label:
+        header += [f"**{label}**", ""]
+    markdown = "\n".join(header + [to_markdown(df.drop(columns=["table", "label"])), ""])
+    paths = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    _atomic_write(paths[0], df.to_csv(index=False, float_format="%.6g"))
+    _atomic_write(paths[1], markdown)
+    return paths
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (numbers with two decimals, NaN as '—')."""
+    def cell(v):
+        if isinstance(v, float):
+            return "—" if math.isnan(v) else (f"{v:,.0f}" if abs(v) >= 1e5 else f"{v:.2f}")
+        return "—" if v is None else str(v).replace("|", "\\|")
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+# --- scores of runs (§4.1) ---------------------------------------------------------------------
+
+def scores(predictions: pd.DataFrame) -> dict[str, float]:
+    """Accuracy (%) of each '<dataset>/<task>', its balanced accuracy '<dataset>/<task>/balanced',
+    each task's §4 average under the task's name and, when all three tasks are there, 'overall'."""
+    summary = metrics.summarize_predictions(predictions)
+    out = {}
+    for task, res in summary["tasks"].items():
+        for dataset, s in res["datasets"].items():
+            out[f"{dataset}/{task}"] = 100 * s["accuracy"]
+            out[f"{dataset}/{task}/balanced"] = 100 * s["balanced_accuracy"]
+        out[task] = 100 * res["average_accuracy"]
+    if "overall_average_accuracy" in summary:
+        out["overall"] = 100 * summary["overall_average_accuracy"]
+    return out
+
+
+def combined_predictions(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Single-task runs put together as one model (§4.4: the three LP probes on one backbone)."""
+    return pd.concat(list(frames), ignore_index=True)
+
+
+def accuracy_table(table_id: str, scores_by_row: Mapping[str, Mapping[str, float]],
+                   profile: str) -> pd.DataFrame:
+    """Tables 4.1, 4.2, 4.4–4.12, 4.16: cells are looked up as scores_by_row[row][column]."""
+    # the averages are called "global" in Table 4.2 and "average" in Tables 4.5/4.6
+    keys = {"global": "overall", "average": {"4.5": "age", "4.6": "gender"}.get(table_id)}
+    return compare(thesis.TABLES[table_id],
+                   lambda row, col: scores_by_row.get(row, {}).get(keys.get(col, col)), profile)
+
+
+def figure_4_3_table(scores_by_row: Mapping[str, Mapping[str, float]], profile: str) -> pd.DataFrame:
+    """Balanced accuracy and accuracy in the captions of Fig. 4.3 (rows 'mtlora/fairface', ...)."""
+    def value(row, column):
+        method, dataset = row.split("/")
+        suffix = "/balanced" if column == "balanced_accuracy" else ""
+        return scores_by_row.get(method, {}).get(f"{dataset}/age{suffix}")
+    return compare(thesis.FIG_4_3, value, profile)
+
+
+def table_4_15(predictions: Mapping[str, pd.DataFrame], profile: str) -> pd.DataFrame:
+    """Concordance (%) of LP, ZS and the multi-task DoRA ('LoRA' in the thesis) predictions."""
+    pairs = {"lp_vs_zs": ("lp", "zs"), "lora_vs_zs": ("dora", "zs"), "lp_vs_lora": ("lp", "dora")}
+    frames = {}
+    for column, (a, b) in pairs.items():
+        c = metrics.concordance(predictions[a], predictions[b])
+        frames[column] = {f"{r.dataset}/{r.task}": 100 * r.concordance for r in c.itertuples()}
+    return compare(thesis.TABLE_4_15, lambda row, column: frames[column].get(row), profile)
+
+
+# --- accounting (§3.3–3.6.1, Tables 4.3, 4.14) ------------------------------------------------
+
+def parameter_tables(rows: Iterable[Mapping], profile: str) -> dict[str, pd.DataFrame]:
+    """The parameter figures of §3.3–3.6.1 and Table 4.3 from replication.accounting's rows.
+
+    ``rows`` are accounting's ``{"figure", "thesis", "replicated", "note"}`` dicts; the percentages
+    are recomputed from the replicated counts. Counts are of PE-Core-L14-336 built on the meta
+    device, so they are the same in every profile."""
+    by_id = {r["figure"]: r for r in rows}
+    sections = {"lp": "s3.3", "ap": "s3.4", "ft4": "s3.5", "dora": "s3.6", "mtlora": "s3.6.1"}
+
+    def params(method, column):
+        if column == "percent":
+            return 100 * params(method, "trainable") / params(method, "total")
+        return by_id[f"{sections[method]}/{method}_{column}"]["replicated"]
+
+    def table_4_3(row, column):
+        key = "table4.3/gflops_zero_shot" if row == "gflops" else f"table4.3/{row}"
+        return by_id[key]["replicated"]
+
+    notes_3 = {m: by_id[f"{s}/{m}_total"].get("note", "") for m, s in sections.items()}
+    notes_43 = {"gflops": by_id["table4.3/gflops_zero_shot"].get("note", "")}
+    return {"params": compare(thesis.PARAMS, params, profile, notes_3),
+            "4.3": compare(thesis.TABLE_4_3, table_4_3, profile, notes_43)}
+
+
+def table_4_14(rows: Iterable[Mapping], scores_by_row: Mapping[str, Mapping[str, float]],
+               profile: str) -> pd.DataFrame:
+    """Params (M) and GFLOPs from accounting (L14 architecture), average accuracy from our runs."""
+    by_id = {r["figure"]: r for r in rows}
+    # A merged DoRA model has exactly FT4's architecture (backbone + pool + heads).
+    params = {"zs": by_id["table4.3/total"]["replicated"],
+              "ft4": by_id["s3.5/ft4_total"]["replicated"],
+              "dora_merged": by_id["s3.5/ft4_total"]["replicated"],
+              "mtlora": by_id.get("table4.14/params_mtlora", {}).get("replicated")}
+    gflops = {"zs": "table4.3/gflops_zero_shot", "ft4": "table4.14/gflops_ft4",
+              "dora_merged": "table4.14/gflops_dora_merged", "mtlora": "table4.14/gflops_mtlora"}
+    accuracy_row = {"dora_merged": "dora"}
+
+    def value(row, column):
+        if column == "params_m":
+            return None if params[row] is None else round(params[row] / 1e6)
+        if column == "gflops":
+            return by_id[gflops[row]]["replicated"]
+        return scores_by_row.get(accuracy_row.get(row, row), {}).get("overall")
+    return compare(thesis.TABLE_4_14, value, profile)
+
+
+# --- data (§3.1 Table 3.1, §3.2 Table 3.2) ---------------------------------------------------
+
+TABLE_3_1 = {  # Table 3.1 as published: dataset -> (train, val, test, tasks)
+    "lagenda": (True, True, False, ("gender", "age")),
+    "fairface": (True, True, True, ("gender", "age")),
+    "rafdb": (True, True, True, ("emotion",)),
+    "celebahq": (True, True, False, ("gender",)),
+    "utkface": (False, False, True, ("gender", "age")),
+    "vggface2": (False, False, True, ("gender", "age")),
+}
+
+
+def table_3_1(manifest: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """Dataset usage (Table 3.1): thesis checkmarks beside the manifest's sample counts."""
+    records = []
+    for dataset in DATASETS:
+        rows = manifest[manifest["dataset"] == dataset]
+        train, val, test, tasks = TABLE_3_1[dataset]
+        for split, used in zip(("train", "val", "test"), (train, val, test)):
+            n = int((rows["split"] == split).sum())
+            records.append(_usage_row(dataset, split, "✓" if used else "-", n, (n > 0) == used,
+                                      profile))
+        labelled = tuple(t for t in TASKS if (rows[t] != MISSING).any())
+        # labels used for training: the test-only sets carry theirs for evaluation
+        records.append(_usage_row(dataset, "tasks", ", ".join(tasks), ", ".join(labelled),
+                                  set(tasks) <= set(labelled), profile))
+    return pd.DataFrame.from_records(records, columns=COLUMNS)
+
+
+def _usage_row(dataset, column, published, ours, agrees, profile) -> dict:
+    return {"table": "3.1", "row": dataset, "column": column, "thesis": published,
+            "replicated": ours, "difference": "" if agrees else "differs", "profile": profile,
+            "note": "", "label": profile_label(profile)}
+
+
+def tables_3_2(manifest: pd.DataFrame, profile: str) -> dict[str, pd.DataFrame]:
+    """Table 3.2 on the training split: samples and % (replication.data.stats) and the exact
+    'Weighted %' of §3.2's class-balanced sampler (replication.sampling)."""
+    distribution = training_distribution(manifest)
+    train = manifest[manifest["split"] == "train"]
+    labels = {task: train[task].to_numpy() for task in TASKS}
+    shares = sampling.expected_class_shares(sampling.class_balanced_weights(labels), labels)
+    out = {}
+    for task in TASKS:
+        frame = distribution[task].assign(class_name=lambda f: f["class_name"].str.lower())
+        frame["weighted_percent"] = 100 * np.pad(shares[task], (0, len(frame) - len(shares[task])))
+        frame = frame.set_index("class_name")
+        out[f"3.2/{task}"] = compare(thesis.TABLES[f"3.2/{task}"],
+                                     lambda row, col, f=frame: f.at[row.lower(), col], profile)
+    tasks = distribution["tasks"].set_index("task")
+
+    def task_value(row, column):
+        if row == "total":
+            return len(train) if column == "samples" else None
+        return tasks.at[row, column]
+    out["3.2a"] = compare(thesis.TABLE_3_2_TASKS, task_value, profile)
+    return out

@@ -1,0 +1,231 @@
+"""Every number the thesis publishes in its tables, stored once, as data.
+
+Nothing here is computed: these are the thesis's own values, copied from the text
+(Tables 3.2, 4.1–4.16, the parameter figures of §3.3–3.6.1 and the balanced accuracies in the
+captions of Fig. 4.3). `tests/test_thesis.py` re-reads each of them from the thesis text.
+`replication.tables` puts them beside the replicated values.
+
+Row keys are method ids (``zs``, ``lp``, ``ap``, ``ft4``, ``lora``, ``dora``, ``mtlora``) or
+class/component names; column keys are ``<dataset>/<task>`` or metric names, so that a table
+builder can look up the replicated value of each cell. ``None`` marks a cell the thesis leaves
+empty ('-' not designed for the task, '...' unavailable).
+
+The thesis is not always self-consistent; the discrepancies are stored as notes on the tables
+(never "fixed"), e.g. Table 4.2's "Global" 69.61 is not the mean of its own three averages (70.20,
+the value Table 4.11 gives), and Table 4.14's FT4 average 80.56 differs from Table 4.12's 82.94.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Table:
+    """One published table: ``rows[row_key]`` holds one value per key of ``columns``."""
+
+    id: str                       # "4.5", "3.2/age", "params", "fig4.3"
+    title: str
+    section: str                  # where it is in the thesis, e.g. "§4.3.3"
+    columns: tuple[str, ...]
+    rows: dict[str, tuple]
+    unit: str = "%"               # "%" for accuracies/shares, "count", "M", "GFLOPs" ...
+    literature: dict[str, str] = field(default_factory=dict)  # row key -> citation (not ours)
+    notes: tuple[str, ...] = ()
+
+    def value(self, row: str, column: str):
+        return self.rows[row][self.columns.index(column)]
+
+
+# Display names of the method ids (the thesis writes FT₄ for partial fine-tuning of 4 blocks).
+METHOD_NAMES = {"zs": "ZS", "lp": "LP", "ap": "AP", "ft4": "FT4", "lora": "LoRA", "dora": "DoRA",
+                "mtlora": "MTLoRA", "dora_merged": "DoRA (merged)"}
+
+# --- Chapter 3 -------------------------------------------------------------------------------
+
+TABLE_3_2_AGE = Table(
+    "3.2/age", "Distribution of the training set: age group", "§3.2",
+    ("samples", "percent", "weighted_percent"),
+    {"0-2": (2935, 2.15, 6.63), "3-9": (15699, 11.48, 11.31), "10-19": (16032, 11.72, 11.36),
+     "20-29": (29784, 21.78, 16.37), "30-39": (24462, 17.89, 14.56),
+     "40-49": (17976, 13.15, 12.14), "50-59": (14413, 10.54, 10.89),
+     "60-69": (10618, 7.76, 9.44), "70+": (4828, 3.53, 7.31)},
+    notes=("The thesis obtained 'Weighted %' by a 10-iteration Monte Carlo simulation; the "
+           "replication computes the exact expectation (replication.sampling).",))
+TABLE_3_2_GENDER = Table(
+    "3.2/gender", "Distribution of the training set: gender", "§3.2",
+    ("samples", "percent", "weighted_percent"),
+    {"male": (82147, 48.79, 49.26), "female": (86215, 51.21, 50.74)})
+TABLE_3_2_EMOTION = Table(
+    "3.2/emotion", "Distribution of the training set: emotion", "§3.2",
+    ("samples", "percent", "weighted_percent"),
+    {"Surprise": (912, 9.90, 12.14), "Fear": (218, 2.37, 8.44), "Disgust": (544, 5.90, 9.99),
+     "Happy": (3701, 40.16, 26.85), "Sad": (1301, 14.12, 14.20), "Angry": (556, 6.03, 10.25),
+     "Neutral": (1983, 21.52, 18.13)})
+TABLE_3_2_TASKS = Table(
+    "3.2a", "Task distribution of the training set", "§3.2 Table 3.2(a)",
+    ("samples", "percent"),
+    {"gender": (168362, 100.00), "age": (136747, 81.22), "emotion": (9215, 5.47),
+     "total": (168362, None)})
+
+# §3.3–3.6.1: "Trainable parameters / Total parameters / Percentage of trainable" of each method
+# (multi-task, three heads; the totals include the frozen backbone and any adapter).
+PARAMS = Table(
+    "params", "Trainable and total parameters of each method", "§3.3–3.6.1",
+    ("trainable", "total", "percent"),
+    {"lp": (1058825, 320324629, 0.33), "ap": (13656073, 320324629, 4.29),
+     "ft4": (64040969, 320324629, 20.13), "dora": (29352981, 346504213, 8.47),
+     "mtlora": (36730901, 354093077, 10.38)},
+    unit="count",
+    notes=("§3.6 also writes 8.41% for DoRA in the text that follows its 8.47% figure.",))
+
+# --- §4.2 zero-shot baseline -----------------------------------------------------------------
+
+TABLE_4_1 = Table(
+    "4.1", "Baseline zero-shot accuracy per test set", "§4.2",
+    ("utkface/age", "utkface/gender", "fairface/age", "fairface/gender", "rafdb/emotion",
+     "vggface2/age", "vggface2/gender"),
+    {"zs": (48.62, 96.63, 46.11, 97.60, 66.57, 42.01, 95.78)})
+TABLE_4_2 = Table(
+    "4.2", "Mean baseline accuracy", "§4.2",
+    ("age", "gender", "emotion", "global"),
+    {"zs": (47.36, 96.67, 66.57, 69.61)},
+    notes=("Age average excludes VGGFace2 (§4 opening).",
+           "'Global' 69.61 is not the mean of the three averages (70.20, as in Table 4.11)."))
+TABLE_4_3 = Table(
+    "4.3", "Parameters used by the zero-shot baseline during inference", "§4.2",
+    ("value",),
+    {"text_encoder": (353986561,), "visual_encoder": (318212106,), "total": (671137793,),
+     "gflops": (699.76,)},
+    unit="count",
+    notes=("The vision tower alone has 317,151,232 parameters; replication.accounting's note "
+           "says what the thesis's 318,212,106 equals.",))
+
+# --- §4.3 single-task ------------------------------------------------------------------------
+
+TABLE_4_4 = Table(
+    "4.4", "Single-task accuracy (%) on the emotion task", "§4.3",
+    ("rafdb/emotion",),
+    {"zs": (66.57,), "lp": (84.32,), "ap": (84.91,), "ft4": (88.78,), "dora": (90.83,)})
+TABLE_4_5 = Table(
+    "4.5", "Single-task accuracy (%) on the age task", "§4.3",
+    ("utkface/age", "fairface/age", "vggface2/age", "average"),
+    {"zs": (48.62, 46.11, 42.01, 47.36), "lp": (61.56, 61.69, 57.75, 61.28),
+     "ap": (61.41, 61.75, 57.80, 61.47), "ft4": (63.11, 62.50, 59.78, 62.80),
+     "dora": (63.80, 63.64, 61.24, 63.72)},
+    notes=("Average excludes VGGFace2.",))
+TABLE_4_6 = Table(
+    "4.6", "Single-task accuracy (%) on the gender task", "§4.3",
+    ("utkface/gender", "fairface/gender", "vggface2/gender", "average"),
+    {"zs": (96.63, 97.60, 95.78, 96.67), "lp": (97.00, 97.70, 97.92, 97.54),
+     "ap": (96.92, 97.74, 97.98, 97.55), "ft4": (97.02, 97.71, 97.99, 97.57),
+     "dora": (96.97, 97.72, 98.01, 97.56)})
+
+# --- §4.4 multi-task -------------------------------------------------------------------------
+
+TABLE_4_7 = Table(
+    "4.7", "EMA vs uncertainty weighting (multi-task accuracy, %)", "§4.4.1",
+    ("emotion", "age", "gender", "overall"),
+    {"ft4/ema": (86.47, 62.96, 97.44, 82.29), "ft4/uw": (88.43, 63.00, 97.41, 82.94),
+     "mtlora/ema": (88.98, 63.29, 97.51, 83.26), "mtlora/uw": (90.06, 64.03, 97.51, 83.86)})
+TABLE_4_8 = Table(
+    "4.8", "Multi-task accuracy (%) on the emotion task", "§4.4",
+    ("rafdb/emotion",),
+    {"lp": (84.82,), "ap": (85.12,), "ft4": (88.42,), "dora": (91.21,), "mtlora": (90.06,)},
+    notes=("LP is the three single-task probes loaded on one backbone (§4.4).",
+           "LP 84.82 here vs 84.32 in Table 4.4 and 84.91 in Table 4.12; FT4 88.42 vs 88.43 in "
+           "Table 4.12."))
+TABLE_4_9 = Table(
+    "4.9", "Multi-task accuracy (%) on the age task", "§4.4",
+    ("utkface/age", "fairface/age", "vggface2/age"),
+    {"lp": (61.56, 61.00, 57.75), "ap": (63.04, 61.89, 59.94), "ft4": (62.54, 63.45, 61.68),
+     "dora": (63.34, 63.73, 61.69), "mtlora": (63.96, 64.11, 62.74)})
+TABLE_4_10 = Table(
+    "4.10", "Multi-task accuracy (%) on the gender task", "§4.4",
+    ("utkface/gender", "fairface/gender", "vggface2/gender"),
+    {"lp": (97.00, 97.70, 97.92), "ap": (96.79, 97.63, 97.79), "ft4": (96.68, 97.71, 97.81),
+     "dora": (96.90, 97.57, 98.00), "mtlora": (96.93, 97.62, 98.00)})
+TABLE_4_11 = Table(
+    "4.11", "Average performance in single-task (%)", "§4.4",
+    ("emotion", "age", "gender", "overall"),
+    {"zs": (66.57, 47.36, 96.67, 70.20), "lp": (84.32, 61.28, 97.54, 81.05),
+     "ap": (84.91, 61.47, 97.55, 81.31), "ft4": (88.78, 62.80, 97.57, 83.05),
+     "dora": (90.83, 63.72, 97.56, 84.04)})
+TABLE_4_12 = Table(
+    "4.12", "Average performance in multi-task (%)", "§4.4",
+    ("emotion", "age", "gender", "overall"),
+    {"zs": (66.57, 47.36, 96.67, 69.61), "lp": (84.91, 61.28, 97.54, 78.76),
+     "ap": (85.12, 62.46, 97.40, 81.66), "ft4": (88.43, 63.00, 97.41, 82.94),
+     "dora": (91.21, 63.53, 97.49, 84.07), "mtlora": (90.06, 64.03, 97.51, 83.86)},
+    notes=("LP overall 78.76 is not the mean of its row (81.24); ZS overall is 69.61 here and "
+           "70.20 in Table 4.11.",))
+
+# --- §4.5 state of the art, §4.6 efficiency --------------------------------------------------
+
+TABLE_4_13 = Table(
+    "4.13", "Comparison with the state of the art (accuracy, %)", "§4.5",
+    ("fairface/age", "utkface/age", "fairface/gender", "utkface/gender", "rafdb/emotion"),
+    {"MiVOLO-224": (61.07, "3.7 MAE", 95.73, 98.84, None),
+     "MiVOLO-384": (62.28, None, 97.5, None, None),
+     "CLIP ViT-L/14 336px": (63.45, None, 97.1, None, None),
+     "ResEmoteNet": (None, None, None, None, 94.76),
+     "APViT": (None, None, None, None, 92.21),
+     "POSTER++": (None, None, None, None, 91.98),
+     "mtlora": (64.11, 63.96, 97.62, 96.93, 90.06),
+     "dora": (63.73, 63.34, 97.57, 96.90, 91.21)},
+    literature={
+        "MiVOLO-224": "[21] Kuprashevich & Tolstykh, MiVOLO: Multi-input Transformer for Age and "
+                      "Gender Estimation, arXiv:2307.04616 (2023)",
+        "MiVOLO-384": "[22] Kuprashevich, Alekseenko & Tolstykh, Beyond Specialization: Assessing "
+                      "the Capabilities of MLLMs in Age and Gender Estimation, arXiv:2403.02302 "
+                      "(2024)",
+        "CLIP ViT-L/14 336px": "[14] Radford et al., Learning Transferable Visual Models From "
+                               "Natural Language Supervision, arXiv:2103.00020 (2021); mean of "
+                               "the 'White' and 'Other' groups (age 63.8 and 63.1, gender 96.5 "
+                               "and 97.7)",
+        "ResEmoteNet": "[18] Roy et al., ResEmoteNet, IEEE Signal Processing Letters 32 (2025) "
+                       "491-495, doi:10.1109/LSP.2024.3521321",
+        "APViT": "[19] Xue et al., Vision Transformer With Attentive Pooling for Robust Facial "
+                 "Expression Recognition, IEEE Trans. Affective Computing 14(4) (2023) "
+                 "3244-3256, doi:10.1109/TAFFC.2022.3226473",
+        "POSTER++": "[20] Mao et al., POSTER++: A simpler and stronger facial expression "
+                    "recognition network, Pattern Recognition 157 (2025) 110951",
+    },
+    notes=("The thesis's own rows are labelled 'MTLRA' and 'LoRA'; their values are the "
+           "multi-task MTLoRA and DoRA rows of Tables 4.8-4.10.",
+           "'-' (not designed for the task) and '...' (unavailable) are stored as None."))
+CLIP_GROUP_ACCURACIES = {"age": (63.8, 63.1), "gender": (96.5, 97.7)}  # Table 4.13 footnote
+
+TABLE_4_14 = Table(
+    "4.14", "Model size, computational cost and average accuracy", "§4.6",
+    ("params_m", "gflops", "avg_acc"),
+    {"zs": (671, 699.76, 69.61), "ft4": (320, 352.18, 80.56),
+     "dora_merged": (320, 352.18, 84.07), "mtlora": (329, 368.01, 83.89)},
+    unit="mixed",
+    notes=("GFLOPs of one 336x336 image; the zero-shot figure includes the 18 text prompts.",
+           "FT4 80.56 differs from its overall average 82.94 in Table 4.12; MTLoRA is 83.86 "
+           "there (83.88 in the §4.4.5 text)."))
+
+# --- §4.7 balanced accuracy ------------------------------------------------------------------
+
+FIG_4_3 = Table(
+    "fig4.3", "Age balanced accuracy and accuracy in the captions of Fig. 4.3", "§4.7.2",
+    ("balanced_accuracy", "accuracy"),
+    {"mtlora/fairface": (62.78, 64.11), "mtlora/utkface": (61.98, 63.96),
+     "dora/fairface": (64.26, 63.73), "dora/utkface": (61.91, 63.34)},
+    notes=("The captions call the multi-task DoRA model 'LoRA' (see the §4 opening).",))
+TABLE_4_15 = Table(
+    "4.15", "Concordance of predictions (%)", "§4.7",
+    ("lp_vs_zs", "lora_vs_zs", "lp_vs_lora"),
+    {"fairface/age": (56.13, 53.45, 81.89), "fairface/gender": (98.69, 98.30, 98.79),
+     "rafdb/emotion": (69.29, 66.75, 85.22)},
+    notes=("'LoRA' is the multi-task DoRA model; LP the single-task probes.",))
+TABLE_4_16 = Table(
+    "4.16", "LoRA vs DoRA ablation (multi-task, %)", "§4.7",
+    ("age", "gender", "emotion"),
+    {"lora": (63.45, 97.52, 90.44), "dora": (63.53, 97.49, 91.21)})
+
+TABLES: dict[str, Table] = {t.id: t for t in (
+    TABLE_3_2_AGE, TABLE_3_2_GENDER, TABLE_3_2_EMOTION, TABLE_3_2_TASKS, PARAMS,
+    TABLE_4_1, TABLE_4_2, TABLE_4_3, TABLE_4_4, TABLE_4_5, TABLE_4_6, TABLE_4_7, TABLE_4_8,
+    TABLE_4_9, TABLE_4_10, TABLE_4_11, TABLE_4_12, TABLE_4_13, TABLE_4_14, FIG_4_3, TABLE_4_15,
+    TABLE_4_16)}

@@ -1,0 +1,65 @@
+"""Zero-shot baseline (thesis §4.2): hand-written prompts per class, cosine similarity, argmax.
+
+Thesis §4.2 templates:
+    age     "A photo of a person between <age range> years old"
+    gender  "A photo of a <gender> person"
+    emotion "A photo of a/an <emotion> person"
+The thesis does not list the filled-in prompts; the wording choices made here are documented below.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .labels import AGE_GROUPS, EMOTIONS, GENDERS, TASKS
+from .tokenizer import get_tokenizer
+
+# Age: the FairFace bin is inserted as written ("0-2", "3-9", ..., "60-69"), which fits "between ... years
+# old". The open-ended last bin "70+" does not ("between 70+ years old"), so it is given an upper bound that
+# covers the test sets' oldest people: "between 70-100 years old".
+_AGE_TEXT = {group: group for group in AGE_GROUPS} | {"70+": "70-100"}
+# Emotion: RAF-DB's class nouns/adjectives turned into the adjective describing a person, lower-case.
+_EMOTION_ADJECTIVE = {"Surprise": "surprised", "Fear": "fearful", "Disgust": "disgusted", "Happy": "happy",
+                      "Sad": "sad", "Angry": "angry", "Neutral": "neutral"}
+
+
+def _article(word: str) -> str:
+    # "a"/"an" by the adjective's first letter (sufficient for these words: only "angry" takes "an").
+    return "an" if word[0] in "aeiou" else "a"
+
+
+PROMPTS: dict[str, list[str]] = {
+    "age": [f"A photo of a person between {_AGE_TEXT[g]} years old" for g in AGE_GROUPS],
+    "gender": [f"A photo of a {g} person" for g in GENDERS],
+    "emotion": [f"A photo of {_article(a)} {a} person" for a in (_EMOTION_ADJECTIVE[e] for e in EMOTIONS)],
+}
+assert {task: len(p) for task, p in PROMPTS.items()} == {task: len(c) for task, c in TASKS.items()}
+
+
+class ZeroShotClassifier(nn.Module):
+    """images -> {task: (B, C) cosine similarities between the image and each class prompt}.
+
+    The prompt embeddings are computed once here (L2-normalised, buffers that follow .to(device));
+    only the vision tower is kept, since the text tower is not needed afterwards.
+    """
+
+    def __init__(self, clip, bpe_path, tasks=tuple(TASKS)):
+        super().__init__()
+        self.tasks = tuple(tasks)
+        self.visual = clip.visual
+        tokenizer = get_tokenizer(bpe_path, context_length=clip.text_cfg.context_length)
+        was_training = clip.training
+        clip.eval()
+        with torch.no_grad():
+            for task in self.tasks:
+                tokens = tokenizer(PROMPTS[task]).to(clip.text_projection.device)
+                if int(tokens.max()) >= clip.text_cfg.vocab_size:
+                    raise ValueError(f"{bpe_path}: token id {int(tokens.max())} >= the text tower's vocab_size "
+                                     f"{clip.text_cfg.vocab_size} (merges file does not belong to this model)")
+                self.register_buffer(f"text_{task}", clip.encode_text(tokens, normalize=True).float(), persistent=False)
+        clip.train(was_training)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        image = F.normalize(self.visual(images).float(), dim=-1)
+        return {task: image @ getattr(self, f"text_{task}").T for task in self.tasks}

@@ -1,0 +1,101 @@
+"""Parameter counts (L14 on the meta device) and analytic FLOPs (checked against FlopCounterMode)."""
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from replication import accounting
+from replication.accounting import (MATMUL_WEIGHTS, flops, heads_ops, method_counts, mtlora_ops, text_ops,
+                                    vision_ops)
+from replication.config import get_config
+from replication.lora import merge_adapters
+from replication.methods import build_method
+from replication.pe import CLIP, VisionTransformer
+
+ALL = ("age", "gender", "emotion")
+IDS = ["table4.3/text_encoder", "table4.3/visual_encoder", "table4.3/total", "s3.3/lp_trainable",
+       "s3.3/lp_total", "s3.4/ap_trainable", "s3.4/ap_total", "s3.5/ft4_trainable", "s3.5/ft4_total",
+       "s3.6/dora_trainable", "s3.6/dora_total", "s3.6.1/mtlora_trainable", "s3.6.1/mtlora_total",
+       "table4.3/gflops_zero_shot", "table4.14/gflops_ft4", "table4.14/gflops_dora_merged",
+       "table4.14/gflops_mtlora"]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return accounting.rows()
+
+
+def test_rows_ids_and_parameter_figures(rows):
+    assert [r["figure"] for r in rows] == IDS
+    by_id = {r["figure"]: r for r in rows}
+    for fid in IDS:
+        if "gflops" in fid or fid == "table4.3/visual_encoder":
+            continue
+        assert by_id[fid]["replicated"] == by_id[fid]["thesis"], fid
+    # the one parameter figure that is not a model count: the note says what it equals
+    visual = by_id["table4.3/visual_encoder"]
+    assert visual["replicated"] == 317_151_232
+    assert "318,212,105" in visual["note"]
+    assert round(by_id["table4.3/gflops_zero_shot"]["replicated"], 2) == 699.76
+    assert all(r["note"] for r in rows)
+
+
+def test_hand_counts():
+    """A few figures recomputed by hand from docs/pe-core-architecture.md §1."""
+    head = 1024 * 1024 + 1024 + 1024 * 9 + 9
+    assert method_counts("lp", ("age",))[0] == head
+    pool, block = 12_595_200, 12_596_224
+    assert method_counts("ap", ("age",))[0] == pool + head + 2 * 1024
+    assert method_counts("ft4", ("age",))[0] == 4 * block + pool + head + 2 * 1024
+    r = 64
+    per_block = r * (1024 + 3072) + r * 2048 + 2 * r * (1024 + 4096) + (3072 + 1024 + 4096 + 1024)
+    per_pool = r * 2048 + 2 * r * (1024 + 4096) + (1024 + 4096 + 1024)
+    vision = 317_151_232
+    heads3 = 3 * (1024 * 1024 + 1024 + 2048) + 18 * 1025
+    assert method_counts("dora", ALL) == (24 * per_block + per_pool + heads3 + 3,
+                                          vision + 24 * per_block + per_pool + heads3 + 3)
+
+
+def test_cli_json(capsys):
+    assert accounting.cli(["--json", "--config", "demo-tiny"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert [r["figure"] for r in table] == IDS
+    assert all(set(r) == {"figure", "thesis", "replicated", "note"} for r in table)
+
+
+def _counted(fn, *args):
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops()
+
+
+def test_analytic_matmul_flops_match_flop_counter_on_demo_tiny():
+    cfg = get_config("demo-tiny")
+    torch.manual_seed(0)
+    clip = CLIP(cfg).eval()
+    image = torch.randn(1, 3, 64, 64)
+    assert flops(vision_ops(cfg.vision), MATMUL_WEIGHTS) == _counted(clip.visual, image)
+    tokens = torch.randint(1, 1000, (18, cfg.text.context_length))
+    assert flops(text_ops(cfg.text, 18), MATMUL_WEIGHTS) == _counted(clip.encode_text, tokens)
+
+    ft4 = build_method("ft4", ALL, VisionTransformer(cfg.vision)).model.eval()
+    expected = vision_ops(cfg.vision) + heads_ops(cfg.vision.output_dim, ALL)
+    assert flops(expected, MATMUL_WEIGHTS) == _counted(ft4, image)
+
+    dora = build_method("dora", ALL, VisionTransformer(cfg.vision), rank=4).model.eval()
+    merge_adapters(dora)
+    assert flops(expected, MATMUL_WEIGHTS) == _counted(dora, image)
+
+    mt = build_method("mtlora", ALL, VisionTransformer(cfg.vision), rank=4).model.eval()
+    merge_adapters(mt.encoder.vision)  # TA-DoRA merged; the task-specific LoRA cannot be
+    assert flops(mtlora_ops(cfg.vision, ALL, rank=4), MATMUL_WEIGHTS) == _counted(mt, image)
+
+
+def test_flop_convention_parts():
+    cfg = get_config("PE-Core-L14-336").vision
+    ops = vision_ops(cfg)
+    n = 24 * 24 + 1
+    assert ops["softmax"] == 24 * 16 * n * n + 8 * n
+    assert ops["norm"] == (2 * 24 + 2) * n * 1024 + 1024  # ln_pre, 2 per block, ln_post, pooler's
+    assert ops["attn_mac"] == 24 * 2 * n * n * 1024 + 2 * n * 1024

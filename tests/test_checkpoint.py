@@ -1,0 +1,152 @@
+"""Checkpoint loading: Meta's and timm's key layouts round-trip to identical outputs; bad files fail loudly."""
+import pytest
+import torch
+
+from replication.checkpoint import (CheckpointError, load_clip, load_vision, read_state_dict,
+                                    save_clip_meta_layout)
+from replication.config import CLIPConfig, TextConfig, VisionConfig
+from replication.pe import CLIP
+
+CFG = CLIPConfig(
+    "ckpt-test",
+    VisionConfig(image_size=16, patch_size=8, width=32, layers=2, heads=2, mlp_dim=48, output_dim=16, pool_heads=4),
+    TextConfig(width=16, layers=1, heads=2, mlp_dim=32, output_dim=16, context_length=6, vocab_size=20),
+)
+IMG = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+TOKENS = torch.tensor([[18, 4, 5, 19, 0, 0], [18, 7, 19, 0, 0, 0]])
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return CLIP(CFG).eval()
+
+
+def meta_state_dict(model):
+    """Meta's layout written out by hand: fused block q|k|v as raw in_proj_weight / in_proj_bias."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if ".resblocks." in k and ".attn.in_proj." in k:
+            k = k.replace(".attn.in_proj.weight", ".attn.in_proj_weight").replace(".attn.in_proj.bias", ".attn.in_proj_bias")
+        out[k] = v.clone()
+    return out
+
+
+def timm_state_dict(meta_sd):
+    """timm's vit_pe_core_* layout from Meta's vision keys (docs §6), written independently of the loader."""
+    vis = {k[len("visual."):]: v for k, v in meta_sd.items() if k.startswith("visual.")}
+    out = {"cls_token": vis.pop("class_embedding")[None, None], "pos_embed": vis.pop("positional_embedding")[None],
+           "patch_embed.proj.weight": vis.pop("conv1.weight")}
+    proj = vis.pop("proj")
+    out["head.weight"], out["head.bias"] = proj.T.contiguous(), torch.zeros(proj.shape[1])
+    w, b = vis.pop("attn_pool.attn.in_proj_weight"), vis.pop("attn_pool.attn.in_proj_bias")
+    c = w.shape[1]
+    out |= {"attn_pool.q.weight": w[:c], "attn_pool.kv.weight": w[c:], "attn_pool.q.bias": b[:c],
+            "attn_pool.kv.bias": b[c:], "attn_pool.latent": vis.pop("attn_pool.probe")}
+    names = {"ln_pre": "norm_pre", "ln_post": "norm", "attn_pool.attn.out_proj": "attn_pool.proj",
+             "attn_pool.layernorm": "attn_pool.norm", "attn_pool.mlp.c_fc": "attn_pool.mlp.fc1",
+             "attn_pool.mlp.c_proj": "attn_pool.mlp.fc2", "ln_1": "norm1", "ln_2": "norm2",
+             "attn.in_proj_": "attn.qkv.", "attn.out_proj": "attn.proj", "mlp.c_fc": "mlp.fc1",
+             "mlp.c_proj": "mlp.fc2", "transformer.resblocks.": "blocks."}
+    for k, v in vis.items():
+        for old, new in names.items():
+            k = k.replace(old, new)
+        out[k] = v
+    return out
+
+
+def assert_same_outputs(a, b, text=True):
+    with torch.no_grad():
+        enc_a = a.encode_image if hasattr(a, "encode_image") else a
+        enc_b = b.encode_image if hasattr(b, "encode_image") else b
+        assert torch.equal(enc_a(IMG), enc_b(IMG))
+        if text:
+            assert torch.equal(a.encode_text(TOKENS), b.encode_text(TOKENS))
+
+
+def test_meta_layout_round_trip_with_wrappers(model, tmp_path):
+    sd = meta_state_dict(model)
+    assert "transformer.resblocks.0.attn.in_proj_weight" in sd
+    assert "visual.attn_pool.attn.in_proj_weight" in sd
+    for i, wrapped in enumerate([sd, {"state_dict": sd}, {"weights": {"module." + k: v for k, v in sd.items()}}]):
+        torch.save(wrapped, tmp_path / f"{i}.pt")
+        loaded = load_clip(tmp_path / f"{i}.pt", config=CFG)
+        assert_same_outputs(model, loaded)
+        assert not loaded.training and all(p.requires_grad for p in loaded.parameters())
+        # the vision tower alone from the full-CLIP file
+        assert_same_outputs(model.visual, load_vision(tmp_path / f"{i}.pt", config=CFG), text=False)
+
+
+def test_save_clip_meta_layout_writes_meta_keys(model, tmp_path):
+    save_clip_meta_layout(model, tmp_path / "m.pt")
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    reference = meta_state_dict(model)
+    assert set(saved) == set(reference)
+    assert all(torch.equal(saved[k], reference[k]) for k in saved)
+    assert_same_outputs(model, load_clip(tmp_path / "m.pt", config=CFG))
+    # a vision tower is saved as Meta's vision-only file (no `visual.` prefix)
+    save_clip_meta_layout(model.visual, tmp_path / "v.pt")
+    vis = torch.load(tmp_path / "v.pt", weights_only=True)
+    assert "transformer.resblocks.1.attn.in_proj_weight" in vis and "proj" in vis
+    assert_same_outputs(model.visual, load_vision(tmp_path / "v.pt", config=CFG), text=False)
+    with pytest.raises(CheckpointError, match="vision-only"):
+        load_clip(tmp_path / "v.pt", config=CFG)
+
+
+def test_timm_layout_round_trip(model, tmp_path):
+    tsd = timm_state_dict(meta_state_dict(model))
+    assert "blocks.1.attn.qkv.weight" in tsd and "attn_pool.kv.bias" in tsd
+    torch.save(tsd, tmp_path / "timm.pt")
+    assert_same_outputs(model.visual, load_vision(tmp_path / "timm.pt", config=CFG), text=False)
+    # the converted keys are exactly Meta's vision-only layout
+    vision_meta = {k[len("visual."):] for k in meta_state_dict(model) if k.startswith("visual.")}
+    assert set(read_state_dict(tmp_path / "timm.pt")) == vision_meta
+
+
+def test_timm_nonzero_head_bias_is_an_error(model, tmp_path):
+    tsd = timm_state_dict(meta_state_dict(model))
+    tsd["head.bias"][3] = 0.5
+    torch.save(tsd, tmp_path / "timm.pt")
+    with pytest.raises(CheckpointError, match="head.bias"):
+        load_vision(tmp_path / "timm.pt", config=CFG)
+
+
+@pytest.mark.parametrize("corruption, expected", [
+    ("missing", r"missing keys \(1\):\n    visual.ln_post.bias"),
+    ("extra", r"unexpected keys \(1\):\n    visual.extra_head.weight"),
+    ("shape", r"wrong shapes \(1\):\n    visual.transformer.resblocks.1.attn.in_proj_weight: checkpoint \(96, 31\)"),
+])
+def test_corrupted_checkpoint_names_the_key(model, tmp_path, corruption, expected):
+    sd = meta_state_dict(model)
+    if corruption == "missing":
+        del sd["visual.ln_post.bias"]
+    elif corruption == "extra":
+        sd["visual.extra_head.weight"] = torch.zeros(3)
+    else:
+        sd["visual.transformer.resblocks.1.attn.in_proj_weight"] = torch.zeros(96, 31)
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=expected):
+        load_clip(tmp_path / "bad.pt", config=CFG)
+    with pytest.raises(CheckpointError, match=expected.replace("visual.", "")):
+        load_vision(tmp_path / "bad.pt", config=CFG)
+
+
+def test_wrong_config_lists_every_problem(model, tmp_path):
+    save_clip_meta_layout(model, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_clip(tmp_path / "m.pt", config="demo-tiny")
+    assert "visual.conv1.weight: checkpoint (32, 3, 8, 8), model (64, 3, 8, 8)" in str(err.value)
+    assert "missing keys" in str(err.value)  # demo-tiny has more blocks
+
+
+def test_not_a_state_dict_and_missing_file(tmp_path):
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="list.pt"):
+        load_clip(tmp_path / "list.pt", config=CFG)
+    with pytest.raises(FileNotFoundError, match="facebook/PE-Core-L14-336"):
+        load_clip(tmp_path / "nope.pt", config=CFG)
+
+
+def test_random_init_without_checkpoint():
+    assert load_clip(None, config=CFG).visual.proj.shape == (32, 16)
+    assert load_vision(None, config="demo-tiny").cfg.width == 64

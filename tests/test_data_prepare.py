@@ -1,0 +1,164 @@
+"""``demo-data`` + ``prepare`` end to end: every bad input is counted with its file name,
+nothing is dropped silently, re-runs resume, and the manifest validates."""
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from replication.data import demo, prepare as prep
+from replication.data.faces import SSDFaceDetector
+from replication.data.prepare import MANIFEST_COLUMNS, read_manifest, run_prepare
+from replication.labels import DATASETS
+from test_data_faces import StubNet
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    start = time.perf_counter()
+    raw = demo.make_demo(root / "raw", seed=0, scale=0.1)
+    report = run_prepare(raw, root / "prepared", detector="boxes", size=32, progress=False)
+    return raw, root / "prepared", report, time.perf_counter() - start
+
+
+def _listed(report, dataset, reason, key="skipped"):
+    return report["datasets"][dataset][key].get(reason, {"files": []})["files"]
+
+
+def test_demo_bad_inputs_are_counted_by_name(demo_run):
+    _, out, report, _ = demo_run
+    assert report == json.loads((out / "report.json").read_text())
+    assert _listed(report, "fairface", "truncated_or_corrupt") == ["train/5.jpg"]
+    assert _listed(report, "fairface", "missing_file") == ["val/2.jpg"]
+    [bad_label] = _listed(report, "fairface", "unknown_label")
+    assert bad_label.startswith("train/3.jpg (age='03-Sep'")
+    assert _listed(report, "rafdb", "empty_file") == ["train_00003.jpg"]
+    assert "train_00007.jpg" in _listed(report, "rafdb", "train_gender_unsure_or_missing")
+    assert _listed(report, "utkface", "bad_file_name") == ["unlabelled_face.jpg.chip.jpg"]
+    assert len(_listed(report, "utkface", "grayscale_converted", "notes")) == 1
+    assert _listed(report, "celebahq", "alpha_dropped", "notes")[0].endswith(".png")
+    assert report["datasets"]["celebahq"]["skipped"]["not_used_by_table_3_1 (val)"]["count"] == 12
+    assert report["datasets"]["lagenda"]["skipped"]["no_face_box"]["count"] == 1
+    assert report["datasets"]["lagenda"]["skipped"]["missing_file"]["count"] >= 1
+    assert _listed(report, "vggface2", "unknown_identity")[0].startswith("n000001/")
+    assert report["datasets"]["vggface2"]["notes"]["age_missing"]["count"] == 1
+
+
+def test_every_row_is_in_the_manifest_or_counted(demo_run):
+    _, out, report, _ = demo_run
+    df = read_manifest(out / "manifest.csv")
+    assert list(df.columns) == MANIFEST_COLUMNS and set(df.dataset) == set(DATASETS)
+    for d, r in report["datasets"].items():
+        skipped = sum(v["count"] for v in r["skipped"].values())
+        assert r["rows_read"] == (df.dataset == d).sum() + skipped
+        assert r["manifest"] == {s: int(((df.dataset == d) & (df.split == s)).sum()) for s in ("train", "val", "test")}
+    for p in df.path.sample(5, random_state=0):
+        assert Image.open(out / p).size == (32, 32)
+    # Table 3.1 roles and the label columns each dataset carries
+    assert set(df[df.dataset == "utkface"].split) == {"test"}
+    assert (df[df.dataset == "rafdb"].emotion >= 0).all() and (df[df.dataset == "fairface"].emotion == -1).all()
+    assert (df[(df.dataset == "rafdb") & (df.split == "train")].gender >= 0).all()
+    train = df[df.split == "train"]
+    assert report["training_totals"] == {t: int((train[t] >= 0).sum()) for t in ("gender", "age", "emotion")}
+
+
+def test_resume_writes_nothing_new(demo_run, tmp_path):
+    raw, out, first, _ = demo_run
+    before = {p: p.stat().st_mtime_ns for p in (out / "crops").rglob("*.jpg")}
+    second = run_prepare(raw, out, detector="boxes", size=32, progress=False)
+    assert all(r["written"] == 0 for r in second["datasets"].values())
+    assert sum(r["reused"] for r in second["datasets"].values()) == len(before)
+    assert {p: p.stat().st_mtime_ns for p in (out / "crops").rglob("*.jpg")} == before
+    assert second["datasets"] == first["datasets"] | {d: {**first["datasets"][d], "written": 0,
+                                                          "reused": first["datasets"][d]["written"]}
+                                                      for d in first["datasets"]}
+    with pytest.raises(ValueError, match="another --out"):
+        run_prepare(raw, out, detector="boxes", size=48, progress=False)
+
+
+def test_demo_is_deterministic_and_fast(demo_run, tmp_path):
+    raw, _, _, seconds = demo_run
+    assert seconds < 30
+    again = demo.make_demo(tmp_path / "raw", seed=0, scale=0.1)
+    for rel in ("fairface/fairface_label_train.csv", "lagenda/lagenda_annotation.csv",
+                "rafdb/basic/Image/original/train_00010.jpg", "vggface2/identity_meta.csv"):
+        assert (again / rel).read_bytes() == (raw / rel).read_bytes()
+
+
+def test_ssd_mode_no_face(tmp_path):
+    """With the SSD, FairFace keeps a faceless image (fallback crop); UTKFace skips it."""
+    raw = tmp_path / "raw"
+    face = np.random.default_rng(0).integers(0, 255, (60, 60, 3), dtype=np.uint8)
+    blank = np.full((60, 60, 3), 128, np.uint8)
+    ff = raw / "fairface" / "fairface-img-margin025-trainval" / "train"
+    ff.mkdir(parents=True)
+    (raw / "fairface" / "fairface_label_train.csv").write_text(
+        "file,age,gender,race,service_test\ntrain/1.jpg,20-29,Male,White,True\n"
+        "train/2.jpg,more than 70,Female,White,False\n")
+    (raw / "fairface" / "fairface_label_val.csv").write_text("file,age,gender,race,service_test\n")
+    Image.fromarray(face).save(ff / "1.jpg")
+    Image.fromarray(blank).save(ff / "2.jpg")
+    utk = raw / "utkface" / "UTKFace"
+    utk.mkdir(parents=True)
+    Image.fromarray(face).save(utk / "25_0_0_20170101.jpg.chip.jpg")
+    Image.fromarray(blank).save(utk / "80_1_0_20170101.jpg.chip.jpg")
+
+    class FaceWhereTexture(StubNet):  # "finds" a face unless the image is flat
+        def forward(self):
+            conf = 0.9 if self.blob.std(axis=(2, 3)).max() > 1 else 0.1
+            return np.array([0, 1, conf, 0.2, 0.2, 0.8, 0.8], np.float32).reshape(1, 1, 1, 7)
+
+    report = run_prepare(raw, tmp_path / "out", detector="ssd", size=24, ssd=SSDFaceDetector(FaceWhereTexture([])),
+                     progress=False)
+    ff_r, utk_r = report["datasets"]["fairface"], report["datasets"]["utkface"]
+    assert ff_r["fallback_used"] == 1 and ff_r["faces_not_found"] == 1
+    assert ff_r["notes"]["no_face_fallback"]["files"] == ["train/2.jpg"]
+    assert sum(ff_r["manifest"].values()) == 2
+    assert utk_r["skipped"]["no_face"]["files"] == ["80_1_0_20170101.jpg.chip.jpg"]
+    assert utk_r["faces_not_found"] == 1 and utk_r["manifest"]["test"] == 1
+
+
+def test_missing_detector_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "raw" / "utkface" / "UTKFace").mkdir(parents=True)
+    code = prep.cli(["--data-root", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
+                     "--detector-dir", str(tmp_path / "nothing")])
+    err = capsys.readouterr().err
+    assert code == 2 and "res10_300x300_ssd_iter_140000_fp16.caffemodel" in err and "opencv_3rdparty" in err
+    assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
+@pytest.mark.parametrize("column,value,message", [
+    ("age", "9", "age='9', expected an integer in -1..8"),
+    ("gender", "x", "gender='x'"),
+    ("split", "dev", "split='dev'"),
+    ("dataset", "imdb", "dataset='imdb'"),
+])
+def test_read_manifest_names_the_bad_row(tmp_path, column, value, message):
+    df = pd.DataFrame([["crops/a.jpg", "fairface", "train", 3, 1, -1],
+                       ["crops/b.jpg", "rafdb", "test", -1, -1, 6]], columns=MANIFEST_COLUMNS).astype(str)
+    df.loc[1, column] = value
+    df.to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(ValueError, match=r"row 2 \(line 3\)") as e:
+        read_manifest(tmp_path / "manifest.csv")
+    assert message in str(e.value)
+
+
+def test_read_manifest_types(tmp_path):
+    pd.DataFrame([["crops/a.jpg", "fairface", "train", 3, 1, -1]], columns=MANIFEST_COLUMNS).to_csv(
+        tmp_path / "m.csv", index=False)
+    df = read_manifest(tmp_path / "m.csv")
+    assert df.loc[0, "age"] == 3 and df["emotion"].dtype == np.int64
+
+
+def test_workers_give_the_same_manifest(demo_run, tmp_path):
+    raw, out, _, _ = demo_run
+    report = run_prepare(raw, tmp_path / "p", detector="boxes", size=32, workers=2, progress=False)
+    assert (tmp_path / "p" / "manifest.csv").read_text() == (out / "manifest.csv").read_text()
+    # every crop written is in the manifest unless Table 3.1's composition removed it
+    composed_out = ("train_gender_unsure_or_missing", "not_used_by_table_3_1 (val)")
+    removed = sum(r["skipped"][k]["count"] for r in report["datasets"].values() for k in composed_out
+                  if k in r["skipped"])
+    assert sum(r["written"] for r in report["datasets"].values()) == report["manifest_rows"] + removed

@@ -1,0 +1,156 @@
+"""Readers: the real label files reproduce their published counts (formats.md), and the
+native-format quirks (CRLF, quoted names, odd UTKFace names, -1 = missing) are handled."""
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from replication.data.readers import (ReadResult, parse_celebamask_attributes, parse_identity_meta,
+                                      parse_mivia_ages, parse_utkface_name, read_fairface, read_lagenda,
+                                      read_rafdb, read_rafdb_list, read_utkface_names, read_vggface2_list)
+from replication.labels import MISSING
+
+REF = Path(__file__).resolve().parents[2] / "shared" / "reference-labels"
+if not REF.is_dir():
+    REF = Path("/work/shared/reference-labels")
+needs_ref = pytest.mark.skipif(not REF.is_dir(), reason="shared/reference-labels not available")
+
+
+def _counts(records, task, n):
+    c = Counter(getattr(r, task) for r in records)
+    return [c[i] for i in range(n)]
+
+
+@needs_ref
+def test_fairface_real_counts():
+    res = read_fairface(REF / "fairface")
+    assert res.rows_read == 86_744 + 10_954 and not res.skipped
+    train = [r for r in res.records if r.split == "train"]
+    val = [r for r in res.records if r.split == "val"]
+    assert len(train) == 86_744 and len(val) == 10_954
+    # formats.md §1 table (verified against the real CSVs); "more than 70" is class 8
+    assert _counts(train, "age", 9) == [1792, 10408, 9103, 25598, 19250, 10744, 6228, 2779, 842]
+    assert _counts(train, "gender", 2) == [45_986, 40_758]
+    assert _counts(val, "age", 9) == [199, 1356, 1181, 3300, 2330, 1353, 796, 321, 118]
+    assert _counts(val, "gender", 2) == [5_792, 5_162]
+    assert train[0].name == "train/1.jpg" and train[0].key == "train_1"
+    assert all(r.emotion == MISSING and r.box is None for r in res.records)
+
+
+@needs_ref
+def test_rafdb_real_counts():
+    res = ReadResult("rafdb")
+    read_rafdb_list(REF / "raf-db" / "list_patition_label.txt", Path("img"), res)
+    assert res.rows_read == 15_339 and not res.skipped
+    train = [r for r in res.records if r.split == "train"]
+    test = [r for r in res.records if r.split == "test"]
+    assert len(train) == 12_271 and len(test) == 3_068
+    assert _counts(train, "emotion", 7) == [1290, 281, 717, 4772, 1982, 705, 2524]
+    assert _counts(test, "emotion", 7) == [329, 74, 160, 1185, 478, 162, 680]
+    assert train[0].emotion == 4  # "train_00001.jpg 5" -> Sad (ids 1..7 -> 0..6)
+
+
+@needs_ref
+def test_utkface_real_names():
+    names = (REF / "utkface" / "UTKFace_aligned_cropped_filenames.txt").read_text().splitlines()
+    res = ReadResult("utkface")
+    read_utkface_names(names, Path("UTKFace"), res)
+    assert res.rows_read == 23_708 and not res.skipped  # the malformed official names still parse
+    assert _counts(res.records, "age", 9) == [1605, 1457, 1531, 7344, 4537, 2245, 2299, 1318, 1372]
+    assert _counts(res.records, "gender", 2) == [12_391, 11_317]
+    assert len({r.key for r in res.records}) == 23_708
+
+
+@needs_ref
+def test_vggface2_real_identities():
+    meta = parse_identity_meta(REF / "vggface2" / "identity_meta.csv")
+    assert len(meta) == 9_131
+    test_ids = {k: g for k, (g, flag) in meta.items() if flag == 0}
+    assert len(test_ids) == 500 and Counter(test_ids.values()) == {0: 298, 1: 202}
+    res = ReadResult("vggface2")
+    read_vggface2_list(REF / "vggface2" / "test_list.txt", meta, Path("test"), res)
+    assert res.rows_read == 169_396 and not res.skipped
+    assert len({r.name.split("/")[0] for r in res.records}) == 500
+    assert _counts(res.records, "gender", 2) == [101_752, 67_644]
+    assert all(r.age == MISSING for r in res.records)  # no MIVIA file given
+
+
+@needs_ref
+def test_celebamask_real_attributes():
+    genders = parse_celebamask_attributes(REF / "celeba-hq" / "CelebAMask-HQ-attribute-anno.txt")
+    assert len(genders) == 30_000 and Counter(genders.values()) == {0: 11_057, 1: 18_943}
+    assert genders["0.jpg"] == 1  # first row: Male = -1
+
+
+def test_utkface_name_parser():
+    assert parse_utkface_name("39_1_20170116174525125.jpg.chip.jpg") == (39, 1)  # no race field
+    assert parse_utkface_name("55_0_0_20170116232725357jpg.chip.jpg") == (55, 0)  # missing dot
+    assert parse_utkface_name("24_0_1_20170116220224657 .jpg.chip.jpg") == (24, 0)  # space
+    assert parse_utkface_name("unlabelled.jpg") is None
+    assert parse_utkface_name("30_3_0_2017.jpg") is None  # gender must be 0/1
+
+
+def test_lagenda_rows(tmp_path):
+    (tmp_path / "lagenda_annotation.csv").write_text(
+        "img_name,age,gender,face_x0,face_y0,face_x1,face_y1,person_x0,person_y0,person_x1,person_y1\n"
+        "lag_benchmark/a.jpg.jpg,30,M,10,20,50,70,0,0,90,160\n"
+        "lag_benchmark/a.jpg.jpg,-1,-1,60,20,90,60,-1,-1,-1,-1\n"
+        "lag_benchmark/b.jpg.jpg,71,F,-1,-1,-1,-1,5,5,80,80\n"
+        "lag_benchmark/b.jpg.jpg,2,F,1,2,3,4,-1,-1,-1,-1\n"
+        "lag_benchmark/c.jpg.jpg,40,X,1,2,3,4,-1,-1,-1,-1\n"
+        "lag_benchmark/c.jpg.jpg,-1,M,1,2,3,4,-1,-1,-1,-1\n")
+    res = read_lagenda(tmp_path)
+    assert res.rows_read == 6
+    assert [(r.age, r.gender, r.box, r.key) for r in res.records] == [
+        (4, 0, (10.0, 20.0, 50.0, 70.0), "a_2"), (0, 1, (1.0, 2.0, 3.0, 4.0), "b_5")]
+    assert {k: len(v) for k, v in res.skipped.items()} == {
+        "not_annotated": 1, "no_face_box": 1, "unknown_label": 1, "missing_age": 1}
+
+
+def test_rafdb_manual_gender_and_boxes(tmp_path):
+    basic = tmp_path / "basic"
+    (basic / "EmoLabel").mkdir(parents=True)
+    (basic / "EmoLabel" / "list_patition_label.txt").write_text(
+        "train_00001.jpg 4\ntrain_00002.jpg 7\ntrain_00003.jpg 1\ntest_0001.jpg 2\ntest_0002.jpg 9")
+    manual, boxes = basic / "Annotation" / "manual", basic / "Annotation" / "boundingbox"
+    manual.mkdir(parents=True)
+    boxes.mkdir(parents=True)
+    marks = "1.0\t2.0\n" * 5
+    for stem, gender in (("train_00001", 1), ("train_00002", 2), ("test_0001", 0)):
+        (manual / f"{stem}_manu_attri.txt").write_text(f"{marks}{gender}\n0\n2\n")
+    (boxes / "train_00001_boundingbox.txt").write_text("10.5 20 30 40.25\n")
+    res = read_rafdb(tmp_path)
+    got = {r.key: (r.split, r.emotion, r.gender, r.box) for r in res.records}
+    assert got == {"train_00001": ("train", 3, 1, (10.5, 20.0, 30.0, 40.25)),
+                   "train_00002": ("train", 6, MISSING, None),
+                   "train_00003": ("train", 0, MISSING, None),
+                   "test_0001": ("test", 1, 0, None)}
+    assert res.notes["gender_unsure"] == ["train_00002.jpg"]
+    assert res.notes["gender_annotation_missing"] == ["train_00003.jpg"]
+    assert res.skipped["unknown_label"] == ["test_0002.jpg 9"]
+
+
+def test_identity_meta_crlf_quotes_and_mivia(tmp_path):
+    meta = tmp_path / "identity_meta.csv"
+    meta.write_bytes(b'Class_ID, Name, Sample_Num, Flag, Gender\r\n'
+                     b'n000001," ""14th_Dalai_Lama""",2,0, m\r\nn000002," ""A, B""",1,1, f\r\n')
+    assert parse_identity_meta(meta) == {"n000001": (0, 0), "n000002": (1, 1)}
+    ages = tmp_path / "test.age_detected.csv"
+    ages.write_text("n000001/0001_01.jpg,29.995\nn000001/0002_01.jpg, 70.0\n")
+    assert parse_mivia_ages(ages) == {"n000001/0001_01.jpg": 29.995, "n000001/0002_01.jpg": 70.0}
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b'Class_ID, Name, Sample_Num, Flag, Gender\r\nn000003,"x",1,0, u\r\n')
+    with pytest.raises(ValueError, match="line 2"):
+        parse_identity_meta(bad)
+
+
+def test_celebamask_attribute_format_errors(tmp_path):
+    path = tmp_path / "attr.txt"
+    path.write_text("2\nSmiling Male\n0.jpg  1 -1\n1.jpg  -1 1\n")
+    assert parse_celebamask_attributes(path) == {"0.jpg": 1, "1.jpg": 0}
+    path.write_text("3\nSmiling Male\n0.jpg  1 -1\n1.jpg  -1 1\n")
+    with pytest.raises(ValueError, match="announces 3"):
+        parse_celebamask_attributes(path)
+    path.write_text("2\nSmiling Male\n0.jpg  1 0\n1.jpg  -1 1\n")
+    with pytest.raises(ValueError, match="line 3"):
+        parse_celebamask_attributes(path)

@@ -1,0 +1,202 @@
+"""Engine: run folder contents, resumption after kill -9 (bit-identical), selection, LP cache, zero-shot.
+
+Runs use the real methods (replication.methods) on the demo-tiny PE-Core architecture with random
+weights (checkpoint None), a few dozen 64x64 images, CPU."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from replication import engine
+from replication.engine import TrainConfig, load_run, run
+
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_helpers import write_prepared  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return write_prepared(tmp_path_factory.mktemp("prepared"))
+
+
+def _cfg(prepared, runs, **kw):
+    base = dict(method="ft4", tasks=("age", "gender", "emotion"), weighting="uw", prepared=str(prepared),
+                runs_dir=str(runs), batch_size=8, max_epochs=2, patience=10, lr_head=1e-2, lr_backbone=1e-2,
+                seed=3, checkpoint_every=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_multitask_run_writes_run_folder_and_is_not_retrained(prepared, tmp_path, monkeypatch):
+    cfg = _cfg(prepared, tmp_path)
+    folder = run(cfg)
+    assert folder == tmp_path / cfg.name
+    for name in ("config.json", "metrics.jsonl", "best.pt", "last.pt", "predictions.csv", "results.json", "DONE"):
+        assert (folder / name).exists(), name
+    result = load_run(folder)
+    assert result.config == cfg
+    assert [e["epoch"] for e in result.epochs] == [1, 2]
+    first = result.epochs[0]
+    assert set(first["val_accuracy"]) == {"age", "gender", "emotion"}
+    assert set(first["log_variances"]) == {"age", "gender", "emotion"}  # UW s_k logged each epoch (Fig 4.1)
+    assert first["lr"]["uncertainty_weighting"] == cfg.lr_head
+    # predictions: one row per test image and task, only on that task's test sets
+    p = result.predictions
+    assert list(p.columns) == ["path", "dataset", "task", "label", "pred"]
+    assert sorted(p[p.task == "emotion"].dataset.unique()) == ["rafdb"]
+    assert sorted(p[p.task == "age"].dataset.unique()) == ["fairface", "utkface", "vggface2"]
+    assert len(p) == 8 * 3 * 2 + 8
+    assert "overall_average_accuracy" in result.results
+    assert result.results["tasks"]["age"]["average_over"] == ["utkface", "fairface"]
+    # best.pt holds the epoch with the highest average validation accuracy (§4.1 multi-task)
+    best = torch.load(folder / "best.pt", weights_only=False)
+    accs = [e["val_average_accuracy"] for e in result.epochs]
+    assert best["epoch"] == 1 + accs.index(max(accs))
+    # a finished run is not retrained
+    monkeypatch.setattr(engine, "Trainer", None)
+    assert run(cfg) == folder
+    # the same folder with a different config is refused, not silently reused
+    with pytest.raises(ValueError, match="different config"):
+        run(_cfg(prepared, tmp_path, max_epochs=5, run_name=cfg.name))
+
+
+def test_uw_log_variances_stay_out_of_weight_decay(prepared, tmp_path):
+    trainer = engine.Trainer(_cfg(prepared, tmp_path))
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert groups["uncertainty_weighting"]["weight_decay"] == 0.0
+    assert groups["uncertainty_weighting"]["params"] == [trainer.weighting.log_vars]
+    assert all(g["weight_decay"] == 0.01 for name, g in groups.items() if name != "uncertainty_weighting")
+    # every trainable parameter is optimised exactly once
+    params = [p for g in groups.values() for p in g["params"]]
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad] + [trainer.weighting.log_vars]
+    assert len(params) == len({id(p) for p in params}) and {id(p) for p in params} == {id(p) for p in trainable}
+
+
+def test_single_task_selects_on_accuracy_and_stops_on_loss(prepared, tmp_path):
+    cfg = _cfg(prepared, tmp_path, tasks=("gender",), weighting="none", max_epochs=4, patience=1, lr_head=1.0,
+               lr_backbone=1.0)
+    result = load_run(run(cfg))
+    epochs = result.epochs
+    losses = [e["val_loss"]["gender"] for e in epochs]
+    # §3.1 early stopping on validation loss: stop one epoch after the loss fails to improve
+    stopped = len(epochs) < 4
+    if stopped:
+        assert losses[-1] >= min(losses[:-1])
+    accs = [e["val_accuracy"]["gender"] for e in epochs]
+    assert result.results["best_epoch"] == 1 + accs.index(max(accs))  # §4.1: best validation accuracy
+    assert set(result.results["tasks"]) == {"gender"} and "overall_average_accuracy" not in result.results
+    with pytest.raises(ValueError, match="single-task"):
+        TrainConfig(method="lp", tasks=("age",), weighting="uw")
+
+
+_KILLER = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from replication import engine
+steps = 0
+real_step = engine.train_step
+def train_step(*args, **kwargs):
+    global steps
+    steps += 1
+    if steps > {kill_after}:
+        os.kill(os.getpid(), signal.SIGKILL)   # a real kill -9, mid-epoch
+    return real_step(*args, **kwargs)
+engine.train_step = train_step
+sys.exit(engine.cli(sys.argv[1:]))
+"""
+
+
+def _cli_args(cfg: TrainConfig) -> list[str]:
+    return ["--method", cfg.method, "--tasks", ",".join(cfg.tasks), "--weighting", cfg.weighting,
+            "--prepared", cfg.prepared, "--runs-dir", cfg.runs_dir, "--batch-size", str(cfg.batch_size),
+            "--max-epochs", str(cfg.max_epochs), "--lr-head", str(cfg.lr_head), "--lr-backbone",
+            str(cfg.lr_backbone), "--seed", str(cfg.seed), "--checkpoint-every", str(cfg.checkpoint_every),
+            "--model-config", cfg.model_config, "--amp", "none", "--device", "cpu", "--num-workers", "0",
+            "--patience", str(cfg.patience), "--checkpoint", ""]
+
+
+def _run_cli(cfg, kill_after):
+    script = _KILLER.format(tests=str(Path(__file__).parent), kill_after=kill_after)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", script, *_cli_args(cfg)], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_kill9_mid_epoch_then_resume_is_bit_identical(prepared, tmp_path):
+    """Must-show: a multi-task run killed with SIGKILL mid-epoch and resumed ends exactly like an
+    uninterrupted run with the same seed (metrics, selected and last weights, predictions). EMA weighting,
+    whose state (moving averages, frozen epoch weights) must survive the kill as well."""
+    weighting = "ema"
+    cfg = _cfg(prepared, tmp_path / "a", method="lora", weighting=weighting, max_epochs=3)
+    done = _run_cli(cfg, kill_after=10**9)
+    assert done.returncode == 0, done.stderr
+    killed_cfg = _cfg(prepared, tmp_path / "b", method="lora", weighting=weighting, max_epochs=3)
+    # 36 rows without emotion + 12 emotion rows replicated twice (§3.7.2) = 60 draws = 7 batches of 8
+    first = _run_cli(killed_cfg, kill_after=7 + 5)  # in epoch 2, after its step-4 checkpoint
+    assert first.returncode == -signal.SIGKILL
+    state = torch.load(killed_cfg.run_dir / "last.pt", weights_only=False)
+    assert state["progress"]["epoch"] == 1 and state["progress"]["step"] == 4  # resumes mid-epoch
+    assert not (killed_cfg.run_dir / "DONE").exists()
+    second = _run_cli(killed_cfg, kill_after=10**9)
+    assert second.returncode == 0, second.stderr
+    assert "resuming" in second.stdout
+    a, b = load_run(cfg.run_dir), load_run(killed_cfg.run_dir)
+    strip = lambda epochs: [{k: v for k, v in e.items() if k != "train_seconds"} for e in epochs]  # noqa: E731
+    assert strip(a.epochs) == strip(b.epochs)
+    assert a.results == b.results
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
+    for name in ("best.pt", "last.pt"):
+        sa = torch.load(cfg.run_dir / name, weights_only=False)["model"]
+        sb = torch.load(killed_cfg.run_dir / name, weights_only=False)["model"]
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_runs_are_repeatable_whatever_the_workers_and_gradient_checkpointing(prepared, tmp_path):
+    """Seeds fix a run: DataLoader workers (augmentation seeds come from the sampler) and gradient
+    checkpointing (recomputation restores the dropout RNG) leave every number unchanged."""
+    a = load_run(run(_cfg(prepared, tmp_path / "a", method="lora", max_epochs=1)))
+    b = load_run(run(_cfg(prepared, tmp_path / "b", method="lora", max_epochs=1, num_workers=2,
+                          grad_checkpointing=True)))
+    assert [e["train_loss"] for e in a.epochs] == [e["train_loss"] for e in b.epochs]
+    assert a.results == b.results
+    sa, sb = (torch.load(tmp_path / x / a.config.name / "best.pt", weights_only=False)["model"] for x in "ab")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_lp_embeddings_are_computed_once(prepared, tmp_path, monkeypatch):
+    from replication.methods import TaskModel
+
+    embedded = []
+    real_embed = TaskModel.embed
+    monkeypatch.setattr(TaskModel, "embed", lambda self, x: embedded.append(len(x)) or real_embed(self, x))
+    trainer = engine.Trainer(_cfg(prepared, tmp_path, method="lp", max_epochs=3))
+    trainer.fit()
+    # the frozen backbone ran once over the 48 train rows (not the replicated draws) and the 12 val rows;
+    # the 3 epochs of 7 steps and 3 validations ran the heads only
+    assert trainer.cached and sum(embedded) == 48 + 12
+    epochs = [json.loads(line) for line in (trainer.dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(epochs) == 3 and epochs[0]["train_loss"] != epochs[2]["train_loss"]
+
+
+def test_zero_shot_run_writes_predictions_without_training(prepared, tmp_path):
+    from replication.tokenizer import train_bpe
+    from replication.zero_shot import PROMPTS
+
+    bpe = tmp_path / "bpe.txt"
+    train_bpe([p for ps in PROMPTS.values() for p in ps], 50, bpe)
+    cfg = TrainConfig(method="zero_shot", tasks=("age", "gender", "emotion"), weighting="uw", prepared=str(prepared),
+                      runs_dir=str(tmp_path / "runs"), batch_size=16, bpe=str(bpe))
+    result = load_run(run(cfg))
+    assert result.epochs == [] and not (cfg.run_dir / "best.pt").exists()
+    assert len(result.predictions) == 8 * 3 * 2 + 8
+    assert 0 <= result.results["overall_average_accuracy"] <= 1

@@ -1,0 +1,86 @@
+"""replication.figures: every figure function writes a PNG; demo figures carry the label."""
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.decomposition import PCA
+from sklearn.neighbors import KNeighborsClassifier
+
+from replication import figures
+from replication.labels import MISSING
+from replication.profiles import DEMO_LABEL
+
+
+def test_agg_backend():
+    assert matplotlib.get_backend().lower() == "agg"
+
+
+def test_label_drawn_only_for_demo():
+    fig = plt.figure()
+    figures.draw_label(fig, "demo")
+    assert [t.get_text() for t in fig.texts] == [DEMO_LABEL]
+    fig2 = plt.figure()
+    figures.draw_label(fig2, "full")
+    assert fig2.texts == []
+    plt.close("all")
+
+
+def is_png(path):
+    with Image.open(path) as im:
+        return im.format == "PNG" and im.size[0] > 100
+
+
+def test_dataset_distribution(tmp_path):
+    rows = [("x.jpg", "vggface2", "test", i % 9, i % 2, MISSING) for i in range(30)]
+    manifest = pd.DataFrame(rows, columns=["path", "dataset", "split", "age", "gender", "emotion"])
+    path = figures.dataset_distribution(manifest, "2.12", tmp_path, "demo")
+    assert path.name == "figure_2_12.png" and is_png(path)
+    with pytest.raises(ValueError, match="rafdb"):
+        figures.dataset_distribution(manifest, "2.11", tmp_path, "demo")
+
+
+def test_augmentation_examples(tmp_path):
+    crop = tmp_path / "crop.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(crop)
+    from replication.transforms import train_transform
+    path = figures.augmentation_examples([crop, crop], train_transform(64), tmp_path, "demo", 3)
+    assert is_png(path)
+
+
+def test_learned_variances_confusion_and_predictions(tmp_path):
+    history = [{"age": -0.1 * e, "gender": 0.05 * e, "emotion": 0.0} for e in range(4)]
+    assert is_png(figures.learned_variances({"MTLoRA": history, "DoRA": history}, tmp_path, "demo"))
+    cm = np.array([[5, 1], [0, 4]])
+    assert is_png(figures.confusion_matrices([("a", cm, ["m", "f"]), ("b", cm, ["m", "f"])],
+                                             "4.2", tmp_path, "full"))
+    crop = tmp_path / "c.jpg"
+    Image.new("RGB", (64, 64), "gray").save(crop)
+    ex = [(crop, {"age": "20-29", "gender": "male"}, {"age": "30-39"})] * 3
+    assert is_png(figures.prediction_examples(ex, tmp_path, "demo", columns=2))
+
+
+def clusters(n=90, dim=20, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    centres = rng.normal(size=(3, dim)) * 10
+    return centres[labels] + rng.normal(size=(n, dim)), labels
+
+
+def test_projections():
+    x, y = clusters()
+    np.testing.assert_allclose(np.abs(figures.project(x, "pca")),
+                               np.abs(PCA(2, random_state=0).fit_transform(x)), atol=1e-8)
+    xy = figures.project(x, "tsne")
+    # well separated clusters stay separated in the t-SNE map
+    assert KNeighborsClassifier(3).fit(xy, y).score(xy, y) > 0.95
+    with pytest.raises(ValueError, match="pca"):
+        figures.project(x, "umap")
+
+
+def test_feature_maps(tmp_path):
+    x, y = clusters(60)
+    panels = [("t-SNE", x, y, ["a", "b", "c"], "tsne"), ("PCA", x, y, ["a", "b", "c"], "pca"),
+              ("PCA2", x, y, ["a", "b", "c"], "pca")]
+    assert is_png(figures.feature_maps(panels, "4.4", tmp_path, "demo"))

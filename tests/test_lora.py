@@ -1,0 +1,220 @@
+"""LoRA / DoRA layers (replication/lora.py): no-op at init, float64 formula oracles, merge/unmerge,
+the detached DoRA norm, adapter save/load, merged export, and peft's DoRA as an optional oracle."""
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from replication.config import get_config
+from replication.lora import (DoRALinear, LoRALinear, adapter_modules, adapter_parameters, adapter_state_dict,
+                              export_merged, inject_adapters, load_adapter_state_dict, merge_adapters,
+                              unmerge_adapters)
+from replication.pe import VisionTransformer
+
+RANK, ALPHA = 4, 3.0  # alpha != rank so that a missing/duplicated scaling shows
+
+
+def _layer(cls, dtype=torch.float32, seed=0, dropout=0.0):
+    torch.manual_seed(seed)
+    base = nn.Linear(16, 24).to(dtype)
+    layer = cls(base, rank=RANK, alpha=ALPHA, dropout=dropout)
+    return base, layer
+
+
+def _randomize(layer, std=0.5):
+    with torch.no_grad():
+        layer.lora_b.normal_(0, std)
+        layer.lora_a.normal_(0, std)
+        if hasattr(layer, "magnitude"):
+            layer.magnitude.mul_(torch.rand_like(layer.magnitude) + 0.5)
+
+
+def _dora_oracle(w0, b, a, bm, m, x, scaling, detach_norm=True):
+    """DoRA paper eq. (5) in float64: W' = m * (W0 + sBA) / ||W0 + sBA||_row; y = W' x + b."""
+    v = w0 + scaling * bm @ a
+    norm = v.norm(dim=1, keepdim=True)
+    if detach_norm:
+        norm = norm.detach()  # DoRA §4.3
+    return x @ (m[:, None] * v / norm).T + b
+
+
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_noop_at_init(cls):
+    base, layer = _layer(cls)
+    x = torch.randn(5, 7, 16)
+    assert torch.equal(layer(x), base(x))
+    assert torch.count_nonzero(layer.lora_b) == 0 and torch.count_nonzero(layer.lora_a) > 0
+    assert layer.scaling == ALPHA / RANK
+    assert not layer.weight.requires_grad and not layer.bias.requires_grad
+    if cls is DoRALinear:  # one magnitude per output feature = row norms of W0
+        assert layer.magnitude.shape == (24,)
+        torch.testing.assert_close(layer.magnitude, base.weight.norm(dim=1))
+
+
+def test_lora_matches_float64_formula():
+    _, layer = _layer(LoRALinear, torch.float64)
+    _randomize(layer)
+    x = torch.randn(6, 16, dtype=torch.float64)
+    expected = x @ (layer.weight + (ALPHA / RANK) * layer.lora_b @ layer.lora_a).T + layer.bias
+    torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_dora_matches_float64_formula_and_its_gradients():
+    _, layer = _layer(DoRALinear, torch.float64)
+    _randomize(layer)
+    x = torch.randn(6, 16, dtype=torch.float64)
+    y = layer(x)
+    a, bm, m = (t.detach().clone().requires_grad_(True) for t in (layer.lora_a, layer.lora_b, layer.magnitude))
+    y_ref = _dora_oracle(layer.weight, layer.bias, a, bm, m, x, ALPHA / RANK)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    # gradients: equal to the oracle with the norm detached, different from the one without (so the
+    # detaching is what we implement, not a no-op)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (y_ref * g).sum().backward()
+    for mine, ref in ((layer.lora_a, a), (layer.lora_b, bm), (layer.magnitude, m)):
+        torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-10, atol=1e-12)
+    a2, b2 = (t.detach().clone().requires_grad_(True) for t in (layer.lora_a, layer.lora_b))
+    (_dora_oracle(layer.weight, layer.bias, a2, b2, m.detach(), x, ALPHA / RANK, detach_norm=False) * g).sum().backward()
+    assert not torch.allclose(b2.grad, bm.grad, rtol=1e-6)
+    # the norm itself is a constant: no graph behind it, and W0 gets no gradient
+    assert not layer.weight_norm().requires_grad
+    assert layer.weight.grad is None and layer.bias.grad is None
+
+
+def test_dora_dropout_applies_the_weight_change_to_the_dropped_input():
+    _, layer = _layer(DoRALinear, torch.float64, dropout=0.5)
+    _randomize(layer)
+    layer.train()
+    x = torch.randn(6, 16, dtype=torch.float64)
+    torch.manual_seed(3)
+    y = layer(x)
+    torch.manual_seed(3)
+    z = layer.dropout(x)
+    v = layer.weight + (ALPHA / RANK) * layer.lora_b @ layer.lora_a
+    w_new = layer.magnitude[:, None] * v / v.norm(dim=1, keepdim=True)
+    expected = x @ layer.weight.T + layer.bias + z @ (w_new - layer.weight).T
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_merge_equals_unmerged_and_unmerge_restores_w0(cls):
+    _, layer = _layer(cls)
+    _randomize(layer)
+    layer.eval()
+    w0 = layer.weight.detach().clone()
+    x = torch.randn(4, 9, 16)
+    y = layer(x)
+    layer.merge()
+    layer.merge()  # idempotent
+    assert layer.merged
+    assert not torch.allclose(layer.weight, w0)
+    torch.testing.assert_close(layer(x), y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x @ layer.weight.T + layer.bias, y, rtol=1e-5, atol=1e-5)  # a plain linear now
+    layer.unmerge()
+    layer.unmerge()
+    assert not layer.merged
+    torch.testing.assert_close(layer.weight.detach(), w0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(layer(x), y, rtol=1e-6, atol=1e-6)
+
+
+def _tiny_vision(seed=0):
+    torch.manual_seed(seed)
+    return VisionTransformer(get_config("demo-tiny").vision).eval()
+
+
+TARGETS = [f"transformer.resblocks.{i}.{n}" for i in range(6)
+           for n in ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")] + \
+          ["attn_pool.attn.out_proj", "attn_pool.mlp.c_fc", "attn_pool.mlp.c_proj"]
+
+
+def test_inject_keeps_backbone_keys_and_checks_names():
+    vision = _tiny_vision()
+    before = set(vision.state_dict())
+    inject_adapters(vision, TARGETS, "dora", rank=RANK, alpha=ALPHA)
+    after = set(vision.state_dict())
+    assert before <= after  # backbone keys unchanged: a backbone checkpoint still loads
+    assert {k.rsplit(".", 1)[1] for k in after - before} == {"lora_a", "lora_b", "magnitude"}
+    assert len(list(adapter_modules(vision))) == len(TARGETS)
+    assert len(adapter_parameters(vision, "b")) == len(TARGETS)
+    with pytest.raises(KeyError, match="no submodule"):
+        inject_adapters(vision, ["transformer.resblocks.9.attn.in_proj"], "lora")
+    with pytest.raises(ValueError, match="already"):
+        inject_adapters(vision, TARGETS[:1], "lora")
+    with pytest.raises(TypeError, match="expected nn.Linear"):
+        inject_adapters(vision, ["ln_post"], "lora")
+    with pytest.raises(ValueError, match="kind"):
+        inject_adapters(_tiny_vision(), TARGETS[:1], "ia3")
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_adapters_save_load_and_merged_export(kind):
+    vision = _tiny_vision()
+    plain_keys = set(vision.state_dict())
+    inject_adapters(vision, TARGETS, kind, rank=RANK, alpha=ALPHA)
+    for _, m in adapter_modules(vision):
+        _randomize(m, std=0.05)
+    x = torch.randn(2, 3, 64, 64)
+    y = vision(x)
+
+    state = adapter_state_dict(vision)
+    n_adapter = sum(t.numel() for t in state.values())
+    n_backbone = sum(v.numel() for k, v in vision.state_dict().items() if k not in state)
+    assert n_adapter < n_backbone / 2
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+
+    other = _tiny_vision()  # same backbone weights (same seed), fresh adapters
+    inject_adapters(other, TARGETS, kind, rank=RANK, alpha=ALPHA)
+    assert not torch.allclose(other(x), y)
+    load_adapter_state_dict(other, torch.load(buffer))
+    torch.testing.assert_close(other(x), y)
+    with pytest.raises(KeyError, match="missing"):
+        load_adapter_state_dict(other, {k: v for k, v in state.items() if "resblocks.0." not in k})
+
+    plain = export_merged(vision)
+    assert not list(adapter_modules(plain)) and list(adapter_modules(vision))  # original untouched
+    assert set(plain.state_dict()) == plain_keys
+    fresh = VisionTransformer(get_config("demo-tiny").vision).eval()
+    fresh.load_state_dict(plain.state_dict())  # strict: a plain PE vision tower
+    torch.testing.assert_close(fresh(x), y, rtol=1e-5, atol=1e-5)
+
+    merge_adapters(vision)
+    torch.testing.assert_close(vision(x), y, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="unmerge"):
+        load_adapter_state_dict(vision, state)
+    unmerge_adapters(vision)
+    torch.testing.assert_close(vision(x), y, rtol=1e-5, atol=1e-5)
+
+
+def test_dora_matches_peft():
+    """peft (test-only dependency) as an independent implementation of DoRA."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 24))
+    ours = DoRALinear(nn.Linear(16, 24), rank=RANK, alpha=ALPHA)
+    with torch.no_grad():
+        ours.weight.copy_(model[0].weight)
+        ours.bias.copy_(model[0].bias)
+        ours.magnitude.copy_(ours.weight.norm(dim=1))
+    ref = peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=["0"],
+                                                     use_dora=True, lora_dropout=0.0))
+    layer = ref.base_model.model[0]
+    with torch.no_grad():
+        _randomize(ours)
+        layer.lora_A["default"].weight.copy_(ours.lora_a)
+        layer.lora_B["default"].weight.copy_(ours.lora_b)
+        mag = layer.lora_magnitude_vector["default"]
+        (mag.weight if hasattr(mag, "weight") else mag).copy_(ours.magnitude)
+    x = torch.randn(5, 16)
+    y_ours, y_ref = ours(x), ref(x)
+    torch.testing.assert_close(y_ours, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y_ours)
+    (y_ours * g).sum().backward()
+    (y_ref * g).sum().backward()
+    mag_grad = mag.weight.grad if hasattr(mag, "weight") else mag.grad
+    torch.testing.assert_close(ours.lora_b.grad, layer.lora_B["default"].weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.lora_a.grad, layer.lora_A["default"].weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.magnitude.grad, mag_grad, rtol=1e-4, atol=1e-5)

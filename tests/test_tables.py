@@ -1,0 +1,172 @@
+"""replication.tables: cell values against hand computations / scikit-learn on small synthetic runs."""
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from replication import tables, thesis
+from replication.labels import MISSING
+from replication.profiles import DEMO_LABEL
+
+REQUIRED = {"thesis", "replicated", "difference", "profile", "label"}
+
+
+def predictions(seed=0, n=60):
+    """Predictions of a fake 3-task model on every test set (labels and preds random, fixed seed)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for dataset, task, classes in [("utkface", "age", 9), ("fairface", "age", 9),
+                                   ("vggface2", "age", 9), ("utkface", "gender", 2),
+                                   ("fairface", "gender", 2), ("vggface2", "gender", 2),
+                                   ("rafdb", "emotion", 7)]:
+        label = rng.integers(classes, size=n)
+        pred = np.where(rng.random(n) < 0.6, label, rng.integers(classes, size=n))
+        frames.append(pd.DataFrame({"path": [f"{dataset}/{i}.jpg" for i in range(n)],
+                                    "dataset": dataset, "task": task, "label": label,
+                                    "pred": pred}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_scores_match_sklearn_and_section_4_averages():
+    p = predictions()
+    s = tables.scores(p)
+    expected = {}
+    for (dataset, task), g in p.groupby(["dataset", "task"]):
+        expected[dataset, task] = 100 * accuracy_score(g.label, g.pred)
+        assert s[f"{dataset}/{task}"] == pytest.approx(expected[dataset, task])
+        assert s[f"{dataset}/{task}/balanced"] == pytest.approx(
+            100 * balanced_accuracy_score(g.label, g.pred))
+    # §4: the age average leaves VGGFace2 out, the gender average does not
+    assert s["age"] == pytest.approx((expected["utkface", "age"] + expected["fairface", "age"]) / 2)
+    assert s["gender"] == pytest.approx(np.mean([expected[d, "gender"]
+                                                 for d in ("utkface", "fairface", "vggface2")]))
+    assert s["overall"] == pytest.approx((s["age"] + s["gender"] + s["emotion"]) / 3)
+
+
+def test_accuracy_table_cells_difference_and_label():
+    s = tables.scores(predictions())
+    df = tables.accuracy_table("4.5", {"dora": s}, "demo")
+    assert REQUIRED <= set(df.columns)
+    cell = df[(df.row == "DoRA") & (df.column == "fairface/age")].iloc[0]
+    assert cell.thesis == 63.64 and cell.replicated == pytest.approx(s["fairface/age"])
+    assert cell.difference == pytest.approx(s["fairface/age"] - 63.64)
+    average = df[(df.row == "DoRA") & (df.column == "average")].iloc[0]
+    assert average.replicated == pytest.approx(s["age"])
+    # rows without a run have no replicated value, never a made-up one
+    assert df[df.row == "LP"].replicated.isna().all()
+    assert (df.label == DEMO_LABEL).all() and (df.profile == "demo").all()
+    assert (tables.accuracy_table("4.5", {}, "full").label == "").all()
+
+
+def test_table_4_2_global_is_the_overall_average():
+    s = tables.scores(predictions())
+    df = tables.accuracy_table("4.2", {"zs": s}, "demo")
+    assert df.set_index("column").at["global", "replicated"] == pytest.approx(s["overall"])
+
+
+def test_literature_rows_are_marked_and_not_replicated():
+    s = tables.scores(predictions())
+    df = tables.accuracy_table("4.13", {"mtlora": s, "dora": s}, "demo")
+    lit = df[df.row.isin(thesis.TABLE_4_13.literature)]
+    assert lit.replicated.isna().all()
+    assert lit.note.str.startswith("literature: [").all()
+    ours = df[df.row == "MTLoRA"].set_index("column")
+    assert ours.at["rafdb/emotion", "replicated"] == pytest.approx(s["rafdb/emotion"])
+    assert ours.at["rafdb/emotion", "note"] == ""
+
+
+def test_concordance_table_is_the_share_of_equal_predictions():
+    zs, lp = predictions(0), predictions(1)
+    dora = lp.assign(pred=np.where(np.arange(len(lp)) % 4 == 0, zs.pred, lp.pred))
+    df = tables.table_4_15({"zs": zs, "lp": lp, "dora": dora}, "demo").set_index(["row", "column"])
+    rows = (lp.dataset == "fairface") & (lp.task == "age")
+    expected = 100 * np.mean(lp.pred[rows].to_numpy() == dora.pred[rows].to_numpy())
+    assert df.at[("fairface/age", "lp_vs_lora"), "replicated"] == pytest.approx(expected)
+
+
+def test_figure_4_3_table_reads_balanced_accuracy():
+    s = tables.scores(predictions())
+    df = tables.figure_4_3_table({"mtlora": s, "dora": s}, "demo").set_index(["row", "column"])
+    assert df.at[("mtlora/utkface", "balanced_accuracy"), "replicated"] == pytest.approx(
+        s["utkface/age/balanced"])
+    assert df.at[("dora/fairface", "accuracy"), "thesis"] == 63.73
+
+
+ACCOUNTING = [  # the thesis's own figures, as replication.accounting reports them when matched
+    {"figure": f"{sec}/{m}_{kind}", "thesis": v, "replicated": v, "note": ""}
+    for m, sec in [("lp", "s3.3"), ("ap", "s3.4"), ("ft4", "s3.5"), ("dora", "s3.6"),
+                   ("mtlora", "s3.6.1")]
+    for kind, v in zip(("trainable", "total"), thesis.PARAMS.rows[m][:2])
+] + [{"figure": f"table4.3/{k}", "thesis": v[0], "replicated": v[0], "note": ""}
+     for k, v in thesis.TABLE_4_3.rows.items() if k != "gflops"] + [
+    {"figure": "table4.3/gflops_zero_shot", "thesis": 699.76, "replicated": 699.76, "note": "x"},
+    {"figure": "table4.14/gflops_ft4", "thesis": 352.18, "replicated": 352.18, "note": ""},
+    {"figure": "table4.14/gflops_dora_merged", "thesis": 352.18, "replicated": 352.18, "note": ""},
+    {"figure": "table4.14/gflops_mtlora", "thesis": 368.01, "replicated": 368.01, "note": ""}]
+
+
+def test_parameter_tables_recompute_percentages():
+    out = tables.parameter_tables(ACCOUNTING, "demo")
+    params = out["params"].set_index(["row", "column"])
+    assert params.at[("FT4", "trainable"), "difference"] == 0
+    assert params.at[("FT4", "percent"), "replicated"] == pytest.approx(100 * 64040969 / 320324629)
+    assert abs(params.at[("DoRA", "percent"), "difference"]) < 0.005
+    t43 = out["4.3"].set_index("row")
+    assert t43.at["gflops", "replicated"] == 699.76 and t43.at["gflops", "note"] == "x"
+
+
+def test_table_4_14_sizes_and_accuracy():
+    s = tables.scores(predictions())
+    df = tables.table_4_14(ACCOUNTING, {"dora": s, "zs": s}, "demo").set_index(["row", "column"])
+    assert df.at[("ZS", "params_m"), "replicated"] == 671
+    assert df.at[("DoRA (merged)", "params_m"), "replicated"] == 320
+    assert df.at[("DoRA (merged)", "avg_acc"), "replicated"] == pytest.approx(s["overall"])
+    assert np.isnan(df.at[("FT4", "avg_acc"), "replicated"])
+
+
+def manifest():
+    rows = []
+    for i in range(40):
+        rows.append(("a.jpg", "fairface", "train", i % 9, i % 2, MISSING))
+    for i in range(10):
+        rows.append(("b.jpg", "rafdb", "train", MISSING, MISSING, i % 7 if i < 7 else 3))
+    rows += [("c.jpg", "utkface", "test", 1, 0, MISSING), ("d.jpg", "fairface", "val", 2, 1, MISSING)]
+    return pd.DataFrame(rows, columns=["path", "dataset", "split", "age", "gender", "emotion"])
+
+
+def test_table_3_2_counts_and_exact_weighted_shares():
+    out = tables.tables_3_2(manifest(), "demo")
+    emotion = out["3.2/emotion"].set_index(["row", "column"])
+    assert emotion.at[("Happy", "samples"), "replicated"] == 4          # ids 3 + the three extra
+    assert emotion.at[("Happy", "percent"), "replicated"] == pytest.approx(40.0)
+    # inverse-frequency weights make the expected emotion classes uniform when emotion is alone
+    assert emotion.at[("Happy", "weighted_percent"), "replicated"] == pytest.approx(100 / 7)
+    tasks = out["3.2a"].set_index(["row", "column"])
+    assert tasks.at[("total", "samples"), "replicated"] == 50
+    assert tasks.at[("emotion", "percent"), "replicated"] == pytest.approx(20.0)
+
+
+def test_table_3_1_checks_usage():
+    df = tables.table_3_1(manifest(), "demo").set_index(["row", "column"])
+    assert df.at[("fairface", "train"), "replicated"] == 40
+    assert df.at[("fairface", "test"), "difference"] == "differs"  # thesis tests on FairFace val
+    assert df.at[("utkface", "test"), "difference"] == ""
+
+
+def test_write_is_atomic_and_labelled(tmp_path):
+    s = tables.scores(predictions())
+    df = tables.accuracy_table("4.4", {"dora": s}, "demo")
+    csv, md = tables.write(df, tmp_path, "Table 4.4")
+    assert csv.name == "table_4_4.csv" and md.name == "table_4_4.md"
+    back = pd.read_csv(csv)
+    assert REQUIRED <= set(back.columns) and (back.label == DEMO_LABEL).all()
+    text = md.read_text()
+    assert DEMO_LABEL in text.splitlines()[2]
+    assert "| DoRA | rafdb/emotion | 90.83 |" in text
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_filenames_are_unique():
+    names = [tables.filename(t) for t in thesis.TABLES]
+    assert len(set(names)) == len(names)
+    assert tables.filename("3.2/age") == "table_3_2_age" and tables.filename("fig4.3") == "figure_4_3"

@@ -1,0 +1,74 @@
+"""Zero-shot baseline (thesis §4.2): the exact prompts, and logits = cosine similarities."""
+import pytest
+import torch
+
+from replication.checkpoint import load_clip
+from replication.labels import TASKS
+from replication.tokenizer import tokenize, train_bpe
+from replication.zero_shot import PROMPTS, ZeroShotClassifier
+
+
+def test_prompts_follow_thesis_templates():
+    assert PROMPTS == {
+        "age": [
+            "A photo of a person between 0-2 years old",
+            "A photo of a person between 3-9 years old",
+            "A photo of a person between 10-19 years old",
+            "A photo of a person between 20-29 years old",
+            "A photo of a person between 30-39 years old",
+            "A photo of a person between 40-49 years old",
+            "A photo of a person between 50-59 years old",
+            "A photo of a person between 60-69 years old",
+            "A photo of a person between 70-100 years old",
+        ],
+        "gender": ["A photo of a male person", "A photo of a female person"],
+        "emotion": [  # RAF-DB order: Surprise, Fear, Disgust, Happy, Sad, Angry, Neutral
+            "A photo of a surprised person",
+            "A photo of a fearful person",
+            "A photo of a disgusted person",
+            "A photo of a happy person",
+            "A photo of a sad person",
+            "A photo of an angry person",
+            "A photo of a neutral person",
+        ],
+    }
+    assert {t: len(p) for t, p in PROMPTS.items()} == {t: len(c) for t, c in TASKS.items()}
+
+
+@pytest.fixture(scope="module")
+def demo_setup(tmp_path_factory):
+    # demo-tiny has a 1024-id vocabulary: a merges file trained on the prompts (<= 510 merges) fits it.
+    bpe = tmp_path_factory.mktemp("bpe") / "prompts.txt.gz"
+    train_bpe([p for task in PROMPTS.values() for p in task], num_merges=200, out_path=bpe)
+    torch.manual_seed(0)
+    return load_clip(None, config="demo-tiny"), bpe
+
+
+def test_logits_are_cosine_similarities(demo_setup):
+    clip, bpe = demo_setup
+    zs = ZeroShotClassifier(clip, bpe)
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        logits = zs(images)
+        image = clip.encode_image(images)
+    assert list(logits) == ["age", "gender", "emotion"] and zs.tasks == ("age", "gender", "emotion")
+    for task, prompts in PROMPTS.items():
+        with torch.no_grad():
+            text = clip.encode_text(tokenize(prompts, bpe))
+        # cosine similarity written out: dot product over the product of the norms
+        expected = (image @ text.T) / (image.norm(dim=-1, keepdim=True) * text.norm(dim=-1)[None])
+        assert logits[task].shape == (3, len(prompts))
+        torch.testing.assert_close(logits[task], expected, rtol=1e-5, atol=1e-6)
+        assert logits[task].abs().max() <= 1 + 1e-6
+    # only the vision tower is kept (the prompt embeddings are fixed)
+    assert not any(n.startswith("token_embedding") for n, _ in zs.named_parameters())
+    assert ZeroShotClassifier(clip, bpe, tasks=("emotion",))(images).keys() == {"emotion"}
+
+
+def test_merges_file_too_large_for_vocab_is_an_error(demo_setup, tmp_path):
+    clip, _ = demo_setup
+    words = [f"w{a}{b}{c}" for a in "abcdefgh" for b in "abcdefgh" for c in "abcdefgh"] * 2
+    big = tmp_path / "big.txt"
+    train_bpe(words + [p for task in PROMPTS.values() for p in task], num_merges=900, out_path=big)
+    with pytest.raises(ValueError, match="vocab_size 1024"):
+        ZeroShotClassifier(clip, big)
