@@ -33,6 +33,7 @@ import torch
 from . import thesis
 from .config import CLIPConfig, TextConfig, VisionConfig, get_config
 from .labels import NUM_CLASSES, TASKS
+from .lora import adapter_parameters
 from .losses import UncertaintyWeighting
 from .methods import build_method
 from .pe import CLIP, VisionTransformer
@@ -83,6 +84,20 @@ def method_counts(method: str, tasks: Sequence[str], config: str = "PE-Core-L14-
     adapted = build_method(method, tasks, vision)
     extra = uw_parameters(tasks)
     return adapted.trainable_parameters() + extra, adapted.total_parameters() + extra
+
+
+def inference_parameters(config: str = "PE-Core-L14-336") -> dict[str, int]:
+    """Parameters of the deployed three-task models (Table 4.14's "Params"): LoRA/DoRA merged into the weights,
+    MTLoRA with its task-agnostic DoRA merged (its task-specific LoRA cannot be); no loss parameters.
+    Table 4.14 prints millions truncated: MTLoRA's 329 is this count's 329.76 M."""
+    counts = {"zs": clip_counts(config)["total"]}
+    for method in ("ft4", "dora", "mtlora"):
+        with torch.device("meta"):
+            vision = VisionTransformer(get_config(config).vision)
+        model = build_method(method, ALL_TASKS, vision).model
+        folded = _n(adapter_parameters(model))  # A, B (and m) disappear into the merged weights
+        counts["dora_merged" if method == "dora" else method] = _n(model.parameters()) - folded
+    return counts
 
 
 def clip_counts(config: str = "PE-Core-L14-336") -> dict[str, int]:

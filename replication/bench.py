@@ -27,7 +27,6 @@ the median of the timed steps is reported. On CPU the same code runs with time.p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -48,7 +47,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from replication import engine
+from replication import accounting, engine
 from replication.config import get_config
 from replication.engine import FaceDataset, TrainConfig, build_model
 from replication.labels import NUM_CLASSES
@@ -59,14 +58,14 @@ from replication.sampling import emotion_replication_factor
 from replication.thesis import TABLE_3_2_TASKS
 from replication.transforms import train_transform
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+AMP = {"bf16": "bf16", "fp16": "fp16", "fp32": "none"}  # --dtype -> the engine's TrainConfig.amp
 L40S_BYTES = 46068 * 2**20  # the thesis's card (48 GB L40S) as nvidia-smi reports it
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 FLOP_CONVENTION = (
     "FLOPs = 2 x multiply-accumulates of every matmul, convolution and attention op executed (QK^T and AV "
     "included; softmax, norms, activations, elementwise ops and the optimizer not counted), counted per op by "
-    "torch.utils.flop_counter formulas during one real forward pass at the benchmark batch size. "
+    "torch.utils.flop_counter formulas during one real step at the benchmark batch size. "
     "Training step = 3 x forward FLOPs of ops in the autograd graph (an input requires grad) + 1 x forward "
     "FLOPs of ops outside it (frozen prefix, forward only). Activation recomputation from gradient "
     "checkpointing is not counted. Inference = 1 x forward FLOPs. 'flops' = per step (whole batch). "
@@ -168,12 +167,6 @@ def thesis_epoch_images() -> int:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
-def _autocast(device: torch.device, dtype: str):
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[dtype])
-
-
 def _reset_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -210,7 +203,7 @@ def _rates(times: list[float], batch: int, flops: int, peak: float) -> dict:
 
 def _train_config(method: str, args) -> TrainConfig:
     return TrainConfig(method=method, tasks=tuple(NUM_CLASSES), weighting="uw", model_config=args.config,
-                       batch_size=args.batch, amp={"fp32": "none"}.get(args.dtype, args.dtype),
+                       batch_size=args.batch, amp=AMP[args.dtype],
                        grad_checkpointing=args.grad_checkpointing, device=args.device)
 
 
@@ -252,16 +245,15 @@ class _Step:
         return row
 
 
-def _infer(fn, inputs, args, device, peak: float) -> dict:
-    """Inference throughput of fn(inputs) (inference mode, autocast), FLOPs counted on one eager call."""
-    autocast = _autocast(device, args.dtype)
+def _infer(fn, inputs, cfg: TrainConfig, args, device, peak: float) -> dict:
+    """Inference throughput of fn(inputs) (inference mode, the run's autocast), FLOPs counted on one eager call."""
     counter = FlopCounter()
-    with counter, torch.inference_mode(), autocast:
+    with counter, torch.inference_mode(), engine._autocast(cfg, device):
         fn(inputs)
     run = torch.compile(fn) if args.compile else fn
 
     def call():
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), engine._autocast(cfg, device):
             return run(inputs)
 
     _reset_memory(device)
@@ -281,8 +273,8 @@ def bench_method(method: str, args, device: torch.device, peak: float) -> dict:
     if getattr(model, "frozen_backbone", False) and cfg.cache_embeddings:
         # §3.3: the frozen backbone embeds every image once (cache pass); the epochs then train the heads only.
         model.eval()
-        row["cache"] = _infer(model.embed, images, args, device, peak)
-        with torch.no_grad(), _autocast(device, args.dtype):
+        row["cache"] = _infer(model.embed, images, cfg, args, device, peak)
+        with torch.no_grad(), engine._autocast(cfg, device):
             inputs = {t: e.float() for t, e in model.embed(images).items()}
         model.train()
         row["train_input"] = "cached features"
@@ -299,8 +291,14 @@ def bench_method(method: str, args, device: torch.device, peak: float) -> dict:
     # task-specific branches cannot be folded (§3.6.1), merge_adapters folds the shared ones.
     model.eval()
     merge_adapters(model)
-    row["infer"] = _infer(model, images, args, device, peak)
+    row["infer"] = _infer(model, images, cfg, args, device, peak)
     row["infer"]["merged"] = any(getattr(m, "merged", False) for m in model.modules())
+    # Cross-check with accounting.py's analytic count (same convention: 2 x all MACs, attention included).
+    analytic = accounting.gflops(args.config, accounting.MATMUL_WEIGHTS)["mtlora" if method == "mtlora" else "ft4"]
+    row["infer"]["accounting_gflop_per_image"] = analytic
+    if abs(row["infer"]["gflop_per_image"] - analytic) > 1e-6 * analytic:
+        print(f"[{method}] warning: counted {row['infer']['gflop_per_image']:.4f} GFLOP/image at inference, "
+              f"accounting.gflops says {analytic:.4f}")
     return row
 
 
@@ -402,8 +400,19 @@ def _device_name(device: torch.device) -> str:
         return platform.processor() or platform.machine() or "cpu"
 
 
-def run(args, argv: list[str]) -> dict:
-    """Every measurement the arguments ask for, as one JSON-ready dict."""
+def _guarded(label: str, batch: int, measure, *measure_args) -> dict | None:
+    """measure(*measure_args), or a row saying it ran out of memory (recorded, not hidden: the table shows it)."""
+    print(f"[{label}] ...", flush=True)
+    try:
+        return measure(*measure_args)
+    except torch.cuda.OutOfMemoryError as e:
+        print(f"[{label}] out of memory at batch {batch}: {str(e).splitlines()[0]}")
+        return {"method": label, "error": "out of memory"}
+
+
+def run(args, argv: list[str], out: Path) -> dict:
+    """Every measurement the arguments ask for, as one dict, rewritten to `out` after each measurement
+    (a run cut short keeps what it measured)."""
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -423,30 +432,27 @@ def run(args, argv: list[str]) -> dict:
         "rows": [], "peft": [], "data_loading": None,
     }
     for method in args.methods:
-        print(f"[{method}] ...", flush=True)
-        try:
-            result["rows"].append(bench_method(method, args, device, peak))
-        except torch.cuda.OutOfMemoryError as e:  # recorded, not hidden: the table shows it
-            print(f"[{method}] out of memory at batch {args.batch}: {str(e).splitlines()[0]}")
-            result["rows"].append({"method": method, "error": "out of memory"})
+        result["rows"].append(_guarded(method, args.batch, bench_method, method, args, device, peak))
         _reset_memory(device)
+        write_json(result, out)
     if args.peft:
         for method in ("lora", "dora"):
-            print(f"[peft-{method}] ...", flush=True)
-            row = bench_peft(method, args, device, peak)
+            row = _guarded(f"peft-{method}", args.batch, bench_peft, method, args, device, peak)
             if row is None:
                 break
             ours = next((r for r in result["rows"] if r["method"] == method and "train" in r), None)
-            if ours:
+            if ours and "train" in row:
                 row["ours_over_peft_speed"] = ours["train"]["images_per_s"] / row["train"]["images_per_s"]
             result["peft"].append(row)
             _reset_memory(device)
+            write_json(result, out)
     if args.data_loading:
         print("[data loading] ...", flush=True)
         dl = bench_data_loading(args, model_image_size(args.config), device)
         dl["loader_over_train_rate"] = {r["method"]: dl["images_per_s"] / r["train"]["images_per_s"]
                                         for r in result["rows"] if r.get("train_input") == "images"}
         result["data_loading"] = dl
+        write_json(result, out)
     return result
 
 
@@ -517,7 +523,7 @@ def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m replication bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", type=_methods, default="lp,ap,ft4,lora,dora,mtlora")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.add_argument("--dtype", choices=AMP, default="bf16", help="autocast dtype (fp32: no autocast)")
     p.add_argument("--config", default="PE-Core-L14-336")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (median reported)")
@@ -534,15 +540,16 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default benchmarks/results/bench-<device>-<date>.json)")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.batch < 1:
-        p.error("--steps and --batch must be >= 1, --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.batch < 2:
+        p.error("--steps must be >= 1, --warmup >= 0, --batch >= 2 (the heads' BatchNorm trains on batches)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available; pass --device cpu for a smoke test")
 
-    result = run(args, argv)
-    print(format_table(result))
     out = args.out or RESULTS / "bench-{}-{}.json".format(
-        re.sub(r"[^a-z0-9]+", "-", result["device"].lower()).strip("-"), dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        re.sub(r"[^a-z0-9]+", "-", _device_name(torch.device(args.device)).lower()).strip("-"),
+        dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    result = run(args, argv, out)
+    print(format_table(result))
     write_json(result, out)
     print(f"wrote {out}")
     return 0

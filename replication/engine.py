@@ -102,6 +102,8 @@ class TrainConfig:
         if self.run_name:
             return self.run_name
         parts = [self.method, "-".join(self.tasks)]
+        if self.method == "zero_shot":  # nothing trained: weighting, samples and seed play no part
+            return "_".join(parts)
         if self.multi_task:
             parts.append(self.weighting)
         if self.max_train_samples:
@@ -628,38 +630,33 @@ def _zero_shot_model(cfg: TrainConfig) -> ZeroShotClassifier:
     return ZeroShotClassifier(load_clip(cfg.checkpoint, config=cfg.model_config), cfg.bpe, cfg.tasks).eval()
 
 
-def _zero_shot(cfg: TrainConfig, d: distributed.Dist) -> None:
-    """§4.2 baseline: no training; the zero-shot classifier predicts the test sets."""
-    model = _zero_shot_model(cfg).to(d.device)
+def _test(cfg: TrainConfig, model: nn.Module, d: distributed.Dist, extra: dict) -> None:
+    """Predict the test sets with ``model`` and write predictions.csv, results.json and DONE."""
     frame = evaluation_frame(cfg)
     dataset = FaceDataset(Path(cfg.prepared), frame, cfg.tasks, eval_transform(_image_size(cfg)))
     logits = predict_logits(model, dataset, cfg, d)
     if d.is_main:
-        _finish(cfg, logits, frame, {})
+        _finish(cfg, logits, frame, extra)
 
 
 def run(cfg: TrainConfig) -> Path:
     """Train (or resume) the run, evaluate its selected checkpoint on the test sets; returns the folder.
 
-    A folder with DONE is returned as is. Under torchrun every rank calls this; rank 0 writes."""
+    ``method="zero_shot"`` trains nothing: the §4.2 baseline predicts the test sets. A folder with DONE
+    is returned as is. Under torchrun every rank calls this; rank 0 writes."""
     if (cfg.run_dir / "DONE").exists() and _same_run(cfg):
         return cfg.run_dir
     d = distributed.setup(cfg.device)
     try:
-        torch.manual_seed(cfg.seed)
         _prepare_dir(cfg, d)
         if cfg.method == "zero_shot":
-            _zero_shot(cfg, d)
+            _test(cfg, _zero_shot_model(cfg).to(d.device), d, {})
         else:
             trainer = Trainer(cfg, d)
             trainer.fit()
             best = torch.load(cfg.run_dir / "best.pt", map_location=d.device, weights_only=False)
             trainer.model.load_trainable_state_dict(best["model"])
-            frame = evaluation_frame(cfg)
-            dataset = FaceDataset(Path(cfg.prepared), frame, cfg.tasks, eval_transform(_image_size(cfg)))
-            logits = predict_logits(trainer.model, dataset, cfg, d)
-            if d.is_main:
-                _finish(cfg, logits, frame, {"best_epoch": best["epoch"], "epochs": trainer.progress.epoch})
+            _test(cfg, trainer.model, d, {"best_epoch": best["epoch"], "epochs": trainer.progress.epoch})
         distributed.barrier(d)
     finally:
         distributed.teardown(d)
@@ -730,6 +727,8 @@ def cli(argv: list[str] | None = None) -> int:
     tasks = values["tasks"].split(",")
     values.setdefault("weighting", "uw" if len(tasks) > 1 else "none")
     cfg = TrainConfig(profile=profile.name, **values)
+    if cfg.profile == "full" and cfg.checkpoint is None:
+        parser.error("the full profile needs --checkpoint (PE-Core weights); random weights are for tests only")
     folder = run(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"run": str(folder), **{k: v for k, v in load_run(folder).results.items()

@@ -40,7 +40,7 @@ LOG_SCALE_AGE = {"vggface2"}
 def draw_label(fig: plt.Figure, profile: str) -> None:
     """The demo profile's warning, drawn across the bottom of the figure."""
     if profile == "demo":
-        fig.text(0.5, 0.005, DEMO_LABEL, ha="center", va="bottom", fontsize=10, color="crimson",
+        fig.text(0.5, -0.01, DEMO_LABEL, ha="center", va="top", fontsize=10, color="crimson",
                  weight="bold", bbox={"facecolor": "white", "edgecolor": "crimson", "alpha": 0.9})
 
 
@@ -142,6 +142,28 @@ def confusion_matrices(panels: Sequence[tuple[str, np.ndarray, Sequence[str]]], 
 
 
 # --- §4.8 -----------------------------------------------------------------------------------
+
+def sample_test_images(prepared: str | Path, manifest: pd.DataFrame, dataset: str, n: int,
+                       image_size: int, seed: int = 0) -> tuple[pd.DataFrame, torch.Tensor]:
+    """Up to ``n`` test rows of ``dataset`` (a fixed random sample) and their eval-transformed images."""
+    from replication.transforms import eval_transform
+
+    rows = manifest[(manifest["dataset"] == dataset) & (manifest["split"] == "test")]
+    rows = rows.sample(n=min(n, len(rows)), random_state=seed).reset_index(drop=True)
+    transform = eval_transform(image_size)
+    images = torch.stack([transform(Image.open(Path(prepared) / p)) for p in rows["path"]])
+    return rows, images
+
+
+@torch.no_grad()
+def embeddings(encode, images: torch.Tensor, device: str = "cpu", batch_size: int = 128):
+    """``encode`` applied batch by batch on ``device``: returning a tensor -> (N, D) array,
+    a dict of tensors -> dict of arrays."""
+    parts = [encode(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)]
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]).float().cpu().numpy() for k in parts[0]}
+    return torch.cat(parts).float().cpu().numpy()
+
 
 def project(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     """2-D map of ``features``: 'pca', or 'tsne' applied to the first 50 principal components."""

@@ -19,13 +19,14 @@ the text is silent, the thesis's own parameter counts (accounting.py):
   head's group.
 * MTLoRA: TA-DoRA A at lr_backbone, B at 6x; block-L TS-LoRA likewise (A / B); the task pooling (probes and
   its TS-LoRA) and heads at lr_head.
-Every group uses AdamW weight decay 0.01 (the thesis's default).
+Every group uses AdamW weight decay 0.01 (the thesis's default). "The thesis's code" is its published
+training code, github.com/Antuke/PE_PEFT_FT (src/train.py: requires_grad and parameter groups).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 from torch import nn

@@ -13,7 +13,8 @@ per task). The thesis keeps TS adapters only at the end of the network:
 * one head per task reads its pooled vector, *without* `proj` (proj stays in the model, frozen, unused,
   and counted in the total, as in the thesis's code).
 
-Two details come from the thesis's code and its own parameter counts (accounting.py checks both):
+Two details come from the thesis's code (github.com/Antuke/PE_PEFT_FT: src/model.py, src/dlora.py) and its
+own parameter counts (accounting.py checks both):
 * each TS layer also holds a "shared" LoRA pair with scale 0 (MTLoRA's `shared_mode="matrix"` with
   `lora_shared_scale=0`; Fig. 3.3's caption: "we do not include the shared matrices"). It has no effect
   and gets no gradient, but it exists and was counted as trainable: 36,730,901 needs it.
@@ -24,7 +25,8 @@ Two details come from the thesis's code and its own parameter counts (accounting
 Where this differs from the thesis's code, on purpose: each task stream goes through block 24 with its own
 input (W0 x_t + B_t A_t x_t); the thesis's MTLoRALinear computed the frozen W0 part on the discarded shared
 stream (W0 x_shared + B_t A_t x_t), which only coincides for the first layers, and it also ran that shared
-stream, whose output was thrown away. LoRA dropout applies to every TS adapter's input.
+stream, whose output was thrown away. LoRA dropout applies to every TS adapter's input (the thesis's code
+applied it only to the discarded shared stream).
 """
 from __future__ import annotations
 

@@ -24,10 +24,11 @@ import pandas as pd
 
 from replication import metrics, sampling, thesis
 from replication.data import training_distribution
-from replication.labels import DATASETS, MISSING, TASKS
+from replication.labels import MISSING, TASKS
 from replication.profiles import DEMO_LABEL
 
 COLUMNS = ["table", "row", "column", "thesis", "replicated", "difference", "profile", "note", "label"]
+
 
 def profile_label(profile: str) -> str:
     return DEMO_LABEL if profile == "demo" else ""
@@ -37,15 +38,14 @@ def compare(table: thesis.Table, replicated: Callable[[str, str], float | None],
             notes: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per published cell of ``table``; ``replicated(row, column)`` gives our value or None."""
     notes = dict(notes or {})
-    if table.notes:  # the thesis's own remarks travel with the first row
-        first = next(iter(table.rows))
-        notes[first] = " ".join(filter(None, [notes.get(first, ""), *table.notes]))
     records = []
     for row, values in table.rows.items():
         for column, published in zip(table.columns, values):
             ours = None if row in table.literature else replicated(row, column)
             note = (f"literature: {table.literature[row]}" if row in table.literature
                     else notes.get(row, ""))
+            if not records and table.notes:  # the thesis's own remarks go with the first cell
+                note = " ".join(filter(None, [note, *table.notes]))
             records.append({
                 "table": table.id, "row": thesis.METHOD_NAMES.get(row, row), "column": column,
                 "thesis": published, "replicated": np.nan if ours is None else ours,
@@ -85,6 +85,21 @@ def write(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> tuple[Path,
     _atomic_write(paths[0], df.to_csv(index=False, float_format="%.6g"))
     _atomic_write(paths[1], markdown)
     return paths
+
+
+def publish(df: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
+    """Write ``df`` (titled after its thesis table); return its wide view for a notebook."""
+    table_id = df["table"].iloc[0]
+    write(df, out_dir, f"Table {table_id} — {thesis.TABLES[table_id].title}")
+    return wide(df)
+
+
+def wide(df: pd.DataFrame) -> pd.DataFrame:
+    """One line per thesis row; for each thesis column its thesis / replicated / difference."""
+    out = df.pivot(index="row", columns="column", values=["thesis", "replicated", "difference"])
+    out = out.swaplevel(axis=1).reindex(columns=pd.unique(df["column"]), level=0)
+    out = out.reindex(columns=["thesis", "replicated", "difference"], level=1)
+    return out.reindex(pd.unique(df["row"]))
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -174,8 +189,10 @@ def parameter_tables(rows: Iterable[Mapping], profile: str) -> dict[str, pd.Data
         key = "table4.3/gflops_zero_shot" if row == "gflops" else f"table4.3/{row}"
         return by_id[key]["replicated"]
 
-    notes_3 = {m: by_id[f"{s}/{m}_total"].get("note", "") for m, s in sections.items()}
-    notes_43 = {"gflops": by_id["table4.3/gflops_zero_shot"].get("note", "")}
+    notes_3 = {m: f"trainable: {by_id[f'{s}/{m}_trainable']['note']} | total: "
+                  f"{by_id[f'{s}/{m}_total']['note']}" for m, s in sections.items()}
+    notes_43 = {row: by_id["table4.3/gflops_zero_shot" if row == "gflops" else f"table4.3/{row}"]["note"]
+                for row in thesis.TABLE_4_3.rows}
     return {"params": compare(thesis.PARAMS, params, profile, notes_3),
             "4.3": compare(thesis.TABLE_4_3, table_4_3, profile, notes_43)}
 
@@ -204,37 +221,21 @@ def table_4_14(rows: Iterable[Mapping], scores_by_row: Mapping[str, Mapping[str,
 
 # --- data (§3.1 Table 3.1, §3.2 Table 3.2) ---------------------------------------------------
 
-TABLE_3_1 = {  # Table 3.1 as published: dataset -> (train, val, test, tasks)
-    "lagenda": (True, True, False, ("gender", "age")),
-    "fairface": (True, True, True, ("gender", "age")),
-    "rafdb": (True, True, True, ("emotion",)),
-    "celebahq": (True, True, False, ("gender",)),
-    "utkface": (False, False, True, ("gender", "age")),
-    "vggface2": (False, False, True, ("gender", "age")),
-}
-
-
 def table_3_1(manifest: pd.DataFrame, profile: str) -> pd.DataFrame:
-    """Dataset usage (Table 3.1): thesis checkmarks beside the manifest's sample counts."""
-    records = []
-    for dataset in DATASETS:
+    """Dataset usage (Table 3.1): the thesis's checkmarks beside the manifest's image counts and
+    the tasks each dataset carries labels for; ``difference`` says "differs" where usage differs."""
+    def value(dataset, column):
         rows = manifest[manifest["dataset"] == dataset]
-        train, val, test, tasks = TABLE_3_1[dataset]
-        for split, used in zip(("train", "val", "test"), (train, val, test)):
-            n = int((rows["split"] == split).sum())
-            records.append(_usage_row(dataset, split, "✓" if used else "-", n, (n > 0) == used,
-                                      profile))
-        labelled = tuple(t for t in TASKS if (rows[t] != MISSING).any())
-        # labels used for training: the test-only sets carry theirs for evaluation
-        records.append(_usage_row(dataset, "tasks", ", ".join(tasks), ", ".join(labelled),
-                                  set(tasks) <= set(labelled), profile))
-    return pd.DataFrame.from_records(records, columns=COLUMNS)
-
-
-def _usage_row(dataset, column, published, ours, agrees, profile) -> dict:
-    return {"table": "3.1", "row": dataset, "column": column, "thesis": published,
-            "replicated": ours, "difference": "" if agrees else "differs", "profile": profile,
-            "note": "", "label": profile_label(profile)}
+        if column == "tasks":
+            return ", ".join(t.capitalize() for t in ("gender", "age", "emotion")
+                             if (rows[t] != MISSING).any())
+        return int((rows["split"] == column).sum())
+    df = compare(thesis.TABLE_3_1, value, profile)
+    used = df["thesis"] != "-"
+    agrees = [(set(t.split(", ")) <= set(str(r).split(", "))) if c == "tasks" else (r > 0) == u
+              for c, t, r, u in zip(df["column"], df["thesis"], df["replicated"], used)]
+    df["difference"] = ["" if a else "differs" for a in agrees]
+    return df
 
 
 def tables_3_2(manifest: pd.DataFrame, profile: str) -> dict[str, pd.DataFrame]:

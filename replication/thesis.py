@@ -42,6 +42,17 @@ METHOD_NAMES = {"zs": "ZS", "lp": "LP", "ap": "AP", "ft4": "FT4", "lora": "LoRA"
 
 # --- Chapter 3 -------------------------------------------------------------------------------
 
+# Table 3.1 is checkmarks, stored as printed ("✓" / "-"); rows are replication.labels.DATASETS ids.
+TABLE_3_1 = Table(
+    "3.1", "Dataset composition and usage", "§3.1",
+    ("train", "val", "test", "tasks"),
+    {"lagenda": ("✓", "✓", "-", "Gender, Age"), "fairface": ("✓", "✓", "✓", "Gender, Age"),
+     "rafdb": ("✓", "✓", "✓", "Emotion"), "celebahq": ("✓", "✓", "-", "Gender"),
+     "utkface": ("-", "-", "✓", "Gender, Age"), "vggface2": ("-", "-", "✓", "Gender, Age")},
+    unit="usage")
+DATASET_NAMES = {"lagenda": "LAGENDA", "fairface": "FairFace", "rafdb": "RAF-DB",
+                 "celebahq": "CelebA-HQ", "utkface": "UTKFace", "vggface2": "VGGFace2"}
+
 TABLE_3_2_AGE = Table(
     "3.2/age", "Distribution of the training set: age group", "§3.2",
     ("samples", "percent", "weighted_percent"),
@@ -225,7 +236,7 @@ TABLE_4_16 = Table(
     {"lora": (63.45, 97.52, 90.44), "dora": (63.53, 97.49, 91.21)})
 
 TABLES: dict[str, Table] = {t.id: t for t in (
-    TABLE_3_2_AGE, TABLE_3_2_GENDER, TABLE_3_2_EMOTION, TABLE_3_2_TASKS, PARAMS,
+    TABLE_3_1, TABLE_3_2_AGE, TABLE_3_2_GENDER, TABLE_3_2_EMOTION, TABLE_3_2_TASKS, PARAMS,
     TABLE_4_1, TABLE_4_2, TABLE_4_3, TABLE_4_4, TABLE_4_5, TABLE_4_6, TABLE_4_7, TABLE_4_8,
     TABLE_4_9, TABLE_4_10, TABLE_4_11, TABLE_4_12, TABLE_4_13, TABLE_4_14, FIG_4_3, TABLE_4_15,
     TABLE_4_16)}

@@ -99,3 +99,13 @@ def test_flop_convention_parts():
     assert ops["softmax"] == 24 * 16 * n * n + 8 * n
     assert ops["norm"] == (2 * 24 + 2) * n * 1024 + 1024  # ln_pre, 2 per block, ln_post, pooler's
     assert ops["attn_mac"] == 24 * 2 * n * n * 1024 + 2 * n * 1024
+
+
+def test_inference_parameters_of_table_4_14():
+    counts = accounting.inference_parameters()
+    assert counts["zs"] == 671_137_793
+    assert counts["ft4"] == counts["dora_merged"] == 317_151_232 + 3 * (1024 * 1024 + 1024 + 2048) + 18 * 1025
+    # MTLoRA keeps its task-specific LoRA (3 tasks + shared pair, block 24 and pooling) and 3 probes
+    ts = 2 * (4 * 64 * 2048 + 2 * 64 * 5120) * 4
+    assert counts["mtlora"] == counts["ft4"] + ts + 2 * 1024
+    assert int(counts["mtlora"] / 1e6) == 329 and int(counts["ft4"] / 1e6) == 320  # Table 4.14 (truncated M)

@@ -115,6 +115,8 @@ def test_flops_match_the_hand_derived_formulas(result):
         assert rows[method]["train"]["flops"] == train, method
         assert rows[method]["infer"]["flops"] == infer, method
     assert rows["lp"]["cache"]["flops"] == expected["lp_cache"]
+    for r in result["rows"]:  # the counted inference FLOPs agree with accounting.py's analytic ones
+        assert r["infer"]["gflop_per_image"] == pytest.approx(r["infer"]["accounting_gflop_per_image"], rel=1e-12)
 
 
 def test_json_records_the_run(result):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from replication import engine
 from replication.engine import TrainConfig, load_run, run
@@ -62,6 +63,13 @@ def test_multitask_run_writes_run_folder_and_is_not_retrained(prepared, tmp_path
     best = torch.load(folder / "best.pt", weights_only=False)
     accs = [e["val_average_accuracy"] for e in result.epochs]
     assert best["epoch"] == 1 + accs.index(max(accs))
+    # load_model rebuilds the selected model: it reproduces the stored test predictions
+    model = engine.load_model(folder)
+    assert not model.training
+    rows = p[p.task == "gender"].head(6)
+    images = torch.stack([engine.eval_transform(64)(Image.open(prepared / path).convert("RGB")) for path in rows.path])
+    with torch.no_grad():
+        assert model(images)["gender"].argmax(1).tolist() == rows.pred.tolist()
     # a finished run is not retrained
     monkeypatch.setattr(engine, "Trainer", None)
     assert run(cfg) == folder

@@ -218,3 +218,15 @@ def test_dora_matches_peft():
     torch.testing.assert_close(ours.lora_b.grad, layer.lora_B["default"].weight.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours.lora_a.grad, layer.lora_A["default"].weight.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours.magnitude.grad, mag_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_l14_adapter_state_is_a_small_fraction_of_the_backbone():
+    """Rank-64 DoRA on PE-Core-L14-336 (meta device): ~26M adapter values (~105 MB fp32) vs the 317M tower."""
+    with torch.device("meta"):
+        vision = VisionTransformer(get_config("PE-Core-L14-336").vision)
+    backbone = sum(p.numel() for p in vision.parameters())
+    inject_adapters(vision, [t.replace("resblocks.0.", f"resblocks.{i}.") for i in range(24) for t in TARGETS[:4]]
+                    + TARGETS[-3:], "dora", rank=64)
+    adapter = sum(t.numel() for t in adapter_state_dict(vision).values())
+    assert adapter == 24 * (64 * (1024 + 3072 + 2048 + 2 * 5120) + 9216) + 64 * (2048 + 2 * 5120) + 6144
+    assert adapter * 4 < 200e6 and adapter < backbone / 10

@@ -7,6 +7,7 @@ import torch
 from replication.config import get_config
 from replication.heads import DeepHead, make_heads
 from replication.labels import NUM_CLASSES
+from replication.lora import adapter_modules, export_merged
 from replication.methods import METHODS, build_method
 from replication.mtlora import TaskLoRALinear
 from replication.pe import VisionTransformer
@@ -117,7 +118,7 @@ def test_trainable_state_roundtrip(method):
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     model.train()
-    model(_images(8))  # update BN running statistics
+    model(_images(4))  # update BN running statistics
     model.eval()
     x = _images(2, seed=5)
     expected = model(x)
@@ -153,3 +154,22 @@ def test_bad_arguments():
         build_method("lp", (), _vision())
     with pytest.raises(KeyError, match="unknown task"):
         build_method("lp", ("height",), _vision())
+
+
+@pytest.mark.parametrize("method", ["dora", "mtlora"])
+def test_merged_export_for_inference(method):
+    model = build_method(method, ALL, _vision(), rank=4).model
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_b" in name:
+                p.normal_(0, 0.05)
+    model.eval()
+    x = _images(2)
+    expected = model(x)
+    plain = export_merged(model)
+    assert not list(adapter_modules(plain))  # TA/backbone adapters folded into plain nn.Linear layers
+    if method == "dora":
+        assert set(plain.encoder.state_dict()) == set(VisionTransformer(get_config("demo-tiny").vision).state_dict())
+    got = plain(x)
+    for t in ALL:
+        torch.testing.assert_close(got[t], expected[t], rtol=1e-4, atol=1e-5)

@@ -111,8 +111,14 @@ def test_clip_footnote_matches_text(text):
     assert row[2] == pytest.approx(sum(genders) / 2, abs=0.005)
 
 
+def test_table_3_1_matches_text(text):
+    rows = block(text, "Dataset\tTrain\tVal\tTest\tTasks", "3.2 Balanced Sampling").strip()
+    expected = ["\t".join((thesis.DATASET_NAMES[k], *v)) for k, v in thesis.TABLE_3_1.rows.items()]
+    assert rows.splitlines() == expected
+
+
 def test_every_table_is_checked():
-    assert set(thesis.TABLES) == set(ANCHORS) | {"params", "fig4.3"}
+    assert set(thesis.TABLES) == set(ANCHORS) | {"params", "fig4.3", "3.1"}
 
 
 def test_literature_rows_are_cited_and_ours_are_not():

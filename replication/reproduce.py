@@ -1,0 +1,222 @@
+"""``python -m replication reproduce``: the thesis's experiments, notebook by notebook, with papermill.
+
+    python -m replication reproduce --profile demo [--only SECTION] [--out DIR]
+    python -m replication reproduce --profile full --raw-data RAW --detector-dir DIR \\
+        --checkpoint PE-Core-L14-336.pt --bpe bpe_simple_vocab_16e6.txt.gz
+
+The notebooks (notebooks/, one per thesis section with experiments) run in chapter order; each
+executed copy is written to the profile's folder (notebooks/executed/<profile>/ by default), and
+the tables and figures they regenerate go to tables/ and figures/ (tables/<profile>/ and
+figures/<profile>/ unless given). Before the notebooks, the data is made ready:
+
+* demo: ``demo-data`` (generated faces in the six native layouts), ``prepare`` (crops + manifest)
+  and ``pretrain`` (the tiny encoder's CLIP-style pre-training), each only if its output is missing;
+* full: the four inputs are checked at once (a clear error names everything missing), then
+  ``prepare`` with the SSD face detector if the prepared manifest is missing.
+
+Interrupted? Run the same command again: finished runs are reused by the engine (a run folder
+with DONE is never retrained, an unfinished one resumes), so the batch continues where it stopped.
+
+This module also holds ``Settings``: the notebooks' parameters resolved against the profile,
+which turns a method and tasks into the engine's ``TrainConfig``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from replication.engine import TrainConfig
+from replication.labels import TASKS
+from replication.profiles import REPO, get_profile
+
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = ("02_datasets", "03_methodology", "04_2_zero_shot", "04_3_single_task",
+             "04_4_multi_task", "04_5_sota_efficiency", "04_7_balanced_accuracy", "04_8_tsne_pca",
+             "05_conclusion")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a notebook needs, resolved from its ``parameters`` cell and the profile."""
+
+    profile: str
+    prepared: Path
+    runs_dir: Path
+    checkpoint: Path | None
+    bpe: Path | None
+    model_config: str
+    tables_dir: Path
+    figures_dir: Path
+    batch_size: int
+    max_epochs: int
+    patience: int
+    amp: str
+    device: str
+    num_workers: int
+    max_train_samples: int | None = None
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return get_profile(self.profile).label
+
+    def train_config(self, method: str, tasks=tuple(TASKS), weighting: str | None = None
+                     ) -> TrainConfig:
+        """The engine's run of ``method`` on ``tasks``: UW for multi-task unless told (§4.4.1)."""
+        tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+        weighting = weighting or ("uw" if len(tasks) > 1 else "none")
+        return TrainConfig(
+            method=method, tasks=tasks, weighting=weighting, profile=self.profile,
+            model_config=self.model_config, checkpoint=_str(self.checkpoint), bpe=_str(self.bpe),
+            prepared=str(self.prepared), runs_dir=str(self.runs_dir), batch_size=self.batch_size,
+            max_epochs=self.max_epochs, patience=self.patience, amp=self.amp, seed=self.seed,
+            num_workers=self.num_workers, max_train_samples=self.max_train_samples,
+            device=self.device)
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def settings(profile: str = "demo", **overrides) -> Settings:
+    """Settings of ``profile`` with the non-None ``overrides`` (a notebook's parameters) applied."""
+    p = get_profile(profile)
+    base = Settings(profile=p.name, prepared=p.prepared, runs_dir=p.runs, checkpoint=p.checkpoint,
+                    bpe=p.bpe, model_config=p.model_config, tables_dir=REPO / "tables" / p.name,
+                    figures_dir=REPO / "figures" / p.name, batch_size=p.batch_size,
+                    max_epochs=p.max_epochs, patience=p.patience, amp=p.amp, device=p.device,
+                    num_workers=p.num_workers)
+    paths = {"prepared", "runs_dir", "checkpoint", "bpe", "tables_dir", "figures_dir"}
+    known = {f.name for f in fields(Settings)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise TypeError(f"unknown settings {sorted(unknown)}; known: {sorted(known)}")
+    values = {k: (Path(v) if k in paths else v) for k, v in overrides.items() if v is not None}
+    return replace(base, **values)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def ready_demo(profile, log=print) -> None:
+    """demo-data, prepare and pretrain for the demo profile, each only if its output is missing."""
+    from replication import pretrain
+    from replication.data import demo, prepare
+
+    if not (profile.prepared / "manifest.csv").exists():
+        if not profile.raw_data.exists():
+            log(f"reproduce: generating the demo datasets in {profile.raw_data}")
+            _check(demo.cli(["--out", str(profile.raw_data)]), "demo-data")
+        log(f"reproduce: preparing face crops in {profile.prepared}")
+        _check(prepare.cli(["--data-root", str(profile.raw_data), "--out", str(profile.prepared),
+                            "--detector", profile.detector, "--size", str(profile.image_size)]),
+               "prepare")
+    pretrain.pretrain(profile.prepared, profile.checkpoint, profile.bpe, config=profile.model_config)
+
+
+def missing_full_inputs(profile) -> list[str]:
+    """What the full profile lacks, one line each (empty: all there)."""
+    from replication.data.faces import DetectorFilesError, locate_ssd_files
+
+    problems = []
+    for what, path, kind in (("--raw-data", profile.raw_data, "folder"),
+                             ("--checkpoint", profile.checkpoint, "file"),
+                             ("--bpe", profile.bpe, "file")):
+        if path is None:
+            problems.append(f"{what} not given")
+        elif not (path.is_dir() if kind == "folder" else path.is_file()):
+            problems.append(f"{what} {path}: no such {kind}")
+    try:
+        locate_ssd_files(profile.detector_dir)
+    except DetectorFilesError as err:
+        problems.append(f"--detector-dir: {err}")
+    return problems
+
+
+def ready_full(profile, log=print) -> None:
+    problems = missing_full_inputs(profile)
+    if problems:
+        raise SystemExit("reproduce --profile full cannot start:\n  " + "\n  ".join(problems)
+                         + "\nSee the README, section 'Full replication', for what to download.")
+    from replication.data import prepare
+    if not (profile.prepared / "manifest.csv").exists():
+        log(f"reproduce: preparing face crops in {profile.prepared}")
+        _check(prepare.cli(["--data-root", str(profile.raw_data), "--out", str(profile.prepared),
+                            "--detector", "ssd", "--detector-dir", str(profile.detector_dir),
+                            "--size", str(profile.image_size),
+                            "--workers", str(max(1, profile.num_workers))]), "prepare")
+
+
+def _check(code: int, step: str) -> None:
+    if code != 0:
+        raise SystemExit(f"reproduce: `{step}` failed (exit code {code})")
+
+
+# --- notebooks ----------------------------------------------------------------------------------
+
+def select(only: str | None) -> list[str]:
+    """The notebooks to run: all, or those whose name starts with ``only`` ('04_3', '04', ...)."""
+    chosen = [n for n in NOTEBOOKS if only is None or n.startswith(only)]
+    if not chosen:
+        raise SystemExit(f"--only {only!r} matches no notebook; known: {', '.join(NOTEBOOKS)}")
+    return chosen
+
+
+def execute(name: str, out_dir: Path, parameters: dict, log=print) -> Path:
+    """Run notebooks/<name>.ipynb with papermill; the executed copy goes to <out_dir>/<name>.ipynb."""
+    import papermill
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / f"{name}.ipynb"
+    start = time.time()
+    papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(output),
+                               parameters=parameters, kernel_name="python3", cwd=str(REPO),
+                               progress_bar=False)
+    log(f"reproduce: {name} done in {time.time() - start:.0f}s -> {output}")
+    return output
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m replication reproduce",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=("demo", "full"), default="demo")
+    parser.add_argument("--only", help="run only the notebooks whose name starts with this, "
+                                       f"e.g. 04_3 (notebooks: {', '.join(NOTEBOOKS)})")
+    parser.add_argument("--out", type=Path, help="executed notebooks folder "
+                                                 "(default notebooks/executed/<profile>)")
+    for flag in ("--raw-data", "--detector-dir", "--checkpoint", "--bpe", "--prepared",
+                 "--runs-dir", "--tables-dir", "--figures-dir"):
+        parser.add_argument(flag, type=Path)
+    parser.add_argument("--max-epochs", type=int)
+    parser.add_argument("--max-train-samples", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--device")
+    args = parser.parse_args(argv)
+
+    profile = get_profile(args.profile)
+    given = {"raw_data": args.raw_data, "detector_dir": args.detector_dir,
+             "checkpoint": args.checkpoint, "bpe": args.bpe, "prepared": args.prepared,
+             "runs": args.runs_dir}
+    profile = profile.with_paths(**{k: v for k, v in given.items() if v is not None})
+    start = time.time()
+    (ready_demo if profile.name == "demo" else ready_full)(profile)
+    parameters = {"profile": profile.name, "prepared": str(profile.prepared),
+                  "runs_dir": str(profile.runs), "checkpoint": _str(profile.checkpoint),
+                  "bpe": _str(profile.bpe), "tables_dir": _str(args.tables_dir),
+                  "figures_dir": _str(args.figures_dir), "max_epochs": args.max_epochs,
+                  "max_train_samples": args.max_train_samples, "batch_size": args.batch_size,
+                  "device": args.device}
+    parameters = {k: v for k, v in parameters.items() if v is not None}
+    out_dir = args.out or profile.executed_notebooks
+    for name in select(args.only):
+        execute(name, out_dir, parameters)
+    print(f"reproduce: {args.profile} profile finished in {time.time() - start:.0f}s; executed "
+          f"notebooks in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,137 @@
+"""CI: every notebook executed through papermill on a tiny demo, checking its tables and figures.
+
+One session fixture builds the tiny demo once: demo-data, prepare, a subset of the manifest
+(a few images per dataset and split, the crops shared by symlink), a few pre-training steps.
+The notebooks then run in chapter order with one-epoch runs on a handful of samples; runs are
+shared between notebooks through the engine, exactly as in `reproduce`.
+"""
+import os
+
+import nbformat
+import pandas as pd
+import pytest
+
+from replication import pretrain, reproduce, tables
+from replication.data import demo, prepare, read_manifest
+from replication.profiles import DEMO_LABEL
+
+ROWS_PER_SPLIT = 24
+
+# notebook -> (tables it writes, figures it writes)
+EXPECTED = {
+    "02_datasets": ([], ["2_8", "2_9", "2_10", "2_11", "2_12", "2_13"]),
+    "03_methodology": (["table_3_1", "table_3_2_age", "table_3_2_gender", "table_3_2_emotion",
+                        "table_3_2a", "parameters_3_3-3_6_1"], ["3_1"]),
+    "04_2_zero_shot": (["table_4_1", "table_4_2", "table_4_3"], []),
+    "04_3_single_task": (["table_4_4", "table_4_5", "table_4_6"], []),
+    "04_4_multi_task": (["table_4_7", "table_4_8", "table_4_9", "table_4_10", "table_4_11",
+                         "table_4_12"], ["4_1"]),
+    "04_5_sota_efficiency": (["table_4_13", "table_4_14"], []),
+    "04_7_balanced_accuracy": (["figure_4_3", "table_4_15", "table_4_16"], ["4_2", "4_3"]),
+    "04_8_tsne_pca": ([], ["4_4", "4_5", "4_6"]),
+    "05_conclusion": ([], ["5_1"]),
+}
+REQUIRED = ["thesis", "replicated", "difference", "profile", "label"]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_demo")
+    assert demo.cli(["--out", str(root / "raw")]) == 0
+    assert prepare.cli(["--data-root", str(root / "raw"), "--out", str(root / "full"),
+                        "--detector", "boxes", "--size", "64"]) == 0
+    manifest = read_manifest(root / "full" / "manifest.csv")
+    small = manifest.groupby(["dataset", "split"]).head(ROWS_PER_SPLIT)
+    (root / "prepared").mkdir()
+    small.to_csv(root / "prepared" / "manifest.csv", index=False)
+    for entry in (root / "full").iterdir():      # the crops, shared
+        if entry.is_dir():
+            os.symlink(entry, root / "prepared" / entry.name)
+    pretrain.pretrain(root / "prepared", root / "ckpt.pt", root / "bpe.txt.gz", steps=3,
+                      batch_size=32)
+    return root
+
+
+@pytest.fixture(scope="session")
+def executed(tiny_demo):
+    root = tiny_demo
+    parameters = {"profile": "demo", "prepared": str(root / "prepared"),
+                  "runs_dir": str(root / "runs"), "checkpoint": str(root / "ckpt.pt"),
+                  "bpe": str(root / "bpe.txt.gz"), "tables_dir": str(root / "tables"),
+                  "figures_dir": str(root / "figures"), "max_epochs": 1,
+                  "max_train_samples": 32, "batch_size": 16}
+    extra = {"03_methodology": {"n_augmentation_images": 2}, "04_8_tsne_pca": {"tsne_samples": 20},
+             "05_conclusion": {"n_examples": 4}}
+    outputs = {name: reproduce.execute(name, root / "executed",
+                                       {**parameters, **extra.get(name, {})})
+               for name in reproduce.NOTEBOOKS}
+    return root, outputs
+
+
+def test_every_notebook_is_listed_and_has_a_parameters_cell():
+    assert set(EXPECTED) == set(reproduce.NOTEBOOKS)
+    for name in reproduce.NOTEBOOKS:
+        nb = nbformat.read(reproduce.NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1 and 'profile = "demo"' in tagged[0].source, name
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_notebook_writes_its_tables_and_figures(executed, name):
+    root, outputs = executed
+    assert outputs[name].exists()
+    table_names, figure_names = EXPECTED[name]
+    for stem in table_names:
+        df = pd.read_csv(root / "tables" / f"{stem}.csv")
+        assert list(df.columns) == tables.COLUMNS, stem
+        assert (df["label"] == DEMO_LABEL).all() and (df["profile"] == "demo").all()
+        assert DEMO_LABEL in (root / "tables" / f"{stem}.md").read_text()
+    for stem in figure_names:
+        assert (root / "figures" / f"figure_{stem}.png").stat().st_size > 1000, stem
+
+
+def test_replicated_values_are_filled(executed):
+    root, _ = executed
+    t45 = pd.read_csv(root / "tables" / "table_4_5.csv")
+    assert t45["replicated"].notna().all() and t45["replicated"].between(0, 100).all()
+    params = pd.read_csv(root / "tables" / "parameters_3_3-3_6_1.csv")
+    counts = params[params["column"] != "percent"]
+    assert (counts["difference"] == 0).all()      # every §3 parameter figure matched exactly
+    t413 = pd.read_csv(root / "tables" / "table_4_13.csv")
+    literature = t413["note"].fillna("").str.startswith("literature")
+    assert literature.sum() == 30 and t413.loc[literature, "replicated"].isna().all()
+
+
+def test_runs_are_reused(executed):
+    """The notebooks share runs: 1 zero-shot + 4x3 single-task + 7 multi-task run folders."""
+    root, _ = executed
+    runs = sorted(p.name for p in (root / "runs").iterdir())
+    assert len(runs) == 20, runs
+    assert all((root / "runs" / r / "DONE").exists() for r in runs)
+
+
+def test_settings_resolve_profile_defaults_and_overrides(tmp_path):
+    s = reproduce.settings("demo", max_epochs=2, prepared=str(tmp_path), bpe=None)
+    assert s.max_epochs == 2 and s.prepared == tmp_path and s.bpe.name == "bpe_demo.txt.gz"
+    cfg = s.train_config("dora", ("age", "gender", "emotion"))
+    assert cfg.weighting == "uw" and cfg.prepared == str(tmp_path) and cfg.model_config == "demo-tiny"
+    assert s.train_config("lp", "age").weighting == "none"
+    with pytest.raises(TypeError, match="unknown settings"):
+        reproduce.settings("demo", epochs=3)
+
+
+def test_only_selects_sections():
+    assert reproduce.select("04_3") == ["04_3_single_task"]
+    assert reproduce.select("04") == [n for n in reproduce.NOTEBOOKS if n.startswith("04")]
+    with pytest.raises(SystemExit, match="matches no notebook"):
+        reproduce.select("06")
+
+
+def test_full_profile_names_everything_missing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        reproduce.cli(["--profile", "full", "--raw-data", str(tmp_path / "nope"),
+                       "--checkpoint", str(tmp_path / "PE-Core-L14-336.pt")])
+    message = str(err.value)
+    for expected in ("--raw-data", "nope", "--checkpoint", "PE-Core-L14-336.pt", "--bpe not given",
+                     "--detector-dir", "deploy.prototxt"):
+        assert expected in message

@@ -1,0 +1,82 @@
+"""replication.pretrain: captions, multi-positive targets, and a tiny end-to-end pre-training."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from replication import pretrain
+from replication.checkpoint import load_clip
+from replication.labels import MISSING, TASKS
+from replication.tokenizer import get_tokenizer
+from replication.zero_shot import PROMPTS
+
+
+def test_captions_name_only_the_labels_an_image_has():
+    rng = np.random.default_rng(0)
+    captions = [pretrain.caption({"age": 3, "gender": 1, "emotion": MISSING}, rng) for _ in range(200)]
+    assert all("between 20-29 years old" in c or c == PROMPTS["gender"][1] for c in captions)
+    assert not any(w in c for c in captions for w in pretrain.EMOTION_WORDS.values())
+    assert any(c in PROMPTS["age"] for c in captions) and any("woman" in c for c in captions)
+    assert len(set(captions)) > 8          # varied wording
+    emotion_only = {pretrain.caption({"age": MISSING, "gender": MISSING, "emotion": 5}, rng)
+                    for _ in range(50)}
+    assert all("angry" in c for c in emotion_only)
+    assert any(c.endswith("an angry person") for c in emotion_only)
+
+
+def test_caption_targets_count_every_agreeing_caption_as_positive():
+    labels = np.array([[3, 1, MISSING], [3, 0, MISSING], [MISSING, MISSING, 5]])
+    described = np.array([[3, 1, MISSING],          # composed: age + gender of image 0
+                          [3, MISSING, MISSING],    # the age prompt "20-29"
+                          [MISSING, MISSING, 5]])   # an emotion prompt
+    expected = torch.tensor([[True, True, False],   # image 0 matches captions 0 and 1
+                             [False, True, False],  # image 1 (male) only the age prompt
+                             [False, False, True]])
+    assert torch.equal(pretrain._caption_matches(labels, described), expected)
+    assert list(pretrain._described(PROMPTS["gender"][1], labels[0])) == [MISSING, 1, MISSING]
+    assert list(pretrain._described("a photo of a woman", labels[0])) == [3, 1, MISSING]
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    """12 train + 6 val + 3 test random crops with labels."""
+    rng = np.random.default_rng(0)
+    rows = []
+    (tmp_path / "crops").mkdir()
+    for i, split in enumerate(["train"] * 12 + ["val"] * 6 + ["test"] * 3):
+        path = f"crops/{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / path)
+        emotion = i % 7 if i % 3 == 0 else MISSING
+        age, gender = (MISSING, MISSING) if emotion != MISSING else (i % 9, i % 2)
+        rows.append((path, "rafdb" if emotion != MISSING else "fairface", split, age, gender, emotion))
+    pd.DataFrame(rows, columns=["path", "dataset", "split", *TASKS]).to_csv(
+        tmp_path / "manifest.csv", index=False)
+    return tmp_path
+
+
+def test_only_the_training_split_is_used(prepared):
+    images, labels = pretrain.load_split(prepared, "train", 64)
+    assert images.shape == (12, 3, 64, 64) and images.dtype == torch.uint8 and labels.shape == (12, 3)
+
+
+def test_pretrain_writes_a_loadable_checkpoint_once(prepared, tmp_path):
+    ckpt, bpe = tmp_path / "out" / "demo.pt", tmp_path / "out" / "bpe.txt.gz"
+    pretrain.pretrain(prepared, ckpt, bpe, steps=2, batch_size=8)
+    model = load_clip(ckpt, config="demo-tiny")          # the same loader as the real checkpoint
+    tokens = get_tokenizer(bpe, 32, 1024)([p for ps in PROMPTS.values() for p in ps])
+    assert int(tokens.max()) < 1024
+    with torch.no_grad():
+        assert model.encode_text(tokens).shape == (18, 64)
+    report = (ckpt.with_suffix(".json")).read_text()
+    assert '"train_images": 12' in report and "val_zero_shot_accuracy" in report
+    stamp = ckpt.stat().st_mtime_ns
+    pretrain.pretrain(prepared, ckpt, bpe, steps=2, batch_size=8)   # idempotent
+    assert ckpt.stat().st_mtime_ns == stamp
+    assert not list(ckpt.parent.glob("*tmp*"))
+
+
+def test_cli_names_the_missing_manifest(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        pretrain.cli(["--prepared", str(tmp_path)])
+    assert "manifest.csv" in capsys.readouterr().err
