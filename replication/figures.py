@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -75,7 +76,8 @@ def dataset_distribution(manifest: pd.DataFrame, fig_id: str, out_dir, profile: 
     for ax, task in zip(axes[0], tasks):
         data = counts[counts["task"] == task]
         sns.barplot(data=data, x="class_name", y="count", hue="split", ax=ax,
-                    order=list(TASKS[task]))
+                    order=list(TASKS[task]),
+                    hue_order=[s for s in ("train", "val", "test") if s in set(data["split"])])
         ax.set(title=f"{dataset}: {task}", xlabel="", ylabel="images")
         if task == "age" and dataset in LOG_SCALE_AGE:
             ax.set_yscale("log")
@@ -117,6 +119,7 @@ def learned_variances(histories: Mapping[str, Sequence[Mapping[str, float]]], ou
             ax.plot(range(1, len(epochs) + 1), [np.exp(e[task]) for e in epochs], marker="o",
                     label=task)
         ax.set(title=name, xlabel="epoch", ylabel="σ² = exp(s)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend()
     fig.suptitle("Fig. 4.1 — learned task variances (uncertainty weighting)")
     fig.tight_layout()
@@ -202,7 +205,7 @@ def prediction_examples(examples: Sequence[tuple[str | Path, Mapping[str, str], 
                         out_dir, profile: str, columns: int = 4) -> Path:
     """Fig 5.1: each (image path, predicted class per task, true class per task where labelled)."""
     rows = -(-len(examples) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.9 * rows), squeeze=False)
     for ax, (path, predicted, truth) in zip(axes.flat, examples):
         ax.imshow(Image.open(path).convert("RGB"))
         lines = [f"{task}: {predicted[task]}" + (f" (true {truth[task]})" if task in truth else "")

@@ -30,6 +30,17 @@ from torch import nn
 ADAPTER_KINDS = ("lora", "dora")
 
 
+def adopt_frozen_base(adapter: nn.Module, base: nn.Linear) -> None:
+    """Give `adapter` the base layer's own frozen Parameters (not copies), so the backbone's state_dict
+    keys and loaded weights stay exactly as they are after an adapter wraps the layer."""
+    adapter.in_features, adapter.out_features = base.in_features, base.out_features
+    adapter.weight = base.weight
+    adapter.register_parameter("bias", base.bias)
+    adapter.weight.requires_grad_(False)
+    if adapter.bias is not None:
+        adapter.bias.requires_grad_(False)
+
+
 class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable low-rank update (Hu et al. 2021, §4.1).
 
@@ -43,13 +54,7 @@ class LoRALinear(nn.Module):
             raise TypeError(f"LoRA wraps an nn.Linear, got {type(base).__name__}")
         if rank <= 0:
             raise ValueError(f"rank must be positive, got {rank}")
-        self.in_features, self.out_features = base.in_features, base.out_features
-        # The base layer's own Parameters (not copies): state_dict keys and loaded weights stay as they are.
-        self.weight = base.weight
-        self.register_parameter("bias", base.bias)
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
+        adopt_frozen_base(self, base)
         self.rank = rank
         self.alpha = float(rank if alpha is None else alpha)
         self.scaling = self.alpha / rank  # the thesis: alpha = r, i.e. "no scaling factor" (§3.6)
@@ -69,8 +74,10 @@ class LoRALinear(nn.Module):
         return self.scaling * (self.lora_b @ self.lora_a)
 
     def _lora(self, x: torch.Tensor) -> torch.Tensor:
-        # two thin matmuls (x A^T) B^T instead of forming B A: r << in, out
-        return F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scaling
+        # two thin matmuls (x A^T) B^T instead of forming B A: r << in, out; the thesis's alpha = r needs
+        # no scaling pass over the activations
+        h = F.linear(F.linear(x, self.lora_a), self.lora_b)
+        return h if self.scaling == 1.0 else h * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)

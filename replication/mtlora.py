@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import inject_adapters
+from .lora import adopt_frozen_base, inject_adapters
 
 
 class TaskLoRALinear(nn.Module):
@@ -50,12 +50,7 @@ class TaskLoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, tasks: Sequence[str], rank: int = 64, alpha: float | None = None,
                  dropout: float = 0.0, shared_pair: bool = True):
         super().__init__()
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight
-        self.register_parameter("bias", base.bias)
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
+        adopt_frozen_base(self, base)
         self.tasks = tuple(tasks)
         self.rank, self.scaling = rank, (rank if alpha is None else alpha) / rank
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}

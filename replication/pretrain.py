@@ -17,7 +17,7 @@ its tiny encoder a real, if brief, pre-training of the same kind:
 * output: saved with ``save_clip_meta_layout``, in Meta's key layout, so the demo loads it through
   the same ``load_clip(path, config="demo-tiny")`` as the real checkpoint.
 
-About 300 steps of batch 128 take 1–2 minutes on a 2-core CPU. Idempotent: an existing checkpoint
+About 400 steps of batch 128 take 1–2 minutes on a 2-core CPU. Idempotent: an existing checkpoint
 is kept (delete it to pre-train again); an existing merges file is reused.
 """
 from __future__ import annotations
@@ -117,7 +117,7 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo-tiny",
-             steps: int = 300, batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> Path:
+             steps: int = 400, batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> Path:
     """Pre-train demo-tiny contrastively on the training crops; returns the checkpoint path."""
     prepared, checkpoint, bpe = Path(prepared), Path(checkpoint), Path(bpe)
     if checkpoint.exists():
@@ -207,7 +207,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=demo.checkpoint)
     parser.add_argument("--bpe", type=Path, default=demo.bpe)
     parser.add_argument("--config", default=demo.model_config)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)

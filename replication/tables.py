@@ -36,14 +36,16 @@ def profile_label(profile: str) -> str:
 
 def compare(table: thesis.Table, replicated: Callable[[str, str], float | None], profile: str,
             notes: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """One row per published cell of ``table``; ``replicated(row, column)`` gives our value or None."""
+    """One row per published cell of ``table``; ``replicated(row, column)`` gives our value or None.
+
+    ``notes`` maps a row key, or a (row, column) pair, to the note of those cells."""
     notes = dict(notes or {})
     records = []
     for row, values in table.rows.items():
         for column, published in zip(table.columns, values):
             ours = None if row in table.literature else replicated(row, column)
             note = (f"literature: {table.literature[row]}" if row in table.literature
-                    else notes.get(row, ""))
+                    else notes.get((row, column), notes.get(row, "")))
             if not records and table.notes:  # the thesis's own remarks go with the first cell
                 note = " ".join(filter(None, [note, *table.notes]))
             records.append({
@@ -189,8 +191,8 @@ def parameter_tables(rows: Iterable[Mapping], profile: str) -> dict[str, pd.Data
         key = "table4.3/gflops_zero_shot" if row == "gflops" else f"table4.3/{row}"
         return by_id[key]["replicated"]
 
-    notes_3 = {m: f"trainable: {by_id[f'{s}/{m}_trainable']['note']} | total: "
-                  f"{by_id[f'{s}/{m}_total']['note']}" for m, s in sections.items()}
+    notes_3 = {(m, kind): by_id[f"{s}/{m}_{kind}"]["note"]
+               for m, s in sections.items() for kind in ("trainable", "total")}
     notes_43 = {row: by_id["table4.3/gflops_zero_shot" if row == "gflops" else f"table4.3/{row}"]["note"]
                 for row in thesis.TABLE_4_3.rows}
     return {"params": compare(thesis.PARAMS, params, profile, notes_3),

@@ -87,7 +87,9 @@ PARAMS = Table(
      "ft4": (64040969, 320324629, 20.13), "dora": (29352981, 346504213, 8.47),
      "mtlora": (36730901, 354093077, 10.38)},
     unit="count",
-    notes=("§3.6 also writes 8.41% for DoRA in the text that follows its 8.47% figure.",))
+    notes=("§3.6 also writes 8.41% for DoRA in the text that follows its 8.47% figure.",
+           "AP's 4.29% and FT4's 20.13% are trainable / 318,212,106 (Table 4.3's 'visual "
+           "encoder' figure), not trainable / the stated total 320,324,629 (4.26%, 19.99%).",))
 
 # --- §4.2 zero-shot baseline -----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from replication import pretrain, reproduce, tables
 from replication.data import demo, prepare, read_manifest
 from replication.profiles import DEMO_LABEL
 
-ROWS_PER_SPLIT = 24
+ROWS_PER_SPLIT = 16
 
 # notebook -> (tables it writes, figures it writes)
 EXPECTED = {
@@ -116,6 +116,10 @@ def test_settings_resolve_profile_defaults_and_overrides(tmp_path):
     cfg = s.train_config("dora", ("age", "gender", "emotion"))
     assert cfg.weighting == "uw" and cfg.prepared == str(tmp_path) and cfg.model_config == "demo-tiny"
     assert s.train_config("lp", "age").weighting == "none"
+    # the thesis's learning rates in the full profile; the demo's scaled for its short runs
+    full = reproduce.settings("full").train_config("ft4", "age")
+    assert (full.lr_head, full.lr_backbone) == (1e-4, 1e-5)
+    assert (cfg.lr_head, cfg.lr_backbone) == reproduce.LEARNING_RATES["demo"]
     with pytest.raises(TypeError, match="unknown settings"):
         reproduce.settings("demo", epochs=3)
 
