@@ -699,7 +699,8 @@ def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
 # --- command line -------------------------------------------------------------------------------------
 _PROFILE_FIELDS = {"model_config": "model_config", "prepared": "prepared", "runs_dir": "runs",
                    "checkpoint": "checkpoint", "bpe": "bpe", "batch_size": "batch_size",
-                   "max_epochs": "max_epochs", "patience": "patience", "amp": "amp", "device": "device",
+                   "max_epochs": "max_epochs", "patience": "patience", "lr_head": "lr_head",
+                   "lr_backbone": "lr_backbone", "amp": "amp", "device": "device",
                    "num_workers": "num_workers"}
 
 

@@ -32,11 +32,6 @@ from replication.engine import TrainConfig
 from replication.labels import TASKS
 from replication.profiles import REPO, get_profile
 
-# §3.3–3.6 learning rates (heads / pool 1e-4, backbone 1e-5) are for up to 100 epochs over 168k
-# faces. The demo trains 4 short epochs on ~1.2k generated faces, where they barely move the heads,
-# so its runs use them scaled by 30 (same ratio between groups; LoRA+ keeps its 6x on B).
-LEARNING_RATES = {"demo": (3e-3, 3e-4), "full": (1e-4, 1e-5)}
-
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = ("02_datasets", "03_methodology", "04_2_zero_shot", "04_3_single_task",
              "04_4_multi_task", "04_5_sota_efficiency", "04_7_balanced_accuracy", "04_8_tsne_pca",
@@ -107,8 +102,8 @@ def settings(profile: str = "demo", **overrides) -> Settings:
                     bpe=p.bpe, model_config=p.model_config, tables_dir=REPO / "tables" / p.name,
                     figures_dir=REPO / "figures" / p.name, batch_size=p.batch_size,
                     max_epochs=p.max_epochs, patience=p.patience, amp=p.amp, device=p.device,
-                    num_workers=p.num_workers, lr_head=LEARNING_RATES[p.name][0],
-                    lr_backbone=LEARNING_RATES[p.name][1])
+                    num_workers=p.num_workers, lr_head=p.lr_head,
+                    lr_backbone=p.lr_backbone)
     paths = {"prepared", "runs_dir", "checkpoint", "bpe", "tables_dir", "figures_dir"}
     known = {f.name for f in fields(Settings)}
     unknown = set(overrides) - known

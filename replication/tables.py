@@ -200,21 +200,23 @@ def parameter_tables(rows: Iterable[Mapping], profile: str) -> dict[str, pd.Data
 
 
 def table_4_14(rows: Iterable[Mapping], scores_by_row: Mapping[str, Mapping[str, float]],
-               profile: str) -> pd.DataFrame:
-    """Params (M) and GFLOPs from accounting (L14 architecture), average accuracy from our runs."""
+               profile: str, inference_params: Mapping[str, int] | None = None) -> pd.DataFrame:
+    """Params (M) and GFLOPs from accounting (L14 architecture), average accuracy from our runs.
+
+    ``inference_params``: accounting.inference_parameters() (computed on the meta device when not
+    given). The thesis prints millions truncated (MTLoRA 329.76 M -> 329), so we truncate too."""
+    if inference_params is None:
+        from replication.accounting import inference_parameters
+        inference_params = inference_parameters()
     by_id = {r["figure"]: r for r in rows}
-    # A merged DoRA model has exactly FT4's architecture (backbone + pool + heads).
-    params = {"zs": by_id["table4.3/total"]["replicated"],
-              "ft4": by_id["s3.5/ft4_total"]["replicated"],
-              "dora_merged": by_id["s3.5/ft4_total"]["replicated"],
-              "mtlora": by_id.get("table4.14/params_mtlora", {}).get("replicated")}
+    params = dict(inference_params)
     gflops = {"zs": "table4.3/gflops_zero_shot", "ft4": "table4.14/gflops_ft4",
               "dora_merged": "table4.14/gflops_dora_merged", "mtlora": "table4.14/gflops_mtlora"}
     accuracy_row = {"dora_merged": "dora"}
 
     def value(row, column):
         if column == "params_m":
-            return None if params[row] is None else round(params[row] / 1e6)
+            return math.floor(params[row] / 1e6)
         if column == "gflops":
             return by_id[gflops[row]]["replicated"]
         return scores_by_row.get(accuracy_row.get(row, row), {}).get("overall")

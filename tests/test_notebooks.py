@@ -13,7 +13,7 @@ import pytest
 
 from replication import pretrain, reproduce, tables
 from replication.data import demo, prepare, read_manifest
-from replication.profiles import DEMO_LABEL
+from replication.profiles import DEMO_LABEL, get_profile
 
 ROWS_PER_SPLIT = 16
 
@@ -119,7 +119,8 @@ def test_settings_resolve_profile_defaults_and_overrides(tmp_path):
     # the thesis's learning rates in the full profile; the demo's scaled for its short runs
     full = reproduce.settings("full").train_config("ft4", "age")
     assert (full.lr_head, full.lr_backbone) == (1e-4, 1e-5)
-    assert (cfg.lr_head, cfg.lr_backbone) == reproduce.LEARNING_RATES["demo"]
+    demo_profile = get_profile("demo")
+    assert (cfg.lr_head, cfg.lr_backbone) == (demo_profile.lr_head, demo_profile.lr_backbone)
     with pytest.raises(TypeError, match="unknown settings"):
         reproduce.settings("demo", epochs=3)
 

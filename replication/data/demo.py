@@ -364,7 +364,7 @@ def make_demo(out: str | Path, seed: int = 0, scale: float = 1) -> Path:
     write_fairface(out / "fairface", rng["fairface"], n(400), n(150))
     write_utkface(out / "utkface", rng["utkface"], n(300))
     write_lagenda(out / "lagenda", rng["lagenda"], n(200))
-    write_rafdb(out / "rafdb", rng["rafdb"], n(400), n(150))
+    write_rafdb(out / "rafdb", rng["rafdb"], n(900), n(150))
     write_celebahq(out / "celebahq", rng["celebahq"], n(350), n(60))
     write_vggface2(out / "vggface2", rng["vggface2"], max(3, round(20 * scale)), 15)
     return out
