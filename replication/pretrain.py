@@ -17,8 +17,9 @@ its tiny encoder a real, if brief, pre-training of the same kind:
 * output: saved with ``save_clip_meta_layout``, in Meta's key layout, so the demo loads it through
   the same ``load_clip(path, config="demo-tiny")`` as the real checkpoint.
 
-About 400 steps of batch 128 take 1–2 minutes on a 2-core CPU. Idempotent: an existing checkpoint
-is kept (delete it to pre-train again); an existing merges file is reused.
+About 400 steps of batch 128 (flip, colour and small affine augmentation) take 1–2 minutes on a
+2-core CPU. Idempotent: an existing checkpoint is kept (delete it to pre-train again); an existing
+merges file is reused.
 """
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ def caption(labels: dict[str, int], rng: np.random.Generator) -> str:
     """
     present = [t for t in TASKS if labels[t] != MISSING]
     if rng.random() < 0.5:
+        # emotion, when labelled, is named in half the prompts: it is the subtlest cue in the demo
+        # faces and only RAF-DB crops carry it, so an even pick left the encoder nearly blind to it
+        if labels["emotion"] != MISSING and rng.random() < 0.5:
+            return PROMPTS["emotion"][labels["emotion"]]
         task = present[rng.integers(len(present))]
         return PROMPTS[task][labels[task]]
     words = []
@@ -138,12 +143,14 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo-tiny",
-             steps: int = 400, batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> Path:
+             steps: int = 400, batch_size: int = 128, lr: float = 2e-3, seed: int = 0) -> Path:
     """Pre-train demo-tiny contrastively on the training crops; returns the checkpoint path."""
     prepared, checkpoint, bpe = Path(prepared), Path(checkpoint), Path(bpe)
     if checkpoint.exists():
         print(f"pretrain: {checkpoint} exists, nothing to do")
         return checkpoint
+    # lr 2e-3: at 1e-3 the loss was still falling at the end of the 400 steps; with the augmentation
+    # below the larger rate reaches a lower loss in the same time budget
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -229,7 +236,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=demo.model_config)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not (args.prepared / "manifest.csv").exists():

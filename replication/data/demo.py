@@ -117,8 +117,10 @@ def draw_person(img: np.ndarray, rng: np.random.Generator, cx: float, cy: float,
     ey = cy + (.04 * u if kid else -.12 * hr)
     er = u * [.19, .16, .13, .12, .12, .12, .12, .12, .12][g] * j(.05)
     opening = [1.5, 1.35, .75, .65, .8, .7, 1.0][emotion] * j(.08)
-    raise_ = [.14, .1, -.04, .02, .03, -.07, 0][emotion] * u
-    tilt = [0, -.1, .04, 0, -.1, .13, 0][emotion] * u  # + = inner end down (frown)
+    # brow cues strong enough to survive the demo's 64 px crops (fainter ones left the tiny
+    # encoder's frozen-feature probes at chance on emotion)
+    raise_ = 1.5 * [.14, .1, -.04, .02, .03, -.07, 0][emotion] * u
+    tilt = 1.5 * [0, -.1, .04, 0, -.1, .13, 0][emotion] * u  # + = inner end down (frown)
     brow = _c(look.hair * .8 if g >= 5 else look.hair * .5)
     for side in (-1, 1):
         ex = cx + side * .38 * u
@@ -147,6 +149,7 @@ def draw_person(img: np.ndarray, rng: np.random.Generator, cx: float, cy: float,
     if look.beard >= 1:
         cv2.ellipse(img, P(cx, my - .08 * u), P(mw * 1.1, .08 * u), 0, 180, 360, _c(look.hair), max(2, 2 * t))
     lips = (200, 40, 70) if look.lipstick else _c(look.skin * .55)
+    # mouth strokes 3t wide, for the same reason as the brows above
     dark = (60, 20, 25)
     if emotion == 0:  # surprise: round open mouth
         cv2.ellipse(img, P(cx, my), P(.15 * u, .22 * u), 0, 0, 360, dark, -1)
@@ -156,17 +159,17 @@ def draw_person(img: np.ndarray, rng: np.random.Generator, cx: float, cy: float,
         cv2.line(img, P(cx - mw, my), P(cx + mw, my), (240, 240, 240), t)
     elif emotion == 2:  # disgust: asymmetric, one corner raised
         pts = np.array([P(cx - mw, my + .04 * u), P(cx, my), P(cx + mw, my - .12 * u)], np.int32)
-        cv2.polylines(img, [pts], False, lips, 2 * t)
+        cv2.polylines(img, [pts], False, lips, 3 * t)
     elif emotion == 3:  # happy: smile
-        cv2.ellipse(img, P(cx, my - .1 * u), P(mw, .2 * u), 0, 10, 170, lips, 2 * t)
+        cv2.ellipse(img, P(cx, my - .1 * u), P(mw, .2 * u), 0, 10, 170, lips, 3 * t)
     elif emotion == 4:  # sad: frown
-        cv2.ellipse(img, P(cx, my + .12 * u), P(mw * .9, .14 * u), 0, 190, 350, lips, 2 * t)
+        cv2.ellipse(img, P(cx, my + .12 * u), P(mw * .9, .14 * u), 0, 190, 350, lips, 3 * t)
     elif emotion == 5:  # angry: tight line, corners down
         pts = np.array([P(cx - mw, my + .07 * u), P(cx - .6 * mw, my), P(cx + .6 * mw, my),
                         P(cx + mw, my + .07 * u)], np.int32)
-        cv2.polylines(img, [pts], False, lips, 2 * t)
+        cv2.polylines(img, [pts], False, lips, 3 * t)
     else:  # neutral
-        cv2.line(img, P(cx - mw * .9, my), P(cx + mw * .9, my), lips, 2 * t)
+        cv2.line(img, P(cx - mw * .9, my), P(cx + mw * .9, my), lips, 3 * t)
     return (cx - 1.05 * u, cy - 1.05 * hr, cx + 1.05 * u, cy + 1.05 * hr)
 
 
@@ -364,6 +367,8 @@ def make_demo(out: str | Path, seed: int = 0, scale: float = 1) -> Path:
     write_fairface(out / "fairface", rng["fairface"], n(400), n(150))
     write_utkface(out / "utkface", rng["utkface"], n(300))
     write_lagenda(out / "lagenda", rng["lagenda"], n(200))
+    # RAF-DB is the only emotion source: 900 raw training images (~670 training crops) so the demo's
+    # emotion runs and the pre-training see enough examples of each class (400 left probes near chance)
     write_rafdb(out / "rafdb", rng["rafdb"], n(900), n(150))
     write_celebahq(out / "celebahq", rng["celebahq"], n(350), n(60))
     write_vggface2(out / "vggface2", rng["vggface2"], max(3, round(20 * scale)), 15)
