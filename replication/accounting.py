@@ -242,7 +242,9 @@ def rows(config: str = "PE-Core-L14-336") -> list[dict]:
          f"({clip['vision']:,}) + BN deeper age head + {single_log_variances} uncertainty log-variance (every "
          f"thesis total includes one per task; our single-task runs have none) = {counts['ap', 'single'][1]:,} + "
          f"{single_log_variances}. The vision tower alone is {clip['vision']:,}, which is what the thesis's own "
-         f"Total row adds up ({clip['total']:,} = text + tower)"),
+         f"Total row adds up ({clip['total']:,} = text + tower). The thesis's own AP and FT4 percentages "
+         f"({thesis.PARAMS.value('ap', 'percent')} %, {thesis.PARAMS.value('ft4', 'percent')} %) are their "
+         f"trainable counts divided by this same figure"),
         ("table4.3/total", clip["total"], "vision tower + text tower + logit_scale"),
         ("s3.3/lp_trainable", counts["lp", "single"][0], "single-task age head, no BN: 1024*1024+1024 + 1024*9+9"),
         ("s3.3/lp_total", ap_multi,
