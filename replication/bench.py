@@ -122,6 +122,41 @@ class FlopCounter(TorchDispatchMode):
         return out
 
 
+# --- activation memory ------------------------------------------------------------------------------------
+class SavedTensors:
+    """Bytes of the distinct tensors a forward pass keeps for backward (the activations), counted inside
+    its scope with torch.autograd.graph.saved_tensors_hooks; parameters are not counted, autocast's
+    low-precision weight copies are. The count depends on the model and batch, not on the device, so a CPU
+    run at a small batch predicts a GPU's activation memory at batch 128.
+
+    With activation checkpointing the hooks see what is saved outside the checkpointed blocks and the input
+    each checkpointed block keeps for its recomputation (torch saves it like any other tensor); the one
+    block recomputed at a time during backward is not included."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.storages: dict[int, int] = {}
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()  # views of one tensor share it: counted once
+        if storage.data_ptr() not in self._params:
+            self.storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def __enter__(self) -> "SavedTensors":
+        self._params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+
 # --- timing ----------------------------------------------------------------------------------------------
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -223,25 +258,27 @@ class _Step:
     def __call__(self, inputs, targets) -> None:
         engine.train_step(self.run, self.optimizer, self.scaler, inputs, targets, self.autocast)
 
-    def count(self, inputs, targets) -> FlopCounter:
-        """FLOPs of one step on the eager model (forward and backward; the optimizer step changes nothing)."""
-        counter = FlopCounter()
+    def count(self, inputs, targets) -> tuple[FlopCounter, SavedTensors]:
+        """FLOPs and saved activations of one step on the eager model (forward and backward; the optimizer
+        step changes nothing)."""
+        counter, saved = FlopCounter(), SavedTensors(self.objective)
         with counter:
-            with self.autocast:
+            with saved, self.autocast:
                 total, _ = self.objective(inputs, targets)
             counter.start_backward()
             total.backward()
         self.optimizer.zero_grad(set_to_none=True)
-        return counter
+        return counter, saved
 
     def measure(self, inputs, targets, args, device, peak: float) -> dict:
-        counter = self.count(inputs, targets)
+        counter, saved = self.count(inputs, targets)
         if args.compile:
             self.run = torch.compile(self.objective)
         _reset_memory(device)
         times = time_calls(lambda: self(inputs, targets), device, args.steps, args.warmup)
         row = {**_rates(times, args.batch, counter.training, peak), **_peak_memory(device)}
         row["executed_gflop_per_image"] = (counter.forward + counter.backward) / args.batch / 1e9
+        row["saved_activation_gib"] = saved.bytes / 2**30
         return row
 
 
@@ -462,8 +499,8 @@ def _fmt(value, spec: str) -> str:
 
 def format_table(result: dict) -> str:
     """A Markdown table, one row per method (and per peft variant), then the derived ratios."""
-    head = ("method", "train img/s", "step ms", "peak GiB", "TFLOP/s", "% peak", "GFLOP/img", "epoch min",
-            "infer img/s", "infer TFLOP/s", "infer % peak")
+    head = ("method", "train img/s", "step ms", "peak GiB", "saved GiB", "TFLOP/s", "% peak", "GFLOP/img",
+            "epoch min", "infer img/s", "infer TFLOP/s", "infer % peak")
     table = [head, ("---",) * len(head)]
     for r in result["rows"] + result["peft"]:
         if "error" in r:
@@ -473,7 +510,7 @@ def format_table(result: dict) -> str:
         table.append((
             r["method"] + (" (cached features)" if r["train_input"] == "cached features" else ""),
             _fmt(t["images_per_s"], ".1f"), _fmt(t["step_ms"], ".1f"), _fmt(t["peak_alloc_gib"], ".1f"),
-            _fmt(t["tflops"], ".2f"), _fmt(100 * t["frac_of_peak"], ".1f"), _fmt(t["gflop_per_image"], ".2f"),
+            _fmt(t["saved_activation_gib"], ".2f"), _fmt(t["tflops"], ".2f"), _fmt(100 * t["frac_of_peak"], ".1f"), _fmt(t["gflop_per_image"], ".2f"),
             _fmt(t.get("epoch_minutes"), ".1f"), _fmt(i and i["images_per_s"], ".1f"), _fmt(i and i["tflops"], ".2f"),
             _fmt(i and 100 * i["frac_of_peak"], ".1f")))
     lines = ["| " + " | ".join(row) + " |" for row in table]
@@ -492,9 +529,9 @@ def format_table(result: dict) -> str:
             lines.append(f"{r['method']}: ours / peft training speed {r['ours_over_peft_speed']:.2f}x")
     dl = result["data_loading"]
     if dl:
-        lines.append(f"data loading ({dl['workers']} workers, {dl['image_size']} px): {dl['images_per_s']:.1f} img/s = "
-                     + ", ".join(f"{x:.2f}x {m}" for m, x in dl["loader_over_train_rate"].items())
-                     + " training rate")
+        ratios = ", ".join(f"{x:.2f}x {m}" for m, x in dl["loader_over_train_rate"].items())
+        lines.append(f"data loading ({dl['workers']} workers, {dl['image_size']} px): {dl['images_per_s']:.1f} img/s"
+                     + (f" = {ratios} training rate" if ratios else ""))
     lines.append(f"{result['device']}, torch {result['torch']}, {result['config']}, {result['dtype']}, "
                  f"batch {result['batch']}, grad checkpointing {result['grad_checkpointing']}, "
                  f"measured bf16 matmul peak {result['peak_bf16_tflops']:.2f} TFLOP/s")
@@ -508,6 +545,33 @@ def write_json(result: dict, path: Path) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(result, f, indent=1)
     os.replace(tmp, path)
+
+
+def project_activations(small: dict, large: dict, batch: int) -> dict:
+    """Saved activations at `batch` from two bench results (same config, dtype and checkpointing) taken at
+    two smaller batches, e.g. on a CPU: per method, saved = fixed + per_image x batch through the two
+    points (the activations grow with the batch; the fixed part is autocast's low-precision weight copies)."""
+    same = ("config", "dtype", "grad_checkpointing")
+    if any(small[k] != large[k] for k in same) or small["batch"] == large["batch"]:
+        raise ValueError(f"project_activations needs two results that differ in batch only ({', '.join(same)}): "
+                         f"got {[small[k] for k in same + ('batch',)]} and {[large[k] for k in same + ('batch',)]}")
+    (b1, r1), (b2, r2) = sorted(((r["batch"], r) for r in (small, large)), key=lambda x: x[0])
+
+    def saved(result):
+        return {r["method"]: r["train"]["saved_activation_gib"] for r in result["rows"] + result["peft"] if "train" in r}
+
+    s1, s2 = saved(r1), saved(r2)
+    rows = []
+    for method in (m for m in s1 if m in s2):
+        per_image = (s2[method] - s1[method]) / (b2 - b1)
+        fixed = s1[method] - per_image * b1
+        rows.append({"method": method, "per_image_mib": per_image * 1024, "fixed_gib": fixed,
+                     "saved_gib": fixed + per_image * batch})
+    return {**{k: small[k] for k in same}, "batch": batch, "from_batches": [b1, b2], "device": small["device"],
+            "sources": [r1["command"], r2["command"]], "rows": rows,
+            "note": "activations autograd keeps for backward (bench.SavedTensors), not the whole peak: add the "
+                    "weights, gradients, AdamW state and the transient of the op running"
+                    + (" and of the one block recomputed at a time" if small["grad_checkpointing"] else "")}
 
 
 def _methods(text: str) -> list[str]:
@@ -539,7 +603,19 @@ def cli(argv: list[str] | None = None) -> int:
                    help="batches loaded (0: 4 x workers); the first max(workers, 1) are not timed")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default benchmarks/results/bench-<device>-<date>.json)")
+    p.add_argument("--project", type=Path, nargs=2, metavar=("SMALL.json", "LARGE.json"),
+                   help="measure nothing: project the saved activations of two results to --batch")
     args = p.parse_args(argv)
+    if args.project:
+        projection = project_activations(*(json.loads(f.read_text()) for f in args.project), batch=args.batch)
+        print(f"saved activations at batch {args.batch} ({projection['config']}, {projection['dtype']}, grad "
+              f"checkpointing {projection['grad_checkpointing']}), from batches {projection['from_batches']}:")
+        for r in projection["rows"]:
+            print(f"  {r['method']:10s} {r['per_image_mib']:8.1f} MiB/image + {r['fixed_gib']:.2f} GiB "
+                  f"= {r['saved_gib']:6.1f} GiB")
+        if args.out:
+            write_json(projection, args.out)
+        return 0
     if args.steps < 1 or args.warmup < 0 or args.batch < 2:
         p.error("--steps must be >= 1, --warmup >= 0, --batch >= 2 (the heads' BatchNorm trains on batches)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

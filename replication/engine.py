@@ -116,7 +116,8 @@ class TrainConfig:
 
 
 # fields that change how a run executes but not what it computes: a resumed run may differ in them
-_EXECUTION_ONLY = {"num_workers", "checkpoint_every", "runs_dir", "device"}
+# (activation checkpointing replays the blocks with the same dropout masks: same numbers, less memory)
+_EXECUTION_ONLY = {"num_workers", "checkpoint_every", "runs_dir", "device", "grad_checkpointing"}
 
 
 # --- files --------------------------------------------------------------------------------------------
@@ -274,7 +275,8 @@ def _run_model(model, batches, device, autocast) -> dict[str, torch.Tensor]:
     """Concatenated outputs of ``model`` (dict task -> tensor) over ``batches`` of inputs, on CPU."""
     out: dict[str, list] = {}
     for inputs in batches:
-        inputs = {t: x.to(device) for t, x in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)
+        inputs = ({t: x.to(device, non_blocking=True) for t, x in inputs.items()} if isinstance(inputs, dict)
+                  else inputs.to(device, non_blocking=True))
         with autocast:
             result = model(inputs)
         for t, v in result.items():
@@ -285,7 +287,7 @@ def _run_model(model, batches, device, autocast) -> dict[str, torch.Tensor]:
 def _image_batches(dataset: Dataset, rows: np.ndarray, cfg: TrainConfig):
     # evaluation must not consume the global RNG (a resumed run would drift): own generator
     loader = DataLoader(_Rows(dataset, rows), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                        generator=torch.Generator())
+                        pin_memory=torch.device(cfg.device).type == "cuda", generator=torch.Generator())
     return (images for images, _ in loader)
 
 
@@ -697,17 +699,11 @@ def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
 
 
 # --- command line -------------------------------------------------------------------------------------
-_PROFILE_FIELDS = {"model_config": "model_config", "prepared": "prepared", "runs_dir": "runs",
-                   "checkpoint": "checkpoint", "bpe": "bpe", "batch_size": "batch_size",
-                   "max_epochs": "max_epochs", "patience": "patience", "lr_head": "lr_head",
-                   "lr_backbone": "lr_backbone", "amp": "amp", "device": "device",
-                   "num_workers": "num_workers"}
-
-
-def cli(argv: list[str] | None = None) -> int:
+def parse_config(argv: list[str]) -> TrainConfig:
     """``python -m replication train --method M --tasks age,gender,emotion [--weighting uw|ema]
-    [--profile demo|full] [--<field> value ...]``: every TrainConfig field can be overridden."""
-    parser = argparse.ArgumentParser(prog="python -m replication train", description=cli.__doc__)
+    [--profile demo|full] [--<field> value ...]``: the profile's settings, every TrainConfig field
+    overridable by its flag."""
+    parser = argparse.ArgumentParser(prog="python -m replication train", description=parse_config.__doc__)
     parser.add_argument("--profile", default="demo", help="demo | full: default folders and settings")
     for f in fields(TrainConfig):
         if f.name == "profile":
@@ -720,8 +716,8 @@ def cli(argv: list[str] | None = None) -> int:
             parser.add_argument(flag, type=kind, default=None, required=f.name in ("method", "tasks"))
     args = vars(parser.parse_args(argv))
     profile = get_profile(args.pop("profile"))
-    values = {k: getattr(profile, attr) for k, attr in _PROFILE_FIELDS.items()}
-    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in profile.run_settings().items()}
+    values["grad_checkpointing"] = args["method"] in profile.checkpointed_methods
     optional = {f.name for f in fields(TrainConfig) if "None" in str(f.type)}
     # given flags override the profile; an empty value clears an optional one (--checkpoint "" = random init)
     values.update({k: (None if v == "" and k in optional else v) for k, v in args.items() if v is not None})
@@ -730,6 +726,12 @@ def cli(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(profile=profile.name, **values)
     if cfg.profile == "full" and cfg.checkpoint is None:
         parser.error("the full profile needs --checkpoint (PE-Core weights); random weights are for tests only")
+    return cfg
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m replication train ...`` (see parse_config): one run, then its overall average accuracy."""
+    cfg = parse_config(sys.argv[1:] if argv is None else argv)
     folder = run(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"run": str(folder), **{k: v for k, v in load_run(folder).results.items()

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import adopt_frozen_base, inject_adapters
+from .lora import add_low_rank, adopt_frozen_base, inject_adapters
 
 
 class TaskLoRALinear(nn.Module):
@@ -74,8 +74,8 @@ class TaskLoRALinear(nn.Module):
                 f"tasks={self.tasks}")
 
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
-        z = F.linear(F.linear(self.dropout(x), self.lora_a[task]), self.lora_b[task])
-        return F.linear(x, self.weight, self.bias) + self.scaling * z
+        return add_low_rank(F.linear(x, self.weight, self.bias), self.dropout(x), self.lora_a[task],
+                            self.lora_b[task], self.scaling)
 
 
 def _split_linear(weight: torch.Tensor, bias: torch.Tensor) -> list[nn.Linear]:

@@ -93,9 +93,11 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor, layer_idx: int = -1) -> torch.Tensor:
         """Run blocks 0..layer_idx (all by default)."""
         stop = len(self.resblocks) if layer_idx < 0 else layer_idx + 1
+        checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.resblocks[:stop]:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                # trade compute for memory: recompute the block's activations in the backward pass
+            # trade compute for memory: recompute the block's activations in the backward pass. A frozen
+            # block on an input without gradient builds no graph; checkpointing it would only hold its input.
+            if checkpointing and (x.requires_grad or any(p.requires_grad for p in block.parameters())):
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)

@@ -17,6 +17,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The profile settings a training run takes over, under the same names in engine.TrainConfig and
+# reproduce.Settings (the `train` command and the notebooks both start from them).
+RUN_FIELDS = ("model_config", "prepared", "runs_dir", "checkpoint", "bpe", "batch_size", "max_epochs",
+              "patience", "lr_head", "lr_backbone", "amp", "device", "num_workers")
+
 DEMO_LABEL = "demo profile — not the thesis's data or model"
 
 
@@ -26,7 +31,7 @@ class Profile:
     model_config: str          # key of replication.config.CONFIGS
     raw_data: Path | None      # native-format datasets (input of `prepare`)
     prepared: Path             # face crops + manifest.csv (output of `prepare`)
-    runs: Path                 # one folder per training run
+    runs_dir: Path             # one folder per training run
     checkpoint: Path | None    # PE-Core .pt in Meta's layout
     bpe: Path | None           # CLIP BPE merges file
     detector_dir: Path | None  # OpenCV res10 SSD files (None: datasets' boxes / no detection)
@@ -40,12 +45,17 @@ class Profile:
     amp: str                   # bf16 | fp16 | none
     device: str
     num_workers: int
+    checkpointed_methods: tuple[str, ...]  # methods trained with activation checkpointing of the blocks
     executed_notebooks: Path   # where `reproduce` writes executed notebooks
 
     @property
     def label(self) -> str:
         """Text that every table and figure of this profile must carry (empty for `full`)."""
         return DEMO_LABEL if self.name == "demo" else ""
+
+    def run_settings(self) -> dict:
+        """{field: value} of RUN_FIELDS (folders and files as Paths)."""
+        return {f: getattr(self, f) for f in RUN_FIELDS}
 
     def with_paths(self, **paths) -> "Profile":
         """A copy with some folders/files replaced (strings are turned into Paths)."""
@@ -60,7 +70,7 @@ PROFILES = {
         model_config="demo-tiny",
         raw_data=_DEMO_ROOT / "raw",
         prepared=_DEMO_ROOT / "prepared",
-        runs=REPO / "runs" / "demo",
+        runs_dir=REPO / "runs" / "demo",
         checkpoint=_DEMO_ROOT / "PE-Core-demo-tiny.pt",
         bpe=_DEMO_ROOT / "bpe_demo.txt.gz",
         detector_dir=None,
@@ -76,6 +86,7 @@ PROFILES = {
         amp="none",
         device="cpu",
         num_workers=0,
+        checkpointed_methods=(),  # a few MB of activations: nothing to save
         executed_notebooks=REPO / "notebooks" / "executed" / "demo",
     ),
     "full": Profile(
@@ -83,7 +94,7 @@ PROFILES = {
         model_config="PE-Core-L14-336",
         raw_data=None,
         prepared=REPO / "data" / "full" / "prepared",
-        runs=REPO / "runs" / "full",
+        runs_dir=REPO / "runs" / "full",
         checkpoint=None,
         bpe=None,
         detector_dir=None,
@@ -97,6 +108,10 @@ PROFILES = {
         amp="bf16",
         device="cuda",
         num_workers=8,
+        # At batch 128 the activations LoRA, DoRA and MTLoRA keep for backward through all 24 blocks do not
+        # fit the thesis's 48 GB card (nor an 80 GB one); checkpointing keeps only each block's input and
+        # recomputes the rest, one extra forward of the blocks (counts and cost: README, Performance).
+        checkpointed_methods=("lora", "dora", "mtlora"),
         executed_notebooks=REPO / "notebooks" / "executed" / "full",
     ),
 }

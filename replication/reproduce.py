@@ -30,12 +30,13 @@ from pathlib import Path
 
 from replication.engine import TrainConfig
 from replication.labels import TASKS
-from replication.profiles import REPO, get_profile
+from replication.profiles import REPO, RUN_FIELDS, get_profile
 
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = ("02_datasets", "03_methodology", "04_2_zero_shot", "04_3_single_task",
              "04_4_multi_task", "04_5_sota_efficiency", "04_7_balanced_accuracy", "04_8_tsne_pca",
              "05_conclusion")
+_PATHS = {"prepared", "runs_dir", "checkpoint", "bpe"}  # Settings' Paths, strings in TrainConfig
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Settings:
     num_workers: int
     lr_head: float = 1e-4
     lr_backbone: float = 1e-5
+    checkpointed_methods: tuple[str, ...] = ()
     max_train_samples: int | None = None
     seed: int = 0
 
@@ -82,13 +84,10 @@ class Settings:
         tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
         weighting = weighting or ("uw" if len(tasks) > 1 else "none")
         return TrainConfig(
-            method=method, tasks=tasks, weighting=weighting, profile=self.profile,
-            model_config=self.model_config, checkpoint=_str(self.checkpoint), bpe=_str(self.bpe),
-            prepared=str(self.prepared), runs_dir=str(self.runs_dir), batch_size=self.batch_size,
-            max_epochs=self.max_epochs, patience=self.patience, lr_head=self.lr_head,
-            lr_backbone=self.lr_backbone, amp=self.amp, seed=self.seed,
-            num_workers=self.num_workers, max_train_samples=self.max_train_samples,
-            device=self.device)
+            method=method, tasks=tasks, weighting=weighting, profile=self.profile, seed=self.seed,
+            max_train_samples=self.max_train_samples,
+            grad_checkpointing=method in self.checkpointed_methods,
+            **{f: _str(getattr(self, f)) if f in _PATHS else getattr(self, f) for f in RUN_FIELDS})
 
 
 def _str(path: Path | None) -> str | None:
@@ -98,18 +97,14 @@ def _str(path: Path | None) -> str | None:
 def settings(profile: str = "demo", **overrides) -> Settings:
     """Settings of ``profile`` with the non-None ``overrides`` (a notebook's parameters) applied."""
     p = get_profile(profile)
-    base = Settings(profile=p.name, prepared=p.prepared, runs_dir=p.runs, checkpoint=p.checkpoint,
-                    bpe=p.bpe, model_config=p.model_config, tables_dir=REPO / "tables" / p.name,
-                    figures_dir=REPO / "figures" / p.name, batch_size=p.batch_size,
-                    max_epochs=p.max_epochs, patience=p.patience, amp=p.amp, device=p.device,
-                    num_workers=p.num_workers, lr_head=p.lr_head,
-                    lr_backbone=p.lr_backbone)
-    paths = {"prepared", "runs_dir", "checkpoint", "bpe", "tables_dir", "figures_dir"}
+    base = Settings(profile=p.name, tables_dir=REPO / "tables" / p.name, figures_dir=REPO / "figures" / p.name,
+                    checkpointed_methods=p.checkpointed_methods, **p.run_settings())
     known = {f.name for f in fields(Settings)}
     unknown = set(overrides) - known
     if unknown:
         raise TypeError(f"unknown settings {sorted(unknown)}; known: {sorted(known)}")
-    values = {k: (Path(v) if k in paths else v) for k, v in overrides.items() if v is not None}
+    values = {k: (Path(v) if k in _PATHS | {"tables_dir", "figures_dir"} else v)
+              for k, v in overrides.items() if v is not None}
     return replace(base, **values)
 
 
@@ -220,12 +215,12 @@ def cli(argv: list[str] | None = None) -> int:
     profile = get_profile(args.profile)
     given = {"raw_data": args.raw_data, "detector_dir": args.detector_dir,
              "checkpoint": args.checkpoint, "bpe": args.bpe, "prepared": args.prepared,
-             "runs": args.runs_dir}
+             "runs_dir": args.runs_dir}
     profile = profile.with_paths(**{k: v for k, v in given.items() if v is not None})
     start = time.time()
     (ready_demo if profile.name == "demo" else ready_full)(profile)
     parameters = {"profile": profile.name, "prepared": str(profile.prepared),
-                  "runs_dir": str(profile.runs), "checkpoint": _str(profile.checkpoint),
+                  "runs_dir": str(profile.runs_dir), "checkpoint": _str(profile.checkpoint),
                   "bpe": _str(profile.bpe), "tables_dir": _str(args.tables_dir),
                   "figures_dir": _str(args.figures_dir), "max_epochs": args.max_epochs,
                   "max_train_samples": args.max_train_samples, "batch_size": args.batch_size,

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from replication.bench import FLOP_CONVENTION, cli
+from replication.bench import FLOP_CONVENTION, SavedTensors, cli
 from replication.config import get_config
 
 BATCH = 4
@@ -54,7 +54,6 @@ def expected_flops(config="demo-tiny", B=BATCH):
 
     lora_block = lora(w, 3 * w) + lora(w, w) + lora(w, mlp) + lora(mlp, w)
     lora_pool = lora(w, w, 1) + lora(w, 4 * w, 1) + lora(4 * w, w, 1)
-    base_pool = w * w + w * 4 * w + 4 * w * w                     # the pooler's adapted linears, one token
     # DoRA: ||W0 + BA|| once per forward (not per image), detached -> outside the graph
     norm_block = r * (3 * w * w + w * w + mlp * w + w * mlp)
     norm_pool = r * (w * w + 4 * w * w + w * 4 * w)
@@ -76,20 +75,18 @@ def expected_flops(config="demo-tiny", B=BATCH):
                       conv + N * qkv + pool_q),
                  2 * B * (vision + heads(d))),  # merged: no adapter cost at inference
     }
-    # DoRA with dropout (training): W0 is applied once more to the dropped-out input, as in PEFT
-    dora_extra = L * N * (qkv + o + fc + pr) + base_pool
-    out["dora"] = (step(L * block - N * qkv + L * lora_block + pool - pool_q + lora_pool + proj + heads(d)
-                        + dora_extra - N * qkv,
-                        conv + 2 * N * qkv + pool_q, L * norm_block + norm_pool),
+    # DoRA: LoRA's products (dropout on the low-rank branch only, W0 once) + the weight norms, once per step
+    out["dora"] = (step(L * block - N * qkv + L * lora_block + pool - pool_q + lora_pool + proj + heads(d),
+                        conv + N * qkv + pool_q, L * norm_block + norm_pool),
                    2 * B * (vision + heads(d)))
     # §3.6.1 MTLoRA: TA-DoRA blocks 0..L-2 (magnitudes frozen), block L and the pooling once per task with
     # TS-LoRA on q, k, v, out, c_fc, c_proj; probes trainable; heads on the width-d pooled vector, no proj
     T = len(CLASSES)
-    ta = (L - 1) * (block + N * (qkv + o + fc + pr) + lora_block)
+    ta = (L - 1) * (block + lora_block)
     ts_block = block + 3 * lora(w, w) + lora(w, w) + lora(w, mlp) + lora(mlp, w)
     ts_pool = pool + lora(w, w, 1) + 2 * lora(w, w) + lora_pool
-    out["mtlora"] = (step(ta - 2 * N * qkv + T * (ts_block + ts_pool) + heads(w),
-                          conv + 2 * N * qkv, (L - 1) * norm_block),
+    out["mtlora"] = (step(ta - N * qkv + T * (ts_block + ts_pool) + heads(w),
+                          conv + N * qkv, (L - 1) * norm_block),
                      2 * B * (conv + (L - 1) * block + T * (ts_block + ts_pool) + heads(w)))
     out["lp_cache"] = 2 * B * vision
     return out
@@ -105,6 +102,10 @@ def test_every_method_has_a_row_with_positive_throughput(result):
     rows = {r["method"]: r for r in result["rows"]}
     assert rows["lp"]["train_input"] == "cached features" and rows["lp"]["cache"]["images_per_s"] > 0
     assert rows["lora"]["infer"]["merged"] and rows["dora"]["infer"]["merged"] and not rows["ap"]["infer"]["merged"]
+    # activations kept for backward grow with what backpropagates: heads < pooling < 4 blocks < all blocks;
+    # DoRA also keeps each adapted layer's directional output for its magnitude's gradient
+    saved = [rows[m]["train"]["saved_activation_gib"] for m in ("lp", "ap", "ft4", "lora", "dora")]
+    assert 0 < saved[0] < saved[1] < saved[2] < saved[3] < saved[4]
 
 
 def test_flops_match_the_hand_derived_formulas(result):
@@ -133,3 +134,56 @@ def test_unknown_method_is_rejected(capsys):
     with pytest.raises(SystemExit):
         cli(["--methods", "lora,qlora", "--device", "cpu"])
     assert "qlora" in capsys.readouterr().err
+
+
+def test_saved_tensors_counts_what_autograd_keeps():
+    """Hand-derived: Linear(8,16) keeps its input for the weight gradient, GELU its input, Linear(16,4) its
+    input; the weights are parameters (not counted) and no gradient is asked of x, so W1 is not kept."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    x = torch.randn(5, 8)
+    with SavedTensors(model) as saved:
+        model(x).sum()
+    assert saved.bytes == 4 * (5 * 8 + 5 * 16 + 5 * 16)
+
+
+def test_saved_tensors_with_checkpointing_counts_each_trained_blocks_input():
+    """Checkpointed blocks keep only their input; block 0, frozen and fed an input without gradient,
+    builds no graph and is not checkpointed (pe.Transformer), so it keeps nothing."""
+    from replication.lora import inject_adapters
+    from replication.pe import Transformer
+
+    B, N, W, L = 2, 5, 16, 3
+    stack = Transformer(width=W, layers=L, heads=2, mlp_dim=32).train()
+    for p in stack.parameters():
+        p.requires_grad_(False)
+    inject_adapters(stack, [f"resblocks.{i}.{t}" for i in range(1, L) for t in
+                            ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")], "lora", rank=4, dropout=0.5)
+    x = torch.randn(B, N, W)
+    with SavedTensors(stack) as plain:
+        stack(x)
+    stack.grad_checkpointing = True
+    with SavedTensors(stack) as checkpointed:
+        stack(x)
+    assert checkpointed.bytes == (L - 1) * B * N * W * 4  # blocks 1 and 2's fp32 inputs, nothing else
+    assert plain.bytes > 5 * checkpointed.bytes
+
+
+def test_project_activations_fits_a_line_through_two_batches(tmp_path, capsys):
+    def result(batch, lora, dora):
+        rows = [{"method": "lora", "train": {"saved_activation_gib": lora}},
+                {"method": "dora", "train": {"saved_activation_gib": dora}}, {"method": "ap", "error": "out of memory"}]
+        return {"config": "PE-Core-L14-336", "dtype": "bf16", "grad_checkpointing": False, "batch": batch,
+                "device": "cpu", "command": f"bench --batch {batch}", "rows": rows, "peft": []}
+    # lora: 0.5 GiB fixed + 0.25 GiB/image; dora: 0.5 + 0.375 GiB/image
+    small, large = tmp_path / "b2.json", tmp_path / "b4.json"
+    small.write_text(json.dumps(result(2, 1.0, 1.25)))
+    large.write_text(json.dumps(result(4, 1.5, 2.0)))
+    assert cli(["--project", str(large), str(small), "--batch", "128", "--out", str(tmp_path / "p.json")]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "p.json").read_text())["rows"]}
+    assert set(rows) == {"lora", "dora"}
+    assert rows["lora"]["saved_gib"] == pytest.approx(0.5 + 0.25 * 128)
+    assert rows["dora"]["per_image_mib"] == pytest.approx(384) and rows["dora"]["fixed_gib"] == pytest.approx(0.5)
+    assert "32.5 GiB" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="differ in batch only"):
+        cli(["--project", str(small), str(small)])

@@ -83,7 +83,8 @@ def test_dora_matches_float64_formula_and_its_gradients():
     assert layer.weight.grad is None and layer.bias.grad is None
 
 
-def test_dora_dropout_applies_the_weight_change_to_the_dropped_input():
+def test_dora_dropout_acts_on_the_low_rank_branch_only():
+    """y = (m/||V||) (W0 x + s B A dropout(x)) + b: one W0 product per step, as LoRA (issue 7)."""
     _, layer = _layer(DoRALinear, torch.float64, dropout=0.5)
     _randomize(layer)
     layer.train()
@@ -92,10 +93,14 @@ def test_dora_dropout_applies_the_weight_change_to_the_dropped_input():
     y = layer(x)
     torch.manual_seed(3)
     z = layer.dropout(x)
+    assert not torch.equal(z, x)
     v = layer.weight + (ALPHA / RANK) * layer.lora_b @ layer.lora_a
-    w_new = layer.magnitude[:, None] * v / v.norm(dim=1, keepdim=True)
-    expected = x @ layer.weight.T + layer.bias + z @ (w_new - layer.weight).T
+    scale = layer.magnitude / v.norm(dim=1)
+    expected = scale * (x @ layer.weight.T + z @ ((ALPHA / RANK) * layer.lora_b @ layer.lora_a).T) + layer.bias
     torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    layer.eval()  # no dropout: exactly W' x + b
+    torch.testing.assert_close(layer(x), _dora_oracle(layer.weight, layer.bias, layer.lora_a, layer.lora_b,
+                                                      layer.magnitude, x, ALPHA / RANK), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
@@ -189,35 +194,63 @@ def test_adapters_save_load_and_merged_export(kind):
     torch.testing.assert_close(vision(x), y, rtol=1e-5, atol=1e-5)
 
 
-def test_dora_matches_peft():
-    """peft (test-only dependency) as an independent implementation of DoRA."""
-    peft = pytest.importorskip("peft")
+def _peft_twin(peft, dropout):
+    """Our DoRALinear and peft's DoRA around copies of one nn.Linear(16, 24), with equal random adapters."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 24))
-    ours = DoRALinear(nn.Linear(16, 24), rank=RANK, alpha=ALPHA)
+    ours = DoRALinear(nn.Linear(16, 24), rank=RANK, alpha=ALPHA, dropout=dropout)
     with torch.no_grad():
         ours.weight.copy_(model[0].weight)
         ours.bias.copy_(model[0].bias)
         ours.magnitude.copy_(ours.weight.norm(dim=1))
     ref = peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=["0"],
-                                                     use_dora=True, lora_dropout=0.0))
+                                                     use_dora=True, lora_dropout=dropout))
     layer = ref.base_model.model[0]
+    mag = layer.lora_magnitude_vector["default"]
+    mag = mag.weight if hasattr(mag, "weight") else mag
     with torch.no_grad():
         _randomize(ours)
         layer.lora_A["default"].weight.copy_(ours.lora_a)
         layer.lora_B["default"].weight.copy_(ours.lora_b)
-        mag = layer.lora_magnitude_vector["default"]
-        (mag.weight if hasattr(mag, "weight") else mag).copy_(ours.magnitude)
+        mag.copy_(ours.magnitude)
+    return ours, ref, layer, mag
+
+
+def test_dora_matches_peft():
+    """peft (test-only dependency) as an independent implementation of DoRA."""
+    peft = pytest.importorskip("peft")
+    ours, ref, layer, mag = _peft_twin(peft, dropout=0.0)
     x = torch.randn(5, 16)
     y_ours, y_ref = ours(x), ref(x)
     torch.testing.assert_close(y_ours, y_ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(y_ours)
     (y_ours * g).sum().backward()
     (y_ref * g).sum().backward()
-    mag_grad = mag.weight.grad if hasattr(mag, "weight") else mag.grad
     torch.testing.assert_close(ours.lora_b.grad, layer.lora_B["default"].weight.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours.lora_a.grad, layer.lora_A["default"].weight.grad, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(ours.magnitude.grad, mag_grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.magnitude.grad, mag.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_dora_with_dropout_differs_from_peft_by_the_stated_term():
+    """Training with dropout: ours - peft = (m/||V|| - 1) W0 (x - dropout(x)) (DoRALinear's docstring);
+    in eval mode the two agree."""
+    peft = pytest.importorskip("peft")
+    ours, ref, _, _ = _peft_twin(peft, dropout=0.5)
+    ours.train(), ref.train()
+    x = torch.randn(5, 16)
+    torch.manual_seed(7)
+    y_ours = ours(x)
+    torch.manual_seed(7)
+    y_ref = ref(x)
+    torch.manual_seed(7)
+    z = ours.dropout(x)  # the same mask both layers drew
+    with torch.no_grad():
+        scale = ours.magnitude / ours.weight_norm()
+        gap = (scale - 1) * ((x - z) @ ours.weight.T)
+    assert gap.abs().max() > 1e-2  # the term is not trivially zero here
+    torch.testing.assert_close(y_ours - y_ref, gap, rtol=1e-4, atol=1e-5)
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
 def test_l14_adapter_state_is_a_small_fraction_of_the_backbone():

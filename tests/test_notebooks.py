@@ -11,7 +11,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from replication import pretrain, reproduce, tables
+from replication import engine, pretrain, reproduce, tables
 from replication.data import demo, prepare, read_manifest
 from replication.profiles import DEMO_LABEL, get_profile
 
@@ -140,3 +140,19 @@ def test_full_profile_names_everything_missing(tmp_path, capsys):
     for expected in ("--raw-data", "nope", "--checkpoint", "PE-Core-L14-336.pt", "--bpe not given",
                      "--detector-dir", "deploy.prototxt"):
         assert expected in message
+
+
+@pytest.mark.parametrize("profile", ["demo", "full"])
+@pytest.mark.parametrize("method", ["lp", "ap", "ft4", "lora", "dora", "mtlora"])
+def test_train_command_and_notebooks_take_the_same_config_from_a_profile(profile, method):
+    """`python -m replication train` and the notebooks' Settings turn a profile into one TrainConfig."""
+    tasks = "age,gender,emotion" if method == "mtlora" else "age"
+    argv = ["--profile", profile, "--method", method, "--tasks", tasks]
+    s = reproduce.settings(profile)
+    if profile == "full":
+        argv += ["--checkpoint", "PE-Core-L14-336.pt"]
+        s = reproduce.settings(profile, checkpoint="PE-Core-L14-336.pt")
+    from_cli = engine.parse_config(argv)
+    assert from_cli == s.train_config(method, tuple(tasks.split(",")))
+    # §3.1 batch 128 fits 48 GB only with LoRA/DoRA/MTLoRA's blocks checkpointed (README, Performance)
+    assert from_cli.grad_checkpointing == (profile == "full" and method in ("lora", "dora", "mtlora"))
