@@ -510,7 +510,8 @@ def format_table(result: dict) -> str:
         table.append((
             r["method"] + (" (cached features)" if r["train_input"] == "cached features" else ""),
             _fmt(t["images_per_s"], ".1f"), _fmt(t["step_ms"], ".1f"), _fmt(t["peak_alloc_gib"], ".1f"),
-            _fmt(t["saved_activation_gib"], ".2f"), _fmt(t["tflops"], ".2f"), _fmt(100 * t["frac_of_peak"], ".1f"), _fmt(t["gflop_per_image"], ".2f"),
+            _fmt(t["saved_activation_gib"], ".2f"), _fmt(t["tflops"], ".2f"), _fmt(100 * t["frac_of_peak"], ".1f"),
+            _fmt(t["gflop_per_image"], ".2f"),
             _fmt(t.get("epoch_minutes"), ".1f"), _fmt(i and i["images_per_s"], ".1f"), _fmt(i and i["tflops"], ".2f"),
             _fmt(i and 100 * i["frac_of_peak"], ".1f")))
     lines = ["| " + " | ".join(row) + " |" for row in table]
@@ -558,7 +559,8 @@ def project_activations(small: dict, large: dict, batch: int) -> dict:
     (b1, r1), (b2, r2) = sorted(((r["batch"], r) for r in (small, large)), key=lambda x: x[0])
 
     def saved(result):
-        return {r["method"]: r["train"]["saved_activation_gib"] for r in result["rows"] + result["peft"] if "train" in r}
+        return {r["method"]: r["train"]["saved_activation_gib"]
+                for r in result["rows"] + result["peft"] if "train" in r}
 
     s1, s2 = saved(r1), saved(r2)
     rows = []
