@@ -136,7 +136,7 @@ class DoRALinear(LoRALinear):
     without dropout, this is exactly y = W' x + b, which is what PEFT computes (checked in the tests). In
     training with dropout PEFT instead runs W0 a second time on the dropped-out input,
     y_peft = W0 x + b + (m/||V|| - 1) W0 dropout(x) + (m/||V||) s B A dropout(x); the two differ by
-    (m/||V|| - 1) W0 (x - dropout(x)), whose factor starts at 0 and stays near it (m is initialised to ||W0||).
+    (m/||V|| - 1) W0 (x - dropout(x)), whose factor starts at 0 (m is initialised to ||W0||).
     """
 
     def __init__(self, base: nn.Linear, rank: int = 64, alpha: float | None = None, dropout: float = 0.0):

@@ -86,7 +86,7 @@ PROFILES = {
         amp="none",
         device="cpu",
         num_workers=0,
-        checkpointed_methods=(),  # a few MB of activations: nothing to save
+        checkpointed_methods=(),  # demo-tiny keeps ~2 MB of activations per image (bench.SavedTensors)
         executed_notebooks=REPO / "notebooks" / "executed" / "demo",
     ),
     "full": Profile(

@@ -176,9 +176,19 @@ def test_merged_export_for_inference(method):
 
 
 @pytest.mark.parametrize("method", ["dora", "mtlora"])
-def test_activation_checkpointing_changes_memory_not_numbers(method):
+def test_activation_checkpointing_changes_memory_not_numbers(method, monkeypatch):
     """The full profile checkpoints LoRA/DoRA/MTLoRA's blocks: the replayed blocks draw the same dropout
     masks, so losses and gradients are bit-identical to a plain step (engine: an execution-only field)."""
+    import replication.pe as pe
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return checkpoint(*args, **kwargs)
+
+    checkpoint = pe.checkpoint
+    monkeypatch.setattr(pe, "checkpoint", counted)
     vision = _vision()
     model = build_method(method, ALL, vision).model.train()
     images = _images()
@@ -192,5 +202,7 @@ def test_activation_checkpointing_changes_memory_not_numbers(method):
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     (loss0, grads0), (loss1, grads1) = step(False), step(True)
+    # every block of the stack was checkpointed, once (MTLoRA's stack already lacks its rebuilt last block)
+    assert len(calls) == len(vision.transformer.resblocks) > 0
     assert torch.equal(loss0, loss1) and grads0.keys() == grads1.keys() and len(grads0) > 10
     assert all(torch.equal(grads0[n], grads1[n]) for n in grads0)
