@@ -54,6 +54,8 @@ from replication.labels import NUM_CLASSES
 from replication.lora import adapter_modules, merge_adapters
 from replication.losses import make_weighting
 from replication.methods import METHODS
+from replication.profiles import get_profile
+from replication.reproduce import training_runs
 from replication.sampling import emotion_replication_factor
 from replication.thesis import TABLE_3_2_TASKS
 from replication.transforms import train_transform
@@ -75,6 +77,21 @@ FLOP_CONVENTION = (
 
 
 # --- FLOP counting ---------------------------------------------------------------------------------------
+def _formulas() -> dict:
+    """torch's FLOP formulas, plus the CPU flash-attention kernel's where this torch lacks it (releases
+    before 2.15 count SDPA on CUDA only; the CPU kernel computes the same products as the CUDA one)."""
+    formulas = dict(flop_registry)
+    aten = torch.ops.aten
+    for cpu, cuda in (("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention"),
+                      ("_scaled_dot_product_flash_attention_for_cpu_backward",
+                       "_scaled_dot_product_flash_attention_backward")):
+        formulas.setdefault(getattr(aten, cpu), flop_registry[getattr(aten, cuda)])
+    return formulas
+
+
+FORMULAS = _formulas()
+
+
 class FlopCounter(TorchDispatchMode):
     """Adds up torch's FLOP formulas (2·MACs) for every matmul/conv/attention op run inside its scope.
 
@@ -103,7 +120,7 @@ class FlopCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        formula = flop_registry.get(func._overloadpacket)
+        formula = FORMULAS.get(func._overloadpacket)
         if formula is None:
             with self:
                 decomposed = func.decompose(*args, **kwargs)
@@ -236,10 +253,16 @@ def _rates(times: list[float], batch: int, flops: int, peak: float) -> dict:
             "frac_of_peak": flops / median / 1e12 / peak}
 
 
+def checkpointed(method: str, mode: str) -> bool:
+    """Whether --grad-checkpointing `mode` checkpoints `method`'s blocks: off, on (every method) or profile
+    (as the full profile trains it: `Profile.checkpointed_methods`)."""
+    return mode == "on" or (mode == "profile" and method in get_profile("full").checkpointed_methods)
+
+
 def _train_config(method: str, args) -> TrainConfig:
     return TrainConfig(method=method, tasks=tuple(NUM_CLASSES), weighting="uw", model_config=args.config,
                        batch_size=args.batch, amp=AMP[args.dtype],
-                       grad_checkpointing=args.grad_checkpointing, device=args.device)
+                       grad_checkpointing=checkpointed(method, args.grad_checkpointing), device=args.device)
 
 
 class _Step:
@@ -254,6 +277,7 @@ class _Step:
         self.autocast = engine._autocast(cfg, device)
         self.objective = engine.Objective(model, weighting, cached)
         self.run = self.objective
+        self.checkpointing = cfg.grad_checkpointing
 
     def __call__(self, inputs, targets) -> None:
         engine.train_step(self.run, self.optimizer, self.scaler, inputs, targets, self.autocast)
@@ -278,6 +302,7 @@ class _Step:
         times = time_calls(lambda: self(inputs, targets), device, args.steps, args.warmup)
         row = {**_rates(times, args.batch, counter.training, peak), **_peak_memory(device)}
         row["executed_gflop_per_image"] = (counter.forward + counter.backward) / args.batch / 1e9
+        row["grad_checkpointing"] = self.checkpointing
         row["saved_activation_gib"] = saved.bytes / 2**30
         return row
 
@@ -499,7 +524,7 @@ def _fmt(value, spec: str) -> str:
 
 def format_table(result: dict) -> str:
     """A Markdown table, one row per method (and per peft variant), then the derived ratios."""
-    head = ("method", "train img/s", "step ms", "peak GiB", "saved GiB", "TFLOP/s", "% peak", "GFLOP/img",
+    head = ("method", "ckpt", "train img/s", "step ms", "peak GiB", "saved GiB", "TFLOP/s", "% peak", "GFLOP/img",
             "epoch min", "infer img/s", "infer TFLOP/s", "infer % peak")
     table = [head, ("---",) * len(head)]
     for r in result["rows"] + result["peft"]:
@@ -509,7 +534,8 @@ def format_table(result: dict) -> str:
         t, i = r["train"], r.get("infer")
         table.append((
             r["method"] + (" (cached features)" if r["train_input"] == "cached features" else ""),
-            _fmt(t["images_per_s"], ".1f"), _fmt(t["step_ms"], ".1f"), _fmt(t["peak_alloc_gib"], ".1f"),
+            "yes" if t.get("grad_checkpointing") else "no", _fmt(t["images_per_s"], ".1f"), _fmt(t["step_ms"], ".1f"),
+            _fmt(t["peak_alloc_gib"], ".1f"),
             _fmt(t["saved_activation_gib"], ".2f"), _fmt(t["tflops"], ".2f"), _fmt(100 * t["frac_of_peak"], ".1f"),
             _fmt(t["gflop_per_image"], ".2f"),
             _fmt(t.get("epoch_minutes"), ".1f"), _fmt(i and i["images_per_s"], ".1f"), _fmt(i and i["tflops"], ".2f"),
@@ -548,12 +574,17 @@ def write_json(result: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _mode(value) -> str:
+    """A result's grad_checkpointing as off/on/profile (results written before the profile mode hold a bool)."""
+    return ("off", "on")[value] if isinstance(value, bool) else value
+
+
 def project_activations(small: dict, large: dict, batch: int) -> dict:
     """Saved activations at `batch` from two bench results (same config, dtype and checkpointing) taken at
     two smaller batches, e.g. on a CPU: per method, saved = fixed + per_image x batch through the two
     points (the activations grow with the batch; the fixed part is autocast's low-precision weight copies)."""
     same = ("config", "dtype", "grad_checkpointing")
-    if any(small[k] != large[k] for k in same) or small["batch"] == large["batch"]:
+    if any(_mode(small[k]) != _mode(large[k]) for k in same) or small["batch"] == large["batch"]:
         raise ValueError(f"project_activations needs two results that differ in batch only ({', '.join(same)}): "
                          f"got {[small[k] for k in same + ('batch',)]} and {[large[k] for k in same + ('batch',)]}")
     (b1, r1), (b2, r2) = sorted(((r["batch"], r) for r in (small, large)), key=lambda x: x[0])
@@ -573,7 +604,89 @@ def project_activations(small: dict, large: dict, batch: int) -> dict:
             "sources": [r1["command"], r2["command"]], "rows": rows,
             "note": "activations autograd keeps for backward (bench.SavedTensors), not the whole peak: add the "
                     "weights, gradients, AdamW state and the transient of the op running"
-                    + (" and of the one block recomputed at a time" if small["grad_checkpointing"] else "")}
+                    + (" and of the one block recomputed at a time"
+                       if _mode(small["grad_checkpointing"]) != "off" else "")}
+
+
+# --- wall-clock of the full replication -----------------------------------------------------------------
+def run_images(tasks: tuple[str, ...]) -> dict:
+    """Images one run of `tasks` handles on the thesis's data (Table 3.2a): training draws per epoch (§3.2
+    balanced sampling draws as many as there are labelled images; multi-task adds §3.7.2 emotion
+    replication), the distinct training images, and the validation images (§3.1: an 80-20 split of each
+    training set, so a quarter of the training images)."""
+    labelled = TABLE_3_2_TASKS.value("total" if len(tasks) > 1 else tasks[0], "samples")
+    draws = thesis_epoch_images() if len(tasks) > 1 else labelled
+    return {"draws": draws, "train": labelled, "val": round(labelled / 4)}
+
+
+def wall_clock(result: dict, epochs: tuple[int, ...]) -> dict:
+    """Expected time of every training run of the full replication (`reproduce.training_runs()`) at the rates
+    of one bench result, per run for each number of epochs in `epochs`.
+
+    Per epoch: the run's training draws at its method's training-step rate, plus its validation images at the
+    method's inference rate (merged model; LP: the heads on cached features, at the cached training rate, an
+    upper bound). Once: LP's caching pass over its training and validation images. The bench times the
+    three-head model; the two heads a single-task run lacks are negligible (all three: 0.006 of the 384
+    forward GFLOP per image on L14-336). Not included: waiting for data (`--data-loading` measures whether
+    the loader keeps up), the test-set passes and the zero-shot baseline (one inference pass each). PFLOP
+    are model FLOPs (`FLOP_CONVENTION`)."""
+    rows_by_method = {r["method"]: r for r in result["rows"]}
+    profile = get_profile("full")
+    runs, missing, notes = [], set(), []
+    for method, tasks, weighting in training_runs():
+        row = rows_by_method.get(method)
+        if row is None or "train" not in row:
+            missing.add(method if row is None else f"{method} ({row['error']})")
+            continue
+        n, train = run_images(tasks), row["train"]
+        val = row["train"] if "cache" in row else row["infer"]
+        cache = row.get("cache")  # LP: embed the training and validation images once
+        once_s = (n["train"] + n["val"]) / cache["images_per_s"] if cache else 0.0
+        epoch_s = n["draws"] / train["images_per_s"] + n["val"] / val["images_per_s"]
+        runs.append({
+            "method": method, "tasks": list(tasks), "weighting": weighting, **n,
+            "grad_checkpointing": bool(train.get("grad_checkpointing")), "once_s": once_s, "epoch_s": epoch_s,
+            "once_pflop": (n["train"] + n["val"]) * cache["gflop_per_image"] / 1e6 if cache else 0.0,
+            "epoch_pflop": (n["draws"] * train["gflop_per_image"] + n["val"] * val["gflop_per_image"]) / 1e6,
+            "hours": {str(e): (once_s + e * epoch_s) / 3600 for e in epochs}})
+    for method in sorted({r["method"] for r in runs}):
+        measured = next(r["grad_checkpointing"] for r in runs if r["method"] == method)
+        if measured != (method in profile.checkpointed_methods):
+            notes.append(f"{method} measured {'with' if measured else 'without'} activation checkpointing; the "
+                         f"full profile trains it {'with' if not measured else 'without'}")
+    if result["config"] != profile.model_config:
+        notes.append(f"rates of {result['config']}; the full profile trains {profile.model_config}")
+    if result["batch"] != profile.batch_size:
+        notes.append(f"measured at batch {result['batch']}; the full profile trains at {profile.batch_size}")
+    if missing:
+        notes.append(f"not measured, so left out: {', '.join(sorted(missing))}")
+    return {"device": result["device"], "source": result["command"], "date": result["date"],
+            "config": result["config"], "dtype": result["dtype"], "batch": result["batch"],
+            "epochs": list(epochs), "runs": runs, "notes": notes,
+            "total_hours": {str(e): sum(r["hours"][str(e)] for r in runs) for e in epochs},
+            "epoch_pflop": sum(r["epoch_pflop"] for r in runs), "once_pflop": sum(r["once_pflop"] for r in runs)}
+
+
+def format_wall_clock(estimate: dict) -> str:
+    """A Markdown table, one row per training run, then the totals and the notes."""
+    epochs = estimate["epochs"]
+    head = ("run", "ckpt", "draws/epoch", "val images", "min/epoch", "PFLOP/epoch", "once min",
+            *(f"h at {e} epochs" for e in epochs))
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in estimate["runs"]:
+        name = f"{r['method']} {'-'.join(r['tasks'])}" + (f" {r['weighting']}" if r["weighting"] != "none" else "")
+        cells = (name, "yes" if r["grad_checkpointing"] else "no", f"{r['draws']:,}", f"{r['val']:,}",
+                 f"{r['epoch_s'] / 60:.1f}", f"{r['epoch_pflop']:.1f}", f"{r['once_s'] / 60:.1f}",
+                 *(f"{r['hours'][str(e)]:.1f}" for e in epochs))
+        lines.append("| " + " | ".join(cells) + " |")
+    totals = ", ".join(f"{estimate['total_hours'][str(e)]:.1f} h ({estimate['total_hours'][str(e)] / 24:.1f} days)"
+                       f" at {e} epochs per run" for e in epochs)
+    lines += ["", f"{len(estimate['runs'])} training runs: {totals}; one epoch of every run is "
+                  f"{estimate['epoch_pflop']:.1f} PFLOP (+ {estimate['once_pflop']:.1f} PFLOP of LP caching, once).",
+              f"rates of {estimate['device']}, {estimate['config']}, {estimate['dtype']}, batch {estimate['batch']} "
+              f"({estimate['date']}: {estimate['source']})"]
+    lines += [f"note: {n}" for n in estimate["notes"]]
+    return "\n".join(lines)
 
 
 def _methods(text: str) -> list[str]:
@@ -594,7 +707,9 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
-    p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing of the blocks")
+    p.add_argument("--grad-checkpointing", nargs="?", choices=("off", "on", "profile"), default="off", const="on",
+                   help="activation checkpointing of the blocks: off, on (alone: on) or profile (the methods "
+                        "the full profile checkpoints)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (FLOPs counted eagerly)")
     p.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) instead of the engine's default")
     p.add_argument("--peft", action="store_true", help="also time peft's LoRA/DoRA on the same encoder")
@@ -607,7 +722,18 @@ def cli(argv: list[str] | None = None) -> int:
                    help="JSON path (default benchmarks/results/bench-<device>-<date>.json)")
     p.add_argument("--project", type=Path, nargs=2, metavar=("SMALL.json", "LARGE.json"),
                    help="measure nothing: project the saved activations of two results to --batch")
+    full = get_profile("full")
+    p.add_argument("--wall-clock", type=Path, metavar="RESULT.json",
+                   help="measure nothing: the full replication's training time at the rates of a result")
+    p.add_argument("--epochs", type=int, nargs="+", default=[full.patience + 1, full.max_epochs],
+                   help="epochs per run for --wall-clock (default: the early-stopping minimum and the cap)")
     args = p.parse_args(argv)
+    if args.wall_clock:
+        estimate = wall_clock(json.loads(args.wall_clock.read_text()), tuple(args.epochs))
+        print(format_wall_clock(estimate))
+        if args.out:
+            write_json(estimate, args.out)
+        return 0
     if args.project:
         projection = project_activations(*(json.loads(f.read_text()) for f in args.project), batch=args.batch)
         print(f"saved activations at batch {args.batch} ({projection['config']}, {projection['dtype']}, grad "

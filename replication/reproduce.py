@@ -38,6 +38,18 @@ NOTEBOOKS = ("02_datasets", "03_methodology", "04_2_zero_shot", "04_3_single_tas
              "05_conclusion")
 _PATHS = {"prepared", "runs_dir", "checkpoint", "bpe"}  # Settings' Paths, strings in TrainConfig
 
+# The training runs the notebooks make, one run folder each (shared between notebooks): §4.3 trains
+# these methods once per task; §4.4-4.7 train these (method, weighting) pairs on all three tasks.
+SINGLE_TASK_METHODS = ("lp", "ap", "ft4", "dora")
+MULTI_TASK_RUNS = (("ap", "uw"), ("ft4", "uw"), ("ft4", "ema"), ("lora", "uw"), ("dora", "uw"),
+                   ("mtlora", "uw"), ("mtlora", "ema"))
+
+
+def training_runs() -> list[tuple[str, tuple[str, ...], str]]:
+    """(method, tasks, weighting) of every run the thesis trains (the zero-shot baseline trains nothing)."""
+    return ([(m, (t,), "none") for m in SINGLE_TASK_METHODS for t in TASKS]
+            + [(m, tuple(TASKS), w) for m, w in MULTI_TASK_RUNS])
+
 
 @dataclass(frozen=True)
 class Settings:

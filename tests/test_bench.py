@@ -6,6 +6,10 @@ every matmul, convolution and attention product, a training step charged 3x for 
 graph and 1x for those outside it (the bench's stated convention).
 """
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,6 +129,7 @@ def test_json_records_the_run(result):
     assert result["command"].startswith("python -m replication bench --config demo-tiny")
     assert result["torch"] == torch.__version__ and result["device_type"] == "cpu" and result["date"]
     assert result["flop_convention"] == FLOP_CONVENTION and result["peak_bf16_tflops"] > 0
+    assert result["grad_checkpointing"] == "off" and not any(r["train"]["grad_checkpointing"] for r in result["rows"])
     dl = result["data_loading"]
     assert dl["images"] == 2 * BATCH and dl["images_per_s"] > 0 and set(dl["loader_over_train_rate"]) == set(
         METHODS) - {"lp"}
@@ -187,3 +192,116 @@ def test_project_activations_fits_a_line_through_two_batches(tmp_path, capsys):
     assert "32.5 GiB" in capsys.readouterr().out
     with pytest.raises(ValueError, match="differ in batch only"):
         cli(["--project", str(small), str(small)])
+
+
+def test_grad_checkpointing_profile_mode_follows_the_full_profile(tmp_path):
+    """`--grad-checkpointing profile` checkpoints exactly the methods the full profile trains so (LoRA, DoRA,
+    MTLoRA), and each row records it; recomputing the blocks adds one forward of them to the executed ops."""
+    def run(mode):
+        out = tmp_path / f"{mode}.json"
+        assert cli(["--config", "demo-tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--dtype", "fp32",
+                    "--device", "cpu", "--methods", "ap,lora", "--grad-checkpointing", mode, "--out", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["grad_checkpointing"] == mode
+        return {r["method"]: r["train"] for r in result["rows"]}
+
+    off, profile = run("off"), run("profile")
+    assert [profile[m]["grad_checkpointing"] for m in ("ap", "lora")] == [False, True]
+    assert not off["ap"]["grad_checkpointing"] and not off["lora"]["grad_checkpointing"]
+    assert profile["ap"]["executed_gflop_per_image"] == off["ap"]["executed_gflop_per_image"]
+    assert profile["lora"]["executed_gflop_per_image"] > off["lora"]["executed_gflop_per_image"]
+    assert profile["lora"]["flops"] == off["lora"]["flops"]  # the 3x convention does not count recomputation
+
+
+def test_wall_clock_sums_every_thesis_run_at_the_measured_rates(capsys, tmp_path):
+    """Hand-computed oracle from Table 3.2a (gender 168,362, age 136,747, emotion 9,215 training images; a
+    multi-task epoch draws 242,082 after emotion replication) and §3.1's 80-20 split (val = train / 4)."""
+    def rates(train, infer, checkpointing=False):
+        return {"train": {"images_per_s": train, "gflop_per_image": 1000.0, "grad_checkpointing": checkpointing},
+                "infer": {"images_per_s": infer, "gflop_per_image": 400.0}}
+    rows = [{"method": "lp", "train_input": "cached features", **rates(1e4, 1e4),
+             "cache": {"images_per_s": 500.0, "gflop_per_image": 400.0}},
+            {"method": "ap", **rates(400.0, 800.0)}, {"method": "ft4", **rates(300.0, 800.0)},
+            {"method": "lora", **rates(100.0, 800.0, True)}, {"method": "dora", **rates(90.0, 800.0, True)},
+            {"method": "mtlora", "error": "out of memory"}]
+    result = {"device": "GPU X", "command": "bench", "date": "today", "config": "PE-Core-L14-336",
+              "dtype": "bf16", "batch": 128, "rows": rows}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(result))
+    assert cli(["--wall-clock", str(path), "--epochs", "1", "10", "--out", str(tmp_path / "w.json")]) == 0
+    estimate = json.loads((tmp_path / "w.json").read_text())
+
+    single = {"age": 136747, "gender": 168362, "emotion": 9215}
+    multi_draws, multi_val = 242082, 168362 / 4
+    lp_once = sum(n + n / 4 for n in single.values()) / 500   # caching pass over train + val, per run
+    lp_epoch = sum(n + n / 4 for n in single.values()) / 1e4  # heads on cached features, train + val
+    single_epoch = {m: sum(n / r + n / 4 / 800 for n in single.values()) for m, r in
+                    (("ap", 400), ("ft4", 300), ("dora", 90))}
+    multi_epoch = {m: multi_draws / r + multi_val / 800 for m, r in (("ap", 400), ("ft4", 300), ("lora", 100),
+                                                                    ("dora", 90))}
+    per_epoch = lp_epoch + sum(single_epoch.values()) + sum(multi_epoch.values()) + multi_epoch["ft4"]  # + ema
+    for e in (1, 10):
+        assert estimate["total_hours"][str(e)] == pytest.approx((lp_once + e * per_epoch) / 3600, rel=1e-4)
+    assert len(estimate["runs"]) == 17  # 19 runs less MTLoRA's two
+    images = sum(single.values())  # each single-task method's three runs together
+    gflop = (1000 * 1.25 * images                                       # LP: heads on cached train + val
+             + 3 * (1000 * images + 400 * images / 4)                   # AP, FT4, DoRA single-task
+             + 5 * (1000 * multi_draws + 400 * multi_val))              # the five measured multi-task runs
+    assert estimate["epoch_pflop"] == pytest.approx(gflop / 1e6, rel=1e-6)  # val: whole images
+    assert estimate["once_pflop"] == pytest.approx(400 * 1.25 * images / 1e6, rel=1e-6)
+    assert estimate["notes"] == ["not measured, so left out: mtlora (out of memory)"]
+    out = capsys.readouterr().out
+    assert "| dora age-gender-emotion uw | yes | 242,082 | 42,090 |" in out and "17 training runs" in out
+
+
+def test_gpu_script_runs_its_steps_and_copies_the_results_to_out(tmp_path):
+    """benchmarks/gpu.sh (what a GPU session runs) on demo-tiny and the CPU, through BENCH_ARGS."""
+    results, out = tmp_path / "results", tmp_path / "out"
+    out.mkdir()
+    small = ("--config demo-tiny --device cpu --dtype fp32 --batch 2 --steps 1 --warmup 0 --methods lp,dora "
+             "--workers 0 --loader-images 4 --loader-batches 2")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "RESULTS": str(results), "OUT": str(out), "BENCH_ARGS": small,
+           "OMP_NUM_THREADS": "1"}
+    subprocess.run(["bash", str(script), "profile", "no-checkpointing wall-clock"], env=env, check=True,
+                   capture_output=True, text=True)
+    copied = sorted(p.name for p in (out / "results").iterdir())
+    assert copied == sorted(["profile.json", "profile.log", "no-checkpointing-batch32.json",
+                             "no-checkpointing-batch32.log", "wall-clock.json", "wall-clock.md"])
+    profile = json.loads((results / "profile.json").read_text())
+    assert profile["grad_checkpointing"] == "profile" and profile["data_loading"]["images_per_s"] > 0
+    assert [r["train"]["grad_checkpointing"] for r in profile["rows"] + profile["peft"]] == [False] + [True] * 3
+    assert not json.loads((results / "no-checkpointing-batch32.json").read_text())["rows"][1]["train"][
+        "grad_checkpointing"]
+    estimate = json.loads((results / "wall-clock.json").read_text())
+    assert [r["method"] for r in estimate["runs"]] == ["lp"] * 3 + ["dora"] * 4
+    assert "not measured, so left out: ap, ft4, lora, mtlora" in estimate["notes"]
+
+
+def test_compiled_dora_training_step_matches_eager():
+    """`bench --compile` times torch.compile(engine.Objective): it must compute what the eager step computes.
+    DoRA is checked (the most hand-written code: detached weight norm, fused rescale); dropout is off, since
+    compiled dropout draws other masks."""
+    from replication import engine
+    from replication.losses import make_weighting
+    from replication.methods import build_method
+    from replication.pe import VisionTransformer
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(4, 3, 64, 64, generator=g)
+    targets = torch.stack([torch.randint(0, c, (4,), generator=g) for c in CLASSES.values()], 1)
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        adapted = build_method("dora", tuple(CLASSES), VisionTransformer(get_config("demo-tiny").vision), rank=4,
+                               lora_dropout=0.0, head_dropout=0.0)
+        objective = engine.Objective(adapted.model.train(), make_weighting("uw", tuple(CLASSES)), cached=False)
+        loss, _ = (torch.compile(objective) if compiled else objective)(images, targets)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad for n, p in objective.named_parameters() if p.grad is not None}))
+    (eager_loss, eager), (compiled_loss, compiled) = results
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-6)
+    # 27 DoRA layers (4 per block x 6, 3 in the pooling) x (A, B, m) + heads and BatchNorm (18) + the s_k
+    assert eager.keys() == compiled.keys() and len(eager) == 100
+    for name, grad in eager.items():  # fp32, other summation orders: within 1e-5 of each gradient's scale
+        assert (compiled[name] - grad).abs().max() <= 1e-5 * grad.abs().max(), name  # (A's are 0: B starts at 0)

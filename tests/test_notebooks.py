@@ -103,11 +103,15 @@ def test_replicated_values_are_filled(executed):
 
 
 def test_runs_are_reused(executed):
-    """The notebooks share runs: 1 zero-shot + 4x3 single-task + 7 multi-task run folders."""
+    """The notebooks share runs: 1 zero-shot + 4x3 single-task + 7 multi-task run folders, exactly the
+    runs `reproduce.training_runs()` lists (what `bench --wall-clock` estimates)."""
     root, _ = executed
     runs = sorted(p.name for p in (root / "runs").iterdir())
     assert len(runs) == 20, runs
     assert all((root / "runs" / r / "DONE").exists() for r in runs)
+    S = reproduce.settings("demo", runs_dir=root / "runs", max_train_samples=32)
+    listed = [S.train_config(m, t, w).name for m, t, w in reproduce.training_runs()]
+    assert sorted(listed + [S.train_config("zero_shot").name]) == runs
 
 
 def test_settings_resolve_profile_defaults_and_overrides(tmp_path):

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Issue 7 on a GPU machine: every measurement it asks for, step by step, then the full replication's
+# expected wall-clock. Each step writes its JSON and its printed output (.log; the estimate: .md) into one
+# results folder.
+#
+#   bash benchmarks/gpu.sh [STEP ...]      steps: profile no-checkpointing compile wall-clock (default: all)
+#
+# Environment: PYTHON is the interpreter (default python3). RESULTS names the folder (default
+# benchmarks/results/<date>-<gpu name>; give the same one when the steps run in separate calls). BENCH_ARGS
+# is appended to every bench command (tests/test_bench.py runs the script on demo-tiny and the CPU this
+# way). Where OUT is set (the device tool's return folder), the results folder is copied there after
+# each step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ -z "${RESULTS:-}" ]; then
+  gpu=$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name())" | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
+  RESULTS=benchmarks/results/$(date -u +%Y%m%d)-$gpu
+fi
+mkdir -p "$RESULTS"
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of words
+bench() { PYTHONUNBUFFERED=1 "$PYTHON" -m replication bench "$@" ${BENCH_ARGS:-}; }
+
+profile() {  # every method as the full profile trains it (LoRA, DoRA, MTLoRA checkpointed), peft alike, the loader
+  bench --grad-checkpointing profile --peft --data-loading --out "$RESULTS/profile.json" | tee "$RESULTS/profile.log"
+}
+no-checkpointing() {  # the adapters' own cost without recomputation, ours and peft's, at a batch that fits 80 GB
+  bench --methods lora,dora --peft --batch 32 --out "$RESULTS/no-checkpointing-batch32.json" \
+    | tee "$RESULTS/no-checkpointing-batch32.log"
+}
+compile() {  # torch.compile and the fused AdamW kernel, same terms as `profile`
+  bench --methods ap,ft4,lora,dora,mtlora --grad-checkpointing profile --compile --fused-adamw \
+    --out "$RESULTS/compile-fused-adamw.json" | tee "$RESULTS/compile-fused-adamw.log"
+}
+wall-clock() {  # the 19 training runs at the rates of `profile`
+  PYTHONUNBUFFERED=1 "$PYTHON" -m replication bench --wall-clock "$RESULTS/profile.json" --out "$RESULTS/wall-clock.json" \
+    | tee "$RESULTS/wall-clock.md"
+}
+
+for step in "${@:-profile no-checkpointing compile wall-clock}"; do
+  for s in $step; do
+    echo "== $s -> $RESULTS"
+    "$s"
+    if [ -n "${OUT:-}" ]; then cp -r "$RESULTS" "$OUT/"; fi
+  done
+done
