@@ -10,7 +10,7 @@ after the 2025-05-01 fix (docs/pe-core-architecture.md §3):
 * positions start at 1 when there is a CLS token, whose table row is all zeros (identity rotation)
   and comes *first*, as the CLS token does in the sequence.
 
-The tables are plain tensors, not parameters: they are not in the state_dict and not counted.
+The table is a plain tensor, not a parameter: it is not in the state_dict and not counted.
 """
 from __future__ import annotations
 
@@ -43,17 +43,11 @@ def rope_angles(grid_h: int, grid_w: int, head_dim: int, cls_token: bool, device
     return ang
 
 
-def rotate_half(t: torch.Tensor) -> torch.Tensor:
-    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): rotate each adjacent channel pair by 90 degrees."""
-    t = t.unflatten(-1, (-1, 2))
-    return torch.stack([-t[..., 1], t[..., 0]], dim=-1).flatten(-2)
-
-
 class Rope2D:
-    """Holds the cos/sin tables for the current patch grid and rotates q/k with them.
+    """Holds the rotation table for the current patch grid and rotates q/k with it.
 
     A plain object (like Meta's), not an nn.Module: it owns no parameters or state_dict entries. The
-    tables are rebuilt when the grid, device or head size changes (another input resolution).
+    table is rebuilt when the grid, device or head size changes (another input resolution).
     """
 
     def __init__(self, head_dim: int, cls_token: bool):
@@ -61,29 +55,32 @@ class Rope2D:
         self.cls_token = cls_token
         self.grid = None
         self._key = None
-        self.cos = self.sin = None
+        self.rotation = None
 
     def update_grid(self, grid_h: int, grid_w: int, device=None) -> None:
         self.grid = (grid_h, grid_w)
-        self._tables(device)
+        self._table(device)
 
-    def _tables(self, device):
-        # Rebuilt lazily per (grid, device): also correct for a block deep-copied before a .to(device).
+    def _table(self, device) -> torch.Tensor:
+        """e^(i·angle) of every (token, channel pair), complex64 of shape (tokens, head_dim/2)."""
         key = (self.grid, torch.device(device) if device is not None else torch.device("cpu"))
         if key != self._key:
-            ang = rope_angles(*self.grid, self.head_dim, self.cls_token, device=key[1])
-            self.cos, self.sin, self._key = ang.cos(), ang.sin(), key
-        return self.cos, self.sin
+            pair_angles = rope_angles(*self.grid, self.head_dim, self.cls_token, device=key[1])[:, ::2]
+            self.rotation, self._key = torch.polar(torch.ones_like(pair_angles), pair_angles), key
+        return self.rotation
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         """Rotate t of shape (B, heads, N, head_dim); N must match the current grid."""
         if self.grid is None:
             raise RuntimeError("Rope2D.update_grid(grid_h, grid_w) must be called before use")
-        cos, sin = self._tables(t.device)
-        if t.shape[-2] != cos.shape[0]:
-            raise RuntimeError(f"RoPE tables are for {cos.shape[0]} tokens (grid {self.grid}), got {t.shape[-2]}")
-        # Computed in (at least) fp32 with autocast off, as Meta's, then cast back to the input's dtype.
+        rotation = self._table(t.device)
+        if t.shape[-2] != rotation.shape[0]:
+            raise RuntimeError(f"RoPE table is for {rotation.shape[0]} tokens (grid {self.grid}), got {t.shape[-2]}")
+        # Channel pair (2i, 2i+1) is the complex number x_2i + i·x_2i+1, rotated by one complex multiply:
+        # (a + ib)·(cos + i·sin) = (a·cos − b·sin) + i(b·cos + a·sin), the rotate-half formula of Meta's
+        # code. Computed in (at least) fp32 with autocast off, as Meta's, then cast back to the input's
+        # dtype. One multiply instead of rotate-half's stack, two products and a sum: RoPE is elementwise
+        # work on q and k in every block, paid in memory traffic on a GPU.
         with torch.autocast(device_type=t.device.type, enabled=False):
-            tf = t.to(torch.promote_types(t.dtype, torch.float32))
-            out = tf * cos + rotate_half(tf) * sin
-        return out.to(t.dtype)
+            pairs = torch.view_as_complex(t.to(torch.promote_types(t.dtype, torch.float32)).unflatten(-1, (-1, 2)))
+            return torch.view_as_real(pairs * rotation).flatten(-2).to(t.dtype)
