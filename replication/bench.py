@@ -638,9 +638,8 @@ def wall_clock(result: dict, epochs: tuple[int, ...]) -> dict:
         if row is None or "train" not in row:
             missing.add(method if row is None else f"{method} ({row['error']})")
             continue
-        n, train = run_images(tasks), row["train"]
-        val = row["train"] if "cache" in row else row["infer"]
-        cache = row.get("cache")  # LP: embed the training and validation images once
+        n, train, cache = run_images(tasks), row["train"], row.get("cache")  # LP: embeds train + val once
+        val = train if cache else row["infer"]
         once_s = (n["train"] + n["val"]) / cache["images_per_s"] if cache else 0.0
         epoch_s = n["draws"] / train["images_per_s"] + n["val"] / val["images_per_s"]
         runs.append({
@@ -649,9 +648,9 @@ def wall_clock(result: dict, epochs: tuple[int, ...]) -> dict:
             "once_pflop": (n["train"] + n["val"]) * cache["gflop_per_image"] / 1e6 if cache else 0.0,
             "epoch_pflop": (n["draws"] * train["gflop_per_image"] + n["val"] * val["gflop_per_image"]) / 1e6,
             "hours": {str(e): (once_s + e * epoch_s) / 3600 for e in epochs}})
-    for method in sorted({r["method"] for r in runs}):
-        measured = next(r["grad_checkpointing"] for r in runs if r["method"] == method)
-        if measured != (method in profile.checkpointed_methods):
+    for method, row in sorted(rows_by_method.items()):
+        measured = bool(row.get("train", {}).get("grad_checkpointing"))
+        if "train" in row and measured != (method in profile.checkpointed_methods):
             notes.append(f"{method} measured {'with' if measured else 'without'} activation checkpointing; the "
                          f"full profile trains it {'with' if not measured else 'without'}")
     if result["config"] != profile.model_config:

@@ -63,6 +63,7 @@ class Rope2D:
 
     def _table(self, device) -> torch.Tensor:
         """e^(i·angle) of every (token, channel pair), complex64 of shape (tokens, head_dim/2)."""
+        # Rebuilt lazily per (grid, device): also correct for a block deep-copied before a .to(device).
         key = (self.grid, torch.device(device) if device is not None else torch.device("cpu"))
         if key != self._key:
             pair_angles = rope_angles(*self.grid, self.head_dim, self.cls_token, device=key[1])[:, ::2]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from replication.bench import FLOP_CONVENTION, SavedTensors, cli
+from replication.bench import FLOP_CONVENTION, SavedTensors, cli, wall_clock
 from replication.config import get_config
 
 BATCH = 4
@@ -250,6 +250,9 @@ def test_wall_clock_sums_every_thesis_run_at_the_measured_rates(capsys, tmp_path
     assert estimate["epoch_pflop"] == pytest.approx(gflop / 1e6, rel=1e-6)  # val: whole images
     assert estimate["once_pflop"] == pytest.approx(400 * 1.25 * images / 1e6, rel=1e-6)
     assert estimate["notes"] == ["not measured, so left out: mtlora (out of memory)"]
+    rows[4]["train"]["grad_checkpointing"] = False  # DoRA measured otherwise than the full profile trains it
+    assert "dora measured without activation checkpointing; the full profile trains it with" in wall_clock(
+        result, (1,))["notes"]
     out = capsys.readouterr().out
     assert "| dora age-gender-emotion uw | yes | 242,082 | 42,090 |" in out and "17 training runs" in out
 
