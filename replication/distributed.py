@@ -56,6 +56,15 @@ def all_reduce_mean(d: Dist, values: torch.Tensor) -> torch.Tensor:
     return (values / d.world_size).cpu()
 
 
+def all_reduce_sum(d: Dist, values: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over ranks, on the tensor's own device (per-task label counts of the global batch)."""
+    if not d.enabled:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values
+
+
 def all_gather(d: Dist, obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] (picklable objects: predictions, RNG states)."""
     if not d.enabled:

@@ -43,7 +43,7 @@ from replication.data import read_manifest
 from replication.labels import MISSING, TASKS, TEST_SETS
 from replication.losses import make_weighting, masked_cross_entropy
 from replication.methods import build_method
-from replication.metrics import dataset_results, summarize_predictions
+from replication.metrics import summarize_predictions
 from replication.profiles import get_profile
 from replication.sampling import BalancedSampler, class_balanced_weights, replicate_emotion
 from replication.transforms import eval_transform, train_transform
@@ -74,7 +74,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     emotion_share: float = 1 / 3             # §3.7.2
     max_train_samples: int | None = None     # subsample the training rows (demo/notebook budgets)
-    cache_embeddings: bool = True            # LP: embed the frozen backbone's outputs once
+    cache_embeddings: bool = False           # LP: embed once, without §3.1's augmentation (a speed option)
     checkpoint_every: int = 200              # steps between mid-epoch last.pt saves
     device: str = "cpu"
     run_name: str | None = None              # folder name; default derived from the fields above
@@ -194,7 +194,9 @@ class TrainingSet:
             self.rows = replicate_emotion(frame["emotion"].to_numpy() != MISSING, cfg.emotion_share)
         else:
             self.rows = np.arange(len(frame))
-        labels = {t: frame[t].to_numpy(np.int64)[self.rows] for t in cfg.tasks}
+        # §3.2 "averaging the pre-calculated weights of its available age, emotion, and gender labels":
+        # every label a row has counts, also in a single-task run (an emotion run's RAF-DB rows carry gender)
+        labels = {t: frame[t].to_numpy(np.int64)[self.rows] for t in TASKS}
         self.weights = class_balanced_weights(labels)
 
 
@@ -228,16 +230,23 @@ class Objective(nn.Module):
     """Model + §3.7.3 loss weighting in one module, so DDP also averages the gradients of the s_k.
 
     ``cached=True`` (linear probing): inputs are the frozen backbone's per-task embeddings and only
-    the heads run."""
+    the heads run. Under DDP (``dist``) each task's §3.7.1 masked mean divides by the labelled count of
+    the global batch, times the number of ranks that DDP's gradient average divides by again: the
+    gradient is then the one of the global batch's masked mean, as on the thesis's single GPU."""
 
-    def __init__(self, model: nn.Module, weighting: nn.Module, cached: bool):
+    def __init__(self, model: nn.Module, weighting: nn.Module, cached: bool,
+                 dist: distributed.Dist = distributed.Dist()):
         super().__init__()
-        self.model, self.weighting, self.cached = model, weighting, cached
+        self.model, self.weighting, self.cached, self.dist = model, weighting, cached, dist
 
     def forward(self, inputs, targets):
         logits = self.model.classify(inputs) if self.cached else self.model(inputs)
-        losses = {t: masked_cross_entropy(logits[t], targets[:, i]) for i, t in enumerate(self.weighting.tasks)}
-        return self.weighting(losses), losses
+        labelled = distributed.all_reduce_sum(self.dist, (targets != MISSING).sum(0))
+        tasks = self.weighting.tasks
+        losses = {t: masked_cross_entropy(logits[t], targets[:, i], labelled[i]) * self.dist.world_size
+                  for i, t in enumerate(tasks)}
+        present = {t: (labelled[i] > 0).float() for i, t in enumerate(tasks)}
+        return self.weighting(losses, present), losses
 
 
 def _param_groups(cfg: TrainConfig, adapted, weighting: nn.Module) -> list[dict]:
@@ -322,16 +331,16 @@ def predict_logits(model, dataset: FaceDataset, cfg: TrainConfig, d: distributed
 
 
 def validation_metrics(logits: dict, frame: pd.DataFrame, tasks) -> dict:
-    """Per task: masked CE over all labelled validation rows, and the §4 "average accuracy" (mean over
-    the validation datasets) used for §3.1 early stopping and §4.1 selection."""
+    """Per task: masked CE and accuracy over all labelled validation rows, pooled across the source
+    datasets (the §4.1 "validation accuracy" of single-task selection; its mean over tasks is the
+    multi-task "average accuracy" of §3.1 early stopping and §4.1 selection). Pooled, as the thesis's
+    code scores validation; the per-dataset mean of §4 is for the test sets."""
     out = {"val_loss": {}, "val_accuracy": {}}
     for t in tasks:
-        y = frame[t].to_numpy(np.int64)
-        out["val_loss"][t] = float(masked_cross_entropy(logits[t], torch.tensor(y)))
+        y = torch.tensor(frame[t].to_numpy(np.int64))
+        out["val_loss"][t] = float(masked_cross_entropy(logits[t], y))
         labelled = y != MISSING
-        preds = pd.DataFrame({"dataset": frame["dataset"].to_numpy()[labelled], "task": t, "label": y[labelled],
-                              "pred": logits[t].argmax(1).numpy()[labelled]})
-        out["val_accuracy"][t] = dataset_results(preds, t, preds["dataset"].unique())["average_accuracy"]
+        out["val_accuracy"][t] = float((logits[t].argmax(1)[labelled] == y[labelled]).double().mean())
     out["val_average_accuracy"] = float(np.mean(list(out["val_accuracy"].values())))
     return out
 
@@ -401,7 +410,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=cfg.amp == "fp16")
         self.autocast = _autocast(cfg, self.d.device)
         self.cached = bool(getattr(self.model, "frozen_backbone", False)) and cfg.cache_embeddings
-        objective = Objective(self.model, self.weighting, self.cached)
+        objective = Objective(self.model, self.weighting, self.cached, self.d)
         if self.d.enabled:
             ids = None
             if self.d.device.type == "cuda":
@@ -420,8 +429,8 @@ class Trainer:
         self.train_images = FaceDataset(root, self.train_set.frame, cfg.tasks, train_transform(size))
         self.val_images = FaceDataset(root, self.val_frame, cfg.tasks, eval_transform(size))
         self.sampler = BalancedSampler(self.train_set.weights, cfg.seed, self.d.rank, self.d.world_size)
-        # batch_size is the global batch of §3.1 (128 on the thesis's one GPU); each rank takes its share,
-        # so DDP changes the hardware, not the optimisation
+        # batch_size is the global batch of §3.1 (128 on the thesis's one GPU); each rank takes its share
+        # and the loss is the global batch's (Objective), so DDP changes the hardware, not the optimisation
         if cfg.batch_size % self.d.world_size:
             raise ValueError(f"batch size {cfg.batch_size} is not divisible by {self.d.world_size} processes")
         self.batch = cfg.batch_size // self.d.world_size
@@ -510,13 +519,14 @@ class Trainer:
         yield from loader
 
     def _observe(self, losses: dict, targets: torch.Tensor) -> None:
-        """Feed the batch losses (averaged over ranks) to the EMA weighting and the epoch means."""
+        """Feed the global batch's losses to the EMA weighting and the epoch means. Each rank's loss is its
+        share of the global masked mean (see Objective), so their mean over ranks is that mean."""
         tasks = self.cfg.tasks
         present = (targets != MISSING).any(0).to(torch.float64).cpu()
         stats = distributed.all_reduce_mean(self.d, torch.cat([
-            torch.stack([losses[t].double().cpu() * present[i] for i, t in enumerate(tasks)]), present]))
+            torch.stack([losses[t].double().cpu() for t in tasks]), present]))
         k = len(tasks)
-        values = {t: float(stats[i] / stats[k + i]) if stats[k + i] > 0 else 0.0 for i, t in enumerate(tasks)}
+        values = {t: float(stats[i]) for i, t in enumerate(tasks)}
         seen = {t: bool(stats[k + i] > 0) for i, t in enumerate(tasks)}
         self.weighting.observe(values, seen)
         for t in tasks:

@@ -9,7 +9,8 @@ DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"):
 
 The thesis (§3.6) adapts every linear layer of the 24 blocks (the fused q|k|v `in_proj`, `out_proj`,
 `c_fc`, `c_proj`) and of the attention pooling (`out_proj`, `c_fc`, `c_proj`; its fused in_proj is a raw
-Parameter and was not adapted), rank 64, "no scaling factor" (alpha = r, scale 1), LoRA dropout 0.5.
+Parameter and was not adapted), rank 64, "no scaling factor" (alpha = r, scale 1). LoRA dropout 0.5 is
+not in the thesis's text; it comes from its published code (methods.py).
 
 Style follows torchtune's `modules/peft`: the adapter module *is* the linear layer (it owns `weight`
 and `bias`, the very Parameters of the wrapped nn.Linear), so the backbone's state_dict keys do not
@@ -153,14 +154,15 @@ class DoRALinear(LoRALinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return F.linear(x, self.weight, self.bias)
-        # V x = W0 x + s B A dropout(x), one W0 product
-        directional = add_low_rank(F.linear(x, self.weight), self.dropout(x), self.lora_a, self.lora_b, self.scaling)
-        scale = (self.magnitude / self.weight_norm()).to(directional.dtype)  # gradient reaches m only
-        if self.bias is None:
-            return directional * scale
-        # one fused pass b + V x * scale; the bias cast first, since under autocast an fp32 bias would
-        # promote the output to fp32
-        return torch.addcmul(self.bias.to(directional.dtype), directional, scale)
+        # y = m/||V|| (W0 x + s B A dropout(x)) + b with one W0 product. The rescale is written as
+        # D + D (ratio - 1) with D = V x + b / ratio: the bias rides in the W0 GEMM, so the whole rescale is one
+        # fused pass, and ratio - 1, small, keeps its precision in half precision where ratio itself would
+        # round to a 2^-7 grid near 1 that hides the magnitudes' small moves from the forward pass.
+        ratio = self.magnitude / self.weight_norm()  # fp32; the gradient reaches m only
+        bias = None if self.bias is None else self.bias / ratio
+        directional = add_low_rank(F.linear(x, self.weight, bias), self.dropout(x), self.lora_a, self.lora_b,
+                                   self.scaling)
+        return torch.addcmul(directional, directional, (ratio - 1).to(directional.dtype))
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:

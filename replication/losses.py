@@ -5,8 +5,9 @@
 * ``EMAWeighting``: §3.7.3 lambda_k = 1 / EMA of L_k, frozen for a whole epoch.
 * ``SumWeighting``: plain sum, for single-task runs (§3.1: unweighted cross-entropy).
 
-All weightings share one interface used by the engine: ``module(losses) -> total`` where ``losses``
-maps task -> scalar loss tensor; ``observe(losses, present)`` after each optimiser step;
+All weightings share one interface used by the engine: ``module(losses, present) -> total`` where
+``losses`` maps task -> scalar loss tensor and ``present`` task -> 1.0/0.0, whether the (global) batch
+holds any label of the task; ``observe(losses, present)`` after each optimiser step;
 ``start_epoch()`` at the beginning of every epoch; ``log()`` -> the values written to metrics.jsonl
 (Fig 4.1 is drawn from them). State lives in parameters/buffers so ``state_dict`` resumes it.
 """
@@ -21,16 +22,20 @@ from torch import nn
 from replication.labels import MISSING
 
 
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                         labelled: torch.Tensor | None = None) -> torch.Tensor:
     """§3.7.1: L_t = sum_i 1(y_i != -1) CE(f_t(x_i), y_i) / sum_i 1(y_i != -1).
 
-    A batch without any label for the task returns an exact 0 that is still connected to ``logits``
-    (zero gradient, no NaN from 0/0), so every parameter takes part in backward, as DDP requires.
+    ``labelled`` is the denominator when it is not this batch's own count: under DDP the engine passes
+    the labelled count of the *global* batch, so that the loss is the global batch's masked mean (a rank
+    holding one emotion label must not weigh as much as one holding twenty). A batch without any label
+    for the task gives an exact 0 that is still connected to ``logits`` (zero gradient, no 0/0), so every
+    parameter takes part in backward, as DDP requires; no branch on the count, so no host sync per step.
     Computed in float32 even under autocast: the reduction should not run in half precision."""
-    labelled = target != MISSING
-    if not labelled.any():
-        return logits.float().sum() * 0.0
-    return F.cross_entropy(logits.float(), target, ignore_index=MISSING)
+    if labelled is None:
+        labelled = (target != MISSING).sum()
+    total = F.cross_entropy(logits.float(), target, ignore_index=MISSING, reduction="sum")
+    return total / labelled.clamp_min(1)
 
 
 class SumWeighting(nn.Module):
@@ -40,7 +45,7 @@ class SumWeighting(nn.Module):
         super().__init__()
         self.tasks = tuple(tasks)
 
-    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, losses: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return sum(losses[t] for t in self.tasks)
 
     def observe(self, losses: Mapping[str, float], present: Mapping[str, bool]) -> None:
@@ -65,9 +70,11 @@ class UncertaintyWeighting(nn.Module):
         self.tasks = tuple(tasks)
         self.log_vars = nn.Parameter(torch.zeros(len(self.tasks)))
 
-    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, losses: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]) -> torch.Tensor:
         s = self.log_vars.float()
-        return sum(torch.exp(-s[i]) * losses[t] + 0.5 * s[i] for i, t in enumerate(self.tasks))
+        # a task with no label in the batch contributes nothing, its s_k / 2 regulariser included: alone,
+        # that term would push s_k up (and the task's weight down) on a batch that says nothing about it
+        return sum((torch.exp(-s[i]) * losses[t] + 0.5 * s[i]) * present[t] for i, t in enumerate(self.tasks))
 
     def observe(self, losses: Mapping[str, float], present: Mapping[str, bool]) -> None:
         pass
@@ -101,7 +108,7 @@ class EMAWeighting(nn.Module):
         self.register_buffer("seen", torch.zeros(len(self.tasks), dtype=torch.bool))
         self.register_buffer("weights", torch.ones(len(self.tasks), dtype=torch.float64))
 
-    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, losses: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return sum(float(self.weights[i]) * losses[t] for i, t in enumerate(self.tasks))
 
     @torch.no_grad()

@@ -46,7 +46,8 @@ class TaskModel(nn.Module):
     """Encoder + one head per task; what the engine trains and evaluates.
 
     `encoder(images)` returns one embedding shared by all tasks (a tensor) or one per task (a dict, MTLoRA).
-    `frozen_backbone` (LP) tells the engine that `embed` outputs may be computed once and cached.
+    `frozen_backbone` (LP) tells the engine that `embed` outputs may be computed once and cached
+    (`--cache-embeddings`, a speed option without §3.1's augmentation).
     """
 
     def __init__(self, encoder: nn.Module, heads: nn.ModuleDict, tasks: Sequence[str], frozen_backbone: bool):

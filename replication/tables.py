@@ -4,8 +4,10 @@ Every table has one row per published cell: ``row`` and ``column`` name the cell
 task, class...), ``thesis`` is the published value (replication.thesis), ``replicated`` the value
 this replication computed, ``difference`` = replicated − thesis, ``profile`` the profile that
 produced it, ``note`` what the cell is when that needs saying (a literature row with its citation,
-a thesis inconsistency), and ``label`` the profile's visible warning: every demo table says
-"demo profile — not the thesis's data or model" in each CSV row and at the top of its Markdown.
+a thesis inconsistency, a replicated average that lacks some of the task's test sets), and
+``label`` the profile's visible warning: every demo table says "demo profile — not the thesis's
+data or model" in each CSV row and at the top of its Markdown. CSVs write integer-valued numbers
+as integers, so a parameter count reads 353986561 there.
 
 The replicated values come from run folders through replication.metrics (§4.1 accuracy, balanced
 accuracy, §4 averages that leave VGGFace2 out of the age average, Table 4.15 concordance), from the
@@ -24,7 +26,7 @@ import pandas as pd
 
 from replication import metrics, sampling, thesis
 from replication.data import training_distribution
-from replication.labels import MISSING, TASKS
+from replication.labels import AVERAGE_EXCLUDES, MISSING, TASKS, TEST_SETS
 from replication.profiles import DEMO_LABEL
 
 COLUMNS = ["table", "row", "column", "thesis", "replicated", "difference", "profile", "note", "label"]
@@ -38,14 +40,16 @@ def compare(table: thesis.Table, replicated: Callable[[str, str], float | None],
             notes: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per published cell of ``table``; ``replicated(row, column)`` gives our value or None.
 
-    ``notes`` maps a row key, or a (row, column) pair, to the note of those cells."""
+    ``notes`` maps a row key, or a (row, column) pair, to a note on our value of those cells; it
+    follows the thesis's own note on the cell (``table.cell_notes``)."""
     notes = dict(notes or {})
     records = []
     for row, values in table.rows.items():
         for column, published in zip(table.columns, values):
             ours = None if row in table.literature else replicated(row, column)
             note = (f"literature: {table.literature[row]}" if row in table.literature
-                    else notes.get((row, column), notes.get(row, "")))
+                    else " ".join(filter(None, [table.cell_notes.get((row, column)),
+                                                notes.get((row, column), notes.get(row))])))
             if not records and table.notes:  # the thesis's own remarks go with the first cell
                 note = " ".join(filter(None, [note, *table.notes]))
             records.append({
@@ -84,9 +88,17 @@ def write(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> tuple[Path,
         header += [f"**{label}**", ""]
     markdown = "\n".join(header + [to_markdown(df.drop(columns=["table", "label"])), ""])
     paths = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    _atomic_write(paths[0], df.to_csv(index=False, float_format="%.6g"))
+    _atomic_write(paths[0], df.map(_csv_number).to_csv(index=False))
     _atomic_write(paths[1], markdown)
     return paths
+
+
+def _csv_number(v):
+    """Integer-valued numbers as integers (the parameter tables exist to show that counts such as
+    353,986,561 agree exactly; '%.6g' wrote 3.53987e+08), other floats rounded to 6 decimals."""
+    if isinstance(v, float) and math.isfinite(v):  # numpy's float64 is a float too
+        return str(int(v)) if v.is_integer() else repr(round(float(v), 6))
+    return v
 
 
 def publish(df: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
@@ -143,22 +155,48 @@ def combined_predictions(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(list(frames), ignore_index=True)
 
 
+def _missing_test_sets(run_scores: Mapping[str, float], key: str) -> str:
+    """The note of an average cell (``key``: a task or 'overall') whose run lacks test sets.
+
+    metrics averages the test sets a run has predictions for (its ``average_over``), so such an
+    average is over fewer sets than the thesis's (Table 3.1). A note, not an error: a replication
+    without, say, VGGFace2 still has every other cell to compare. A set without predictions has no
+    '<dataset>/<task>' score; VGGFace2 is never in the age average (§4)."""
+    tasks = tuple(TASKS) if key == "overall" else (key,) if key in TASKS else ()
+    missing = [f"{dataset}/{task}" for task in tasks if task in run_scores
+               for dataset in TEST_SETS[task]
+               if dataset not in AVERAGE_EXCLUDES.get(task, ())
+               and f"{dataset}/{task}" not in run_scores]
+    return f"replicated average lacks test set(s) {', '.join(missing)}" if missing else ""
+
+
 def accuracy_table(table_id: str, scores_by_row: Mapping[str, Mapping[str, float]],
                    profile: str) -> pd.DataFrame:
     """Tables 4.1, 4.2, 4.4–4.12, 4.16: cells are looked up as scores_by_row[row][column]."""
     # the averages are called "global" in Table 4.2 and "average" in Tables 4.5/4.6
     keys = {"global": "overall", "average": {"4.5": "age", "4.6": "gender"}.get(table_id)}
-    return compare(thesis.TABLES[table_id],
-                   lambda row, col: scores_by_row.get(row, {}).get(keys.get(col, col)), profile)
+    table = thesis.TABLES[table_id]
+    notes = {(row, col): _missing_test_sets(scores_by_row.get(row, {}), keys.get(col, col))
+             for row in table.rows for col in table.columns}
+    return compare(table, lambda row, col: scores_by_row.get(row, {}).get(keys.get(col, col)),
+                   profile, notes)
 
 
-def figure_4_3_table(scores_by_row: Mapping[str, Mapping[str, float]], profile: str) -> pd.DataFrame:
-    """Balanced accuracy and accuracy in the captions of Fig. 4.3 (rows 'mtlora/fairface', ...)."""
+# §4.7: the task of each confusion-matrix figure (Fig. 4.2 RAF-DB emotion, Fig. 4.3 age)
+FIGURE_TASKS = {"fig4.2": "emotion", "fig4.3": "age"}
+
+
+def confusion_figure_table(figure_id: str, scores_by_row: Mapping[str, Mapping[str, float]],
+                           profile: str) -> pd.DataFrame:
+    """Balanced accuracy (and accuracy, Fig. 4.3's captions) of the confusion matrices of
+    Figs 4.2 and 4.3; rows are 'method/dataset' ('mtlora/rafdb', 'dora/fairface', ...)."""
+    task = FIGURE_TASKS[figure_id]
+
     def value(row, column):
         method, dataset = row.split("/")
         suffix = "/balanced" if column == "balanced_accuracy" else ""
-        return scores_by_row.get(method, {}).get(f"{dataset}/age{suffix}")
-    return compare(thesis.FIG_4_3, value, profile)
+        return scores_by_row.get(method, {}).get(f"{dataset}/{task}{suffix}")
+    return compare(thesis.TABLES[figure_id], value, profile)
 
 
 def table_4_15(predictions: Mapping[str, pd.DataFrame], profile: str) -> pd.DataFrame:
@@ -214,13 +252,18 @@ def table_4_14(rows: Iterable[Mapping], scores_by_row: Mapping[str, Mapping[str,
               "dora_merged": "table4.14/gflops_dora_merged", "mtlora": "table4.14/gflops_mtlora"}
     accuracy_row = {"dora_merged": "dora"}
 
+    def run_scores(row):
+        return scores_by_row.get(accuracy_row.get(row, row), {})
+
     def value(row, column):
         if column == "params_m":
             return math.floor(params[row] / 1e6)
         if column == "gflops":
             return by_id[gflops[row]]["replicated"]
-        return scores_by_row.get(accuracy_row.get(row, row), {}).get("overall")
-    return compare(thesis.TABLE_4_14, value, profile)
+        return run_scores(row).get("overall")
+    notes = {(row, "avg_acc"): _missing_test_sets(run_scores(row), "overall")
+             for row in thesis.TABLE_4_14.rows}
+    return compare(thesis.TABLE_4_14, value, profile, notes)
 
 
 # --- data (§3.1 Table 3.1, §3.2 Table 3.2) ---------------------------------------------------

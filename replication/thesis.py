@@ -2,7 +2,8 @@
 
 Nothing here is computed: these are the thesis's own values, copied from the text
 (Tables 3.2, 4.1–4.16, the parameter figures of §3.3–3.6.1 and the balanced accuracies in the
-captions of Fig. 4.3). `tests/test_thesis.py` re-reads each of them from the thesis text.
+captions of Fig. 4.3; Fig. 4.2's are empty cells, as it prints none). `tests/test_thesis.py`
+re-reads each of them from the thesis text.
 `replication.tables` puts them beside the replicated values.
 
 Row keys are method ids (``zs``, ``lp``, ``ap``, ``ft4``, ``lora``, ``dora``, ``mtlora``) or
@@ -10,9 +11,12 @@ class/component names; column keys are ``<dataset>/<task>`` or metric names, so 
 builder can look up the replicated value of each cell. ``None`` marks a cell the thesis leaves
 empty ('-' not designed for the task, '...' unavailable).
 
-The thesis is not always self-consistent; the discrepancies are stored as notes on the tables
-(never "fixed"), e.g. Table 4.2's "Global" 69.61 is not the mean of its own three averages (70.20,
-the value Table 4.11 gives), and Table 4.14's FT4 average 80.56 differs from Table 4.12's 82.94.
+The thesis is not always self-consistent; the discrepancies are stored as notes on the cells
+they concern (``Table.cell_notes``; the values are never "fixed"), e.g. Table 4.2's "Global" 69.61
+is not the mean of its own three averages (70.20, the value Table 4.11 gives), and Table 4.14's FT4
+average 80.56 differs from Table 4.12's 82.94. `tests/test_thesis.py` recomputes every printed
+average and repeated cell from the cells it comes from and checks that exactly the ones that
+disagree carry a note.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ class Table:
     rows: dict[str, tuple]
     unit: str = "%"               # "%" for accuracies/shares, "count", "M", "GFLOPs" ...
     literature: dict[str, str] = field(default_factory=dict)  # row key -> citation (not ours)
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()   # remarks on the whole table
+    cell_notes: dict[tuple[str, str], str] = field(default_factory=dict)  # (row, column) -> remark
 
     def value(self, row: str, column: str):
         return self.rows[row][self.columns.index(column)]
@@ -87,9 +92,14 @@ PARAMS = Table(
      "ft4": (64040969, 320324629, 20.13), "dora": (29352981, 346504213, 8.47),
      "mtlora": (36730901, 354093077, 10.38)},
     unit="count",
-    notes=("§3.6 also writes 8.41% for DoRA in the text that follows its 8.47% figure.",
-           "AP's 4.29% and FT4's 20.13% are trainable / 318,212,106 (Table 4.3's 'visual "
-           "encoder' figure), not trainable / the stated total 320,324,629 (4.26%, 19.99%).",))
+    notes=("§3.6 also writes 8.41% for DoRA in the text that follows its 8.47% figure.",),
+    cell_notes={
+        ("ap", "percent"): "4.29% is 13,656,073 / 318,212,106 (Table 4.3's 'visual encoder' "
+                           "figure), not / the stated total 320,324,629 (4.26%).",
+        ("ft4", "percent"): "20.13% is 64,040,969 / 318,212,106 (Table 4.3's 'visual encoder' "
+                            "figure), not / the stated total 320,324,629 (19.99%).",
+        ("mtlora", "percent"): "36,730,901 / 354,093,077 is 10.373%, which rounds to 10.37, not "
+                               "the printed 10.38."})
 
 # --- §4.2 zero-shot baseline -----------------------------------------------------------------
 
@@ -102,8 +112,10 @@ TABLE_4_2 = Table(
     "4.2", "Mean baseline accuracy", "§4.2",
     ("age", "gender", "emotion", "global"),
     {"zs": (47.36, 96.67, 66.57, 69.61)},
-    notes=("Age average excludes VGGFace2 (§4 opening).",
-           "'Global' 69.61 is not the mean of the three averages (70.20, as in Table 4.11)."))
+    notes=("Age average excludes VGGFace2 (§4 opening).",),
+    cell_notes={("zs", "global"): "69.61 keeps VGGFace2 in the age mean ((45.58 + 96.67 + 66.57) "
+                                  "/ 3); the mean of the three averages is 70.20, as in Table "
+                                  "4.11."})
 TABLE_4_3 = Table(
     "4.3", "Parameters used by the zero-shot baseline during inference", "§4.2",
     ("value",),
@@ -125,7 +137,13 @@ TABLE_4_5 = Table(
     {"zs": (48.62, 46.11, 42.01, 47.36), "lp": (61.56, 61.69, 57.75, 61.28),
      "ap": (61.41, 61.75, 57.80, 61.47), "ft4": (63.11, 62.50, 59.78, 62.80),
      "dora": (63.80, 63.64, 61.24, 63.72)},
-    notes=("Average excludes VGGFace2.",))
+    notes=("Average excludes VGGFace2.",),
+    cell_notes={
+        ("lp", "average"): "61.28 is not the mean of this row's UTKFace and FairFace (61.56 + "
+                           "61.69) / 2 = 61.625; it is the mean with Table 4.9's LP FairFace "
+                           "61.00: (61.56 + 61.00) / 2 = 61.28.",
+        ("ap", "average"): "61.47 is not the mean of this row's UTKFace and FairFace (61.41 + "
+                           "61.75) / 2 = 61.58."})
 TABLE_4_6 = Table(
     "4.6", "Single-task accuracy (%) on the gender task", "§4.3",
     ("utkface/gender", "fairface/gender", "vggface2/gender", "average"),
@@ -139,19 +157,24 @@ TABLE_4_7 = Table(
     "4.7", "EMA vs uncertainty weighting (multi-task accuracy, %)", "§4.4.1",
     ("emotion", "age", "gender", "overall"),
     {"ft4/ema": (86.47, 62.96, 97.44, 82.29), "ft4/uw": (88.43, 63.00, 97.41, 82.94),
-     "mtlora/ema": (88.98, 63.29, 97.51, 83.26), "mtlora/uw": (90.06, 64.03, 97.51, 83.86)})
+     "mtlora/ema": (88.98, 63.29, 97.51, 83.26), "mtlora/uw": (90.06, 64.03, 97.51, 83.86)},
+    notes=("The UW rows are the multi-task models of Tables 4.8-4.12 (§4.4.1).",),
+    cell_notes={("ft4/uw", "emotion"): "88.43, as in Table 4.12; Table 4.8 gives 88.42."})
 TABLE_4_8 = Table(
     "4.8", "Multi-task accuracy (%) on the emotion task", "§4.4",
     ("rafdb/emotion",),
     {"lp": (84.82,), "ap": (85.12,), "ft4": (88.42,), "dora": (91.21,), "mtlora": (90.06,)},
-    notes=("LP is the three single-task probes loaded on one backbone (§4.4).",
-           "LP 84.82 here vs 84.32 in Table 4.4 and 84.91 in Table 4.12; FT4 88.42 vs 88.43 in "
-           "Table 4.12."))
+    notes=("LP is the three single-task probes loaded on one backbone (§4.4).",),
+    cell_notes={("lp", "rafdb/emotion"): "§4.4 says the LP rows are the single-task probes, but "
+                                         "Table 4.4 gives LP 84.32 (and Table 4.12 84.91)."})
 TABLE_4_9 = Table(
     "4.9", "Multi-task accuracy (%) on the age task", "§4.4",
     ("utkface/age", "fairface/age", "vggface2/age"),
     {"lp": (61.56, 61.00, 57.75), "ap": (63.04, 61.89, 59.94), "ft4": (62.54, 63.45, 61.68),
-     "dora": (63.34, 63.73, 61.69), "mtlora": (63.96, 64.11, 62.74)})
+     "dora": (63.34, 63.73, 61.69), "mtlora": (63.96, 64.11, 62.74)},
+    cell_notes={("lp", "fairface/age"): "§4.4 says the LP rows are the single-task probes, but "
+                                        "Table 4.5 gives LP FairFace 61.69; Table 4.5's LP "
+                                        "average 61.28 is computed with this 61.00."})
 TABLE_4_10 = Table(
     "4.10", "Multi-task accuracy (%) on the gender task", "§4.4",
     ("utkface/gender", "fairface/gender", "vggface2/gender"),
@@ -162,15 +185,25 @@ TABLE_4_11 = Table(
     ("emotion", "age", "gender", "overall"),
     {"zs": (66.57, 47.36, 96.67, 70.20), "lp": (84.32, 61.28, 97.54, 81.05),
      "ap": (84.91, 61.47, 97.55, 81.31), "ft4": (88.78, 62.80, 97.57, 83.05),
-     "dora": (90.83, 63.72, 97.56, 84.04)})
+     "dora": (90.83, 63.72, 97.56, 84.04)},
+    cell_notes={
+        ("lp", "age"): "Table 4.5's LP average 61.28, not the mean of Table 4.5's LP UTKFace and "
+                       "FairFace (61.56 + 61.69) / 2 = 61.625 (see Table 4.5).",
+        ("ap", "age"): "Table 4.5's AP average 61.47, not the mean of Table 4.5's AP UTKFace and "
+                       "FairFace (61.41 + 61.75) / 2 = 61.58."})
 TABLE_4_12 = Table(
     "4.12", "Average performance in multi-task (%)", "§4.4",
     ("emotion", "age", "gender", "overall"),
     {"zs": (66.57, 47.36, 96.67, 69.61), "lp": (84.91, 61.28, 97.54, 78.76),
      "ap": (85.12, 62.46, 97.40, 81.66), "ft4": (88.43, 63.00, 97.41, 82.94),
      "dora": (91.21, 63.53, 97.49, 84.07), "mtlora": (90.06, 64.03, 97.51, 83.86)},
-    notes=("LP overall 78.76 is not the mean of its row (81.24); ZS overall is 69.61 here and "
-           "70.20 in Table 4.11.",))
+    cell_notes={
+        ("zs", "overall"): "69.61 keeps VGGFace2 in the age mean ((45.58 + 96.67 + 66.57) / 3); "
+                           "the mean of this row is 70.20, as in Table 4.11.",
+        ("lp", "emotion"): "Table 4.8 gives LP 84.82; 84.91 is the single-task AP value of "
+                           "Table 4.4.",
+        ("lp", "overall"): "78.76 is not the mean of this row (81.24).",
+        ("ft4", "emotion"): "Table 4.8 gives FT4 88.42."})
 
 # --- §4.5 state of the art, §4.6 efficiency --------------------------------------------------
 
@@ -214,11 +247,26 @@ TABLE_4_14 = Table(
     {"zs": (671, 699.76, 69.61), "ft4": (320, 352.18, 80.56),
      "dora_merged": (320, 352.18, 84.07), "mtlora": (329, 368.01, 83.89)},
     unit="mixed",
-    notes=("GFLOPs of one 336x336 image; the zero-shot figure includes the 18 text prompts.",
-           "FT4 80.56 differs from its overall average 82.94 in Table 4.12; MTLoRA is 83.86 "
-           "there (83.88 in the §4.4.5 text)."))
+    notes=("GFLOPs of one 336x336 image; the zero-shot figure includes the 18 text prompts.",),
+    cell_notes={
+        ("zs", "avg_acc"): "69.61 keeps VGGFace2 in the age mean ((45.58 + 96.67 + 66.57) / 3); "
+                           "the replicated average leaves it out (§4 opening), as Table 4.11's "
+                           "70.20 does.",
+        ("ft4", "avg_acc"): "80.56 differs from FT4's overall average 82.94 in Table 4.12.",
+        ("mtlora", "avg_acc"): "83.89 differs from MTLoRA's overall average 83.86 in Table "
+                               "4.12 (83.88 in the §4.4.5 text)."})
 
 # --- §4.7 balanced accuracy ------------------------------------------------------------------
+
+# §4.7 reports balanced accuracy "in the age and emotion tasks", but Fig. 4.2 (RAF-DB) prints no
+# number; its text gives only differences to literature models, kept as a note.
+FIG_4_2 = Table(
+    "fig4.2", "Emotion balanced accuracy of the RAF-DB confusion matrices of Fig. 4.2", "§4.7.1",
+    ("balanced_accuracy",),
+    {"mtlora/rafdb": (None,), "dora/rafdb": (None,)},
+    notes=("The thesis prints no value. §4.7.1 puts MTLoRA 0.2 points above POSTER++ and DoRA "
+           "0.07 below it (and less than 0.2 and 0.46 from APViT), i.e. MTLoRA about 0.27 points above "
+           "DoRA in balanced accuracy although 1.15 below it in accuracy (Table 4.8).",))
 
 FIG_4_3 = Table(
     "fig4.3", "Age balanced accuracy and accuracy in the captions of Fig. 4.3", "§4.7.2",
@@ -240,5 +288,5 @@ TABLE_4_16 = Table(
 TABLES: dict[str, Table] = {t.id: t for t in (
     TABLE_3_1, TABLE_3_2_AGE, TABLE_3_2_GENDER, TABLE_3_2_EMOTION, TABLE_3_2_TASKS, PARAMS,
     TABLE_4_1, TABLE_4_2, TABLE_4_3, TABLE_4_4, TABLE_4_5, TABLE_4_6, TABLE_4_7, TABLE_4_8,
-    TABLE_4_9, TABLE_4_10, TABLE_4_11, TABLE_4_12, TABLE_4_13, TABLE_4_14, FIG_4_3, TABLE_4_15,
-    TABLE_4_16)}
+    TABLE_4_9, TABLE_4_10, TABLE_4_11, TABLE_4_12, TABLE_4_13, TABLE_4_14, FIG_4_2, FIG_4_3,
+    TABLE_4_15, TABLE_4_16)}

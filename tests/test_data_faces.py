@@ -104,3 +104,17 @@ def test_load_rgb_bad_inputs(tmp_path):
         with pytest.raises(ImageError) as e:
             load_rgb(tmp_path / name)
         assert e.value.reason == reason
+
+
+def test_load_rgb_applies_exif_orientation(tmp_path):
+    """A phone photo stored landscape with Orientation 6 is shown (and boxed) rotated 90° clockwise,
+    which is what cv2.imread returns; load_rgb must return the same picture."""
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :10] = 255  # white left band -> top band once rotated clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° CW to display
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+    rgb, notes = load_rgb(path)
+    assert rgb.shape == (40, 20, 3) == cv2.imread(str(path)).shape and notes == []
+    assert rgb[:8].min() > 200 and rgb[12:].max() < 50

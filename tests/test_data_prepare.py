@@ -10,7 +10,7 @@ from PIL import Image
 
 from replication.data import demo, prepare as prep
 from replication.data.faces import SSDFaceDetector
-from replication.data.prepare import MANIFEST_COLUMNS, read_manifest, run_prepare
+from replication.data.prepare import MANIFEST_COLUMNS, crop_mode, read_manifest, run_prepare
 from replication.labels import DATASETS
 from test_data_faces import StubNet
 
@@ -119,6 +119,64 @@ def test_ssd_mode_no_face(tmp_path):
     assert sum(ff_r["manifest"].values()) == 2
     assert utk_r["skipped"]["no_face"]["files"] == ["80_1_0_20170101.jpg.chip.jpg"]
     assert utk_r["faces_not_found"] == 1 and utk_r["manifest"]["test"] == 1
+
+
+def test_crop_modes():
+    """§2.7: the SSD, or the authors' boxes if present; --detector boxes never runs the SSD."""
+    assert {d: crop_mode(d, "ssd") for d in DATASETS} == {
+        "lagenda": "boxes", "fairface": "ssd", "rafdb": "box_else_ssd", "celebahq": "ssd",
+        "utkface": "ssd", "vggface2": "box_else_ssd"}
+    assert {d: crop_mode(d, "boxes") for d in DATASETS} == {
+        "lagenda": "boxes", "fairface": "none", "rafdb": "boxes", "celebahq": "none",
+        "utkface": "none", "vggface2": "boxes"}
+    assert crop_mode("rafdb", "ssd", aligned=("rafdb",)) == crop_mode("vggface2", "none") == "none"
+
+
+def test_ssd_mode_crops_shipped_boxes_without_the_detector(tmp_path):
+    """RAF-DB / VGGFace2 records with a shipped box are cropped from it; only the others meet the SSD."""
+    raw = tmp_path / "raw"
+    img = np.zeros((60, 60, 3), np.uint8)
+    img[10:30, 10:30] = 255  # the shipped box covers the white square; the stub SSD answers a black corner
+    basic = raw / "rafdb" / "basic"
+    for sub in ("EmoLabel", "Image/original", "Annotation/manual", "Annotation/boundingbox"):
+        (basic / sub).mkdir(parents=True)
+    (basic / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 4\ntest_0001.jpg 2")
+    for stem in ("train_00001", "test_0001"):
+        Image.fromarray(img).save(basic / "Image" / "original" / f"{stem}.jpg")
+        (basic / "Annotation" / "manual" / f"{stem}_manu_attri.txt").write_text("1\t2\n" * 5 + "0\n0\n2\n")
+    (basic / "Annotation" / "boundingbox" / "train_00001_boundingbox.txt").write_text("10 10 30 30\n")
+    vgg = raw / "vggface2"
+    (vgg / "test" / "n000001").mkdir(parents=True)
+    (vgg / "bb_landmark").mkdir()
+    for name in ("0001_01", "0002_01"):
+        Image.fromarray(img).save(vgg / "test" / "n000001" / f"{name}.jpg")
+    (vgg / "test_list.txt").write_text("n000001/0001_01.jpg\nn000001/0002_01.jpg\n")
+    (vgg / "identity_meta.csv").write_text("Class_ID, Name, Sample_Num, Flag, Gender\nn000001,\"A\",2,0, f\n")
+    (vgg / "bb_landmark" / "loose_bb_test.csv").write_text("NAME_ID,X,Y,W,H\nn000001/0002_01,10,10,20,20\n")
+
+    net = StubNet([[0, 1, 0.9, 0.6, 0.6, 0.9, 0.9]])  # a "face" at pixels 36..54: black
+    calls = []
+    net.setInput = calls.append  # one blob per detector run
+    report = run_prepare(raw, tmp_path / "out", detector="ssd", size=24, margin=0.0, progress=False,
+                         ssd=SSDFaceDetector(net))
+    crops = tmp_path / "out" / "crops"
+    brightness = {p.relative_to(crops).as_posix(): np.asarray(Image.open(p)).mean() for p in crops.rglob("*.jpg")}
+    assert {k: v > 240 for k, v in brightness.items()} == {  # True: cropped from the shipped box
+        "rafdb/train_00001.jpg": True, "rafdb/test_0001.jpg": False,
+        "vggface2/n000001_0001_01.jpg": False, "vggface2/n000001_0002_01.jpg": True}
+    assert all(v > 240 or v < 15 for v in brightness.values())
+    assert len(calls) == 2  # the detector ran once per record without a box, never for the others
+    for d, no_box in (("rafdb", ["test_0001.jpg"]), ("vggface2", ["n000001/0001_01.jpg"])):
+        assert report["datasets"][d]["crop"] == "box_else_ssd"
+        assert report["datasets"][d]["notes"]["no_shipped_box_ssd_used"]["files"] == no_box
+
+    # a folder cropped under another box policy (settings without "crop") is not reused
+    settings_file = tmp_path / "out" / "prepare_settings.json"
+    settings = json.loads(settings_file.read_text())
+    settings_file.write_text(json.dumps({k: v for k, v in settings.items() if k != "crop"}))
+    with pytest.raises(ValueError, match="another --out"):
+        run_prepare(raw, tmp_path / "out", detector="ssd", size=24, margin=0.0, progress=False,
+                    ssd=SSDFaceDetector(net))
 
 
 def test_missing_detector_is_a_clear_error(tmp_path, capsys):

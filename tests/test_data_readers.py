@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from replication.data.readers import (ReadResult, parse_celebamask_attributes, parse_identity_meta,
-                                      parse_mivia_ages, parse_utkface_name, read_fairface, read_lagenda,
-                                      read_rafdb, read_rafdb_list, read_utkface_names, read_vggface2_list)
+                                      parse_loose_boxes, parse_mivia_ages, parse_utkface_name, read_fairface,
+                                      read_lagenda, read_rafdb, read_rafdb_list, read_utkface,
+                                      read_utkface_names, read_vggface2_list)
 from replication.labels import MISSING
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference-labels"
@@ -98,13 +99,16 @@ def test_lagenda_rows(tmp_path):
         "lag_benchmark/b.jpg.jpg,71,F,-1,-1,-1,-1,5,5,80,80\n"
         "lag_benchmark/b.jpg.jpg,2,F,1,2,3,4,-1,-1,-1,-1\n"
         "lag_benchmark/c.jpg.jpg,40,X,1,2,3,4,-1,-1,-1,-1\n"
-        "lag_benchmark/c.jpg.jpg,-1,M,1,2,3,4,-1,-1,-1,-1\n")
+        "lag_benchmark/c.jpg.jpg,-1,M,1,2,3,4,-1,-1,-1,-1\n"
+        "lag_benchmark/d.jpg.jpg,25,F,1,2\n")  # truncated row: DictReader fills None
     res = read_lagenda(tmp_path)
-    assert res.rows_read == 6
+    assert res.rows_read == 7
     assert [(r.age, r.gender, r.box, r.key) for r in res.records] == [
         (4, 0, (10.0, 20.0, 50.0, 70.0), "a_2"), (0, 1, (1.0, 2.0, 3.0, 4.0), "b_5")]
     assert {k: len(v) for k, v in res.skipped.items()} == {
-        "not_annotated": 1, "no_face_box": 1, "unknown_label": 1, "missing_age": 1}
+        "not_annotated": 1, "no_face_box": 1, "unknown_label": 2, "missing_age": 1}
+    assert res.skipped["unknown_label"] == ["lag_benchmark/c.jpg.jpg (line 6) gender='X'",
+                                            "lag_benchmark/d.jpg.jpg (line 8)"]
 
 
 def test_rafdb_manual_gender_and_boxes(tmp_path):
@@ -128,6 +132,47 @@ def test_rafdb_manual_gender_and_boxes(tmp_path):
     assert res.notes["gender_unsure"] == ["train_00002.jpg"]
     assert res.notes["gender_annotation_missing"] == ["train_00003.jpg"]
     assert res.skipped["unknown_label"] == ["test_0002.jpg 9"]
+
+
+def test_rafdb_without_manual_folder_is_an_error(tmp_path):
+    """Without the gender files every training row would be removed (unknown gender): refuse."""
+    (tmp_path / "basic" / "EmoLabel").mkdir(parents=True)
+    (tmp_path / "basic" / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 4\n")
+    with pytest.raises(FileNotFoundError) as e:
+        read_rafdb(tmp_path)
+    assert str(tmp_path / "basic" / "Annotation" / "manual") in str(e.value)
+    assert "gender" in str(e.value) and "_manu_attri.txt" in str(e.value)
+
+
+def test_utkface_prefers_in_the_wild_parts(tmp_path):
+    """§2.7.2's 24,103 images are the in-the-wild release: part1..3 first, the aligned chips noted."""
+    both, chips = tmp_path / "both", tmp_path / "chips"
+    for root, folder, name in ((both, "part1", "30_0_0_20170101.jpg"), (both, "part2", "5_1_2_20170102.jpg"),
+                               (both, "UTKFace", "70_1_0_20170103.jpg.chip.jpg"),
+                               (chips, "UTKFace", "70_1_0_20170103.jpg.chip.jpg")):
+        (root / folder).mkdir(parents=True)
+        (root / folder / name).write_bytes(b"")  # readers parse names only
+    wild = read_utkface(both)
+    assert [(r.image, r.age, r.gender) for r in wild.records] == [
+        (both / "part1" / "30_0_0_20170101.jpg", 4, 0), (both / "part2" / "5_1_2_20170102.jpg", 1, 1)]
+    assert not wild.notes
+    aligned = read_utkface(chips)
+    assert [(r.key, r.age, r.gender) for r in aligned.records] == [("70_1_0_20170103", 8, 1)]
+    [note] = aligned.notes["aligned_chips_used"]
+    assert "23,708" in note and "24,103" in note
+    with pytest.raises(FileNotFoundError, match="part1"):
+        read_utkface(tmp_path / "empty")
+
+
+def test_loose_boxes_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "loose_bb_test.csv"
+    path.write_text("NAME_ID,X,Y,W,H\nn000001/0001_01,10,20,30,40\n")
+    assert parse_loose_boxes(path) == {"n000001/0001_01.jpg": (10.0, 20.0, 40.0, 60.0)}
+    for bad_row in ("n000001/0002_01,10,,30,40", "n000001/0002_01,10,20"):  # empty value, short row
+        path.write_text(f"NAME_ID,X,Y,W,H\nn000001/0001_01,10,20,30,40\n{bad_row}\n")
+        with pytest.raises(ValueError, match="four numbers X,Y,W,H") as e:
+            parse_loose_boxes(path)
+        assert str(e.value).startswith(f"{path} line 3:")
 
 
 def test_identity_meta_crlf_quotes_and_mivia(tmp_path):

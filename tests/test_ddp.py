@@ -1,4 +1,5 @@
-"""DDP on CPU: the `train` command under torchrun with 2 Gloo processes keeps both ranks identical."""
+"""DDP on CPU: the `train` command under torchrun with 2 Gloo processes keeps both ranks identical, and the
+gradient of a batch split over 2 ranks is the gradient of the whole batch on one process."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,10 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from replication.engine import Objective
+from replication.losses import make_weighting
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_helpers import write_prepared  # noqa: E402
@@ -52,3 +57,63 @@ def test_two_gloo_ranks_hold_identical_weights(tmp_path):
     # rank 0 wrote one complete run folder
     (run,) = (tmp_path / "runs").iterdir()
     assert (run / "DONE").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+# 8 rows; age labelled on 5, emotion on 3, unevenly: rank 0 holds rows 0-3 (one emotion label), rank 1 rows
+# 4-7 (two emotion labels, no age label in row 7)
+_LABELS = [[3, -1], [0, -1], [8, 2], [5, -1], [1, 6], [-1, -1], [4, 0], [-1, -1]]
+_SPLIT = """
+import sys, torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from replication import distributed
+sys.path.insert(0, {tests!r})
+from test_ddp import _objective, _batch
+d = distributed.setup("cpu")
+objective = DistributedDataParallel(_objective(d))
+x, y = _batch()
+rows = slice(4 * d.rank, 4 * d.rank + 4)
+total, _ = objective(x[rows], y[rows])
+total.backward()
+if d.rank == 0:
+    torch.save({{n: p.grad for n, p in objective.module.named_parameters()}}, {out!r})
+distributed.teardown(d)
+"""
+
+
+class _Heads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.heads = nn.ModuleDict({"age": nn.Linear(5, 9), "emotion": nn.Linear(5, 7)})
+
+    def forward(self, x):
+        return {t: head(x) for t, head in self.heads.items()}
+
+
+def _objective(d=None):
+    torch.manual_seed(0)
+    extra = {} if d is None else {"dist": d}
+    return Objective(_Heads(), make_weighting("uw", ("age", "emotion")), cached=False, **extra)
+
+
+def _batch():
+    return torch.randn(8, 5, generator=torch.Generator().manual_seed(1)), torch.tensor(_LABELS)
+
+
+def test_a_batch_split_over_two_ranks_has_the_whole_batchs_gradient(tmp_path):
+    """§3.7.1's masked mean is over the global batch: each rank divides by the labelled count of all ranks,
+    so a rank with one emotion label does not weigh as much as one with two (DDP then averages)."""
+    script = tmp_path / "split.py"
+    script.write_text(_SPLIT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "grads.pt")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    split = torch.load(tmp_path / "grads.pt")
+    whole = _objective()
+    x, y = _batch()
+    total, _ = whole(x, y)
+    total.backward()
+    for name, p in whole.named_parameters():
+        torch.testing.assert_close(split[name], p.grad, rtol=1e-5, atol=1e-7)
+    assert split["weighting.log_vars"].abs().min() > 0  # both tasks present in the global batch

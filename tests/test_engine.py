@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -181,13 +182,19 @@ def test_runs_are_repeatable_whatever_the_workers_and_gradient_checkpointing(pre
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_lp_trains_on_augmented_images_unless_asked_to_cache(prepared, tmp_path):
+    """§3.1: every method's samples go through Listing 3.1's random transformations, LP's too."""
+    trainer = engine.Trainer(_cfg(prepared, tmp_path, method="lp"))
+    assert not trainer.cached and trainer.train_images.transform is not trainer.val_images.transform
+
+
 def test_lp_embeddings_are_computed_once(prepared, tmp_path, monkeypatch):
     from replication.methods import TaskModel
 
     embedded = []
     real_embed = TaskModel.embed
     monkeypatch.setattr(TaskModel, "embed", lambda self, x: embedded.append(len(x)) or real_embed(self, x))
-    trainer = engine.Trainer(_cfg(prepared, tmp_path, method="lp", max_epochs=3))
+    trainer = engine.Trainer(_cfg(prepared, tmp_path, method="lp", max_epochs=3, cache_embeddings=True))
     trainer.fit()
     # the frozen backbone ran once over the 48 train rows (not the replicated draws) and the 12 val rows;
     # the 3 epochs of 7 steps and 3 validations ran the heads only
@@ -208,3 +215,27 @@ def test_zero_shot_run_writes_predictions_without_training(prepared, tmp_path):
     assert result.epochs == [] and not (cfg.run_dir / "best.pt").exists()
     assert len(result.predictions) == 8 * 3 * 2 + 8
     assert 0 <= result.results["overall_average_accuracy"] <= 1
+
+
+def test_single_task_sampling_weights_average_every_label_a_row_has():
+    """§3.2: a row's weight is the mean of the class weights of its available age, emotion and gender labels,
+    in a single-task run too (scikit-learn's "balanced" class weights as the oracle)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    frame = pd.DataFrame({"age": [-1] * 5, "gender": [0, 0, 1, 1, -1], "emotion": [0, 0, 0, 1, 1]})
+    weights = engine.TrainingSet(TrainConfig(method="dora", tasks=("emotion",), weighting="none"), frame).weights
+    emotion = dict(zip([0, 1], compute_class_weight("balanced", classes=np.array([0, 1]), y=frame["emotion"])))
+    gender = dict(zip([0, 1], compute_class_weight("balanced", classes=np.array([0, 1]), y=frame["gender"][:4])))
+    expected = [(emotion[e] + gender[g]) / 2 for e, g in zip(frame["emotion"][:4], frame["gender"][:4])]
+    np.testing.assert_allclose(weights, expected + [emotion[1]], rtol=1e-12)
+
+
+def test_validation_accuracy_is_pooled_over_the_validation_datasets():
+    """A task's validation accuracy counts every labelled row once, whatever dataset it came from (3 of 4
+    right: 0.75, where the mean of the two datasets' accuracies would be 0.5)."""
+    frame = pd.DataFrame({"dataset": ["fairface"] * 3 + ["lagenda"], "age": [1, 2, 3, 4], "gender": [0, 1, -1, -1],
+                          "emotion": -1})
+    logits = {"age": torch.nn.functional.one_hot(torch.tensor([1, 2, 3, 0]), 9).float(),
+              "gender": torch.tensor([[2.0, 0.0], [0.0, 2.0], [9.0, 0.0], [9.0, 0.0]])}
+    out = engine.validation_metrics(logits, frame, ("age", "gender"))
+    assert out["val_accuracy"] == {"age": 0.75, "gender": 1.0} and out["val_average_accuracy"] == 0.875

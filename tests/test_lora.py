@@ -103,6 +103,32 @@ def test_dora_dropout_acts_on_the_low_rank_branch_only():
                                                       layer.magnitude, x, ALPHA / RANK), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dora_small_magnitude_moves_reach_the_half_precision_forward(dtype):
+    """Under autocast, m/||V|| = 1.003 rounded to bf16 is 1 (its grid near 1 is 2^-7): a 0.3 % move of every
+    magnitude away from its start would not reach the forward pass. The layer must show it as the float64
+    oracle does."""
+    _, layer = _layer(DoRALinear, seed=1)  # at init: m = ||W0||, so m/||V|| = 1
+    x = torch.randn(4096, 16)
+
+    def pair():
+        args = [t.detach().double() for t in (layer.weight, layer.bias, layer.lora_a, layer.lora_b, layer.magnitude)]
+        with torch.autocast("cpu", dtype=dtype):
+            y = layer(x)
+        return y, _dora_oracle(*args, x.double(), ALPHA / RANK)
+
+    y0, ref0 = pair()
+    with torch.no_grad():
+        layer.magnitude.mul_(1.003)
+    y1, ref1 = pair()
+    assert y1.dtype == dtype
+    expected, measured = ref1 - ref0, y1.double() - y0.double()
+    # each output carries its own rounding (~2^-9 relative in bf16), as large as the change itself: compare
+    # the change as a whole, the slope of the measured change on the exact one (1: shown, 0: hidden)
+    slope = (measured * expected).sum() / (expected * expected).sum()
+    assert abs(slope.item() - 1) < 0.1
+
+
 @pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
 def test_merge_equals_unmerged_and_unmerge_restores_w0(cls):
     _, layer = _layer(cls)

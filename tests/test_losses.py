@@ -36,6 +36,19 @@ def test_masked_cross_entropy_without_labels_is_zero_and_gradient_safe():
     assert masked_cross_entropy(half, torch.full((3,), -1)).dtype == torch.float32
 
 
+ALL_PRESENT = {t: torch.tensor(1.0) for t in ("age", "gender", "emotion", "a", "b")}
+
+
+def test_masked_cross_entropy_divides_by_a_given_labelled_count():
+    """Under DDP the engine passes the global batch's labelled count: the loss is then this shard's share of
+    the global masked mean, and the shares add up to it."""
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, -2.0, 0.0], [0.0, 0.0, 3.0]])
+    target = torch.tensor([0, -1, 2, 1])
+    shards = [masked_cross_entropy(logits[i:i + 2], target[i:i + 2], torch.tensor(3)) for i in (0, 2)]
+    assert abs(shards[0].item() - _ce(logits[0], 0) / 3) < 1e-6
+    assert abs(sum(shards).item() - masked_cross_entropy(logits, target).item()) < 1e-6
+
+
 def test_uncertainty_weighting_steps_match_hand_computation():
     tasks = ("age", "gender")
     uw = UncertaintyWeighting(tasks)
@@ -45,7 +58,7 @@ def test_uncertainty_weighting_steps_match_hand_computation():
     s = [0.0, 0.0]
     for _ in range(3):
         opt.zero_grad()
-        total = uw({t: torch.tensor(L[t]) for t in tasks})
+        total = uw({t: torch.tensor(L[t]) for t in tasks}, ALL_PRESENT)
         expected_total = sum(math.exp(-s[i]) * L[t] + 0.5 * s[i] for i, t in enumerate(tasks))
         assert abs(total.item() - expected_total) < 1e-6
         total.backward()
@@ -56,6 +69,20 @@ def test_uncertainty_weighting_steps_match_hand_computation():
     log = uw.log()
     assert abs(log["task_weights"]["age"] - math.exp(-s[0])) < 1e-6
     assert abs(log["log_variances"]["gender"] - s[1]) < 1e-6
+
+
+def test_uncertainty_weighting_leaves_out_a_task_without_labels():
+    """A batch with no gender label says nothing about gender: no s/2 term, so s_gender gets no gradient
+    (with the term alone it would get +1/2 and the task's weight would drift down)."""
+    uw = UncertaintyWeighting(("age", "gender"))
+    with torch.no_grad():
+        uw.log_vars.copy_(torch.tensor([0.3, -0.2]))
+    total = uw({"age": torch.tensor(2.0), "gender": torch.tensor(0.0)},
+               {"age": torch.tensor(1.0), "gender": torch.tensor(0.0)})
+    assert abs(total.item() - (math.exp(-0.3) * 2.0 + 0.15)) < 1e-6
+    total.backward()
+    assert abs(uw.log_vars.grad[0].item() - (-math.exp(-0.3) * 2.0 + 0.5)) < 1e-6
+    assert uw.log_vars.grad[1].item() == 0.0
 
 
 def test_ema_weighting_epochs_match_hand_computation():
@@ -75,14 +102,14 @@ def test_ema_weighting_epochs_match_hand_computation():
     gender = 0.95 * (0.95 * 0.6 + 0.05 * 0.4) + 0.05 * 0.2
     emotion = 0.95 * 1.5 + 0.05 * 0.5  # the batch without emotion labels is skipped
     # weights stay fixed within the epoch...
-    total = ema({t: torch.tensor(v) for t, v in batches[1][0].items()})
+    total = ema({t: torch.tensor(v) for t, v in batches[1][0].items()}, ALL_PRESENT)
     assert abs(total.item() - (1.0 + 0.4 + 1.5)) < 1e-6
     # ...and change only at the next epoch's start, to 1 / EMA
     ema.start_epoch()
     w = ema.log()["task_weights"]
     assert abs(w["age"] - 1 / age) < 1e-12 and abs(w["gender"] - 1 / gender) < 1e-12
     assert abs(w["emotion"] - 1 / emotion) < 1e-12
-    total = ema({"age": torch.tensor(2.0), "gender": torch.tensor(1.0), "emotion": torch.tensor(0.5)})
+    total = ema({"age": torch.tensor(2.0), "gender": torch.tensor(1.0), "emotion": torch.tensor(0.5)}, ALL_PRESENT)
     assert abs(total.item() - (2.0 / age + 1.0 / gender + 0.5 / emotion)) < 1e-5
     # state survives a state_dict round trip (resume)
     clone = EMAWeighting(tasks)
@@ -93,7 +120,8 @@ def test_ema_weighting_epochs_match_hand_computation():
 def test_sum_weighting_and_factory():
     assert isinstance(make_weighting("none", ("age",)), SumWeighting)
     assert isinstance(make_weighting("uw", ("age",)), UncertaintyWeighting)
-    assert make_weighting("none", ("a", "b"))({"a": torch.tensor(1.0), "b": torch.tensor(2.5)}).item() == 3.5
+    total = make_weighting("none", ("a", "b"))({"a": torch.tensor(1.0), "b": torch.tensor(2.5)}, ALL_PRESENT)
+    assert total.item() == 3.5
     try:
         make_weighting("gradnorm", ("age",))
     except ValueError as e:

@@ -63,6 +63,16 @@ def test_summary_averages_follow_section_4():
     assert set(only_gender["tasks"]) == {"gender"} and "overall_average_accuracy" not in only_gender
 
 
+def test_a_test_set_without_predictions_is_left_out_and_listed():
+    # gender on UTKFace 1/2 and FairFace 2/2, no VGGFace2 rows: replication.tables notes the gap
+    res = summarize_predictions(_predictions([
+        ("u0", "utkface", "gender", 0, 0), ("u1", "utkface", "gender", 1, 0),
+        ("f0", "fairface", "gender", 1, 1), ("f1", "fairface", "gender", 0, 0)]))
+    gender = res["tasks"]["gender"]
+    assert gender["average_over"] == ["utkface", "fairface"] and "vggface2" not in gender["datasets"]
+    assert gender["average_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
+
+
 def test_overall_average_reproduces_thesis_table_4_12():
     # Tables 4.8-4.10, DoRA multi-task: per-dataset accuracies -> Table 4.12 row (63.53, 97.49, 84.07)
     per = {"age": {"utkface": 63.34, "fairface": 63.73, "vggface2": 61.69},

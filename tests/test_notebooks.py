@@ -27,7 +27,7 @@ EXPECTED = {
     "04_4_multi_task": (["table_4_7", "table_4_8", "table_4_9", "table_4_10", "table_4_11",
                          "table_4_12"], ["4_1"]),
     "04_5_sota_efficiency": (["table_4_13", "table_4_14"], []),
-    "04_7_balanced_accuracy": (["figure_4_3", "table_4_15", "table_4_16"], ["4_2", "4_3"]),
+    "04_7_balanced_accuracy": (["figure_4_2", "figure_4_3", "table_4_15", "table_4_16"], ["4_2", "4_3"]),
     "04_8_tsne_pca": ([], ["4_4", "4_5", "4_6"]),
     "05_conclusion": ([], ["5_1"]),
 }

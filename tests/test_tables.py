@@ -58,6 +58,35 @@ def test_accuracy_table_cells_difference_and_label():
     assert (tables.accuracy_table("4.5", {}, "full").label == "").all()
 
 
+def test_thesis_cell_notes_go_on_their_cells():
+    df = tables.accuracy_table("4.5", {}, "demo").set_index(["row", "column"])
+    assert "(61.56 + 61.00) / 2 = 61.28" in df.at[("LP", "average"), "note"]
+    assert "= 61.58" in df.at[("AP", "average"), "note"]
+    assert df.at[("DoRA", "average"), "note"] == ""
+    assert df.at[("ZS", "utkface/age"), "note"] == "Average excludes VGGFace2."  # the table's note
+    t414 = tables.table_4_14(ACCOUNTING, {}, "demo").set_index(["row", "column"])
+    assert "keeps VGGFace2 in the age mean" in t414.at[("ZS", "avg_acc"), "note"]
+
+
+def test_an_average_lacking_a_test_set_says_which():
+    p = predictions()
+    s = tables.scores(p[p.dataset != "vggface2"])
+    df = tables.accuracy_table("4.12", {"dora": s}, "demo").set_index(["row", "column"])
+    lacks = "replicated average lacks test set(s) vggface2/gender"
+    assert df.at[("DoRA", "gender"), "note"] == lacks
+    assert df.at[("DoRA", "overall"), "note"] == lacks
+    assert df.at[("DoRA", "age"), "note"] == ""          # VGGFace2 is not in the age average (§4)
+    assert df.at[("DoRA", "gender"), "replicated"] == pytest.approx(
+        (s["utkface/gender"] + s["fairface/gender"]) / 2)
+    # the thesis's own note and ours both stay on the cell
+    lp = tables.accuracy_table("4.12", {"lp": s}, "demo").set_index(["row", "column"])
+    assert lp.at[("LP", "overall"), "note"] == "78.76 is not the mean of this row (81.24). " + lacks
+    t414 = tables.table_4_14(ACCOUNTING, {"dora": s}, "demo").set_index(["row", "column"])
+    assert t414.at[("DoRA (merged)", "avg_acc"), "note"] == lacks
+    complete = tables.accuracy_table("4.12", {"dora": tables.scores(p)}, "demo")
+    assert not complete.note.str.contains("lacks").any()
+
+
 def test_table_4_2_global_is_the_overall_average():
     s = tables.scores(predictions())
     df = tables.accuracy_table("4.2", {"zs": s}, "demo")
@@ -86,10 +115,24 @@ def test_concordance_table_is_the_share_of_equal_predictions():
 
 def test_figure_4_3_table_reads_balanced_accuracy():
     s = tables.scores(predictions())
-    df = tables.figure_4_3_table({"mtlora": s, "dora": s}, "demo").set_index(["row", "column"])
+    df = tables.confusion_figure_table("fig4.3", {"mtlora": s, "dora": s}, "demo")
+    df = df.set_index(["row", "column"])
     assert df.at[("mtlora/utkface", "balanced_accuracy"), "replicated"] == pytest.approx(
         s["utkface/age/balanced"])
     assert df.at[("dora/fairface", "accuracy"), "thesis"] == 63.73
+
+
+def test_figure_4_2_table_has_the_emotion_balanced_accuracy_the_thesis_does_not_print():
+    p = predictions()
+    s, other = tables.scores(p), tables.scores(predictions(seed=1))
+    df = tables.confusion_figure_table("fig4.2", {"mtlora": s, "dora": other}, "demo")
+    cells = df.set_index("row")
+    rafdb = p[p.dataset == "rafdb"]
+    assert cells.at["mtlora/rafdb", "replicated"] == pytest.approx(
+        100 * balanced_accuracy_score(rafdb.label, rafdb.pred))
+    assert cells.at["dora/rafdb", "replicated"] == pytest.approx(other["rafdb/emotion/balanced"])
+    assert df.thesis.isna().all() and df.difference.isna().all()
+    assert "0.27 points above DoRA" in df.note.iloc[0]
 
 
 ACCOUNTING = [  # the thesis's own figures, as replication.accounting reports them when matched
@@ -165,6 +208,18 @@ def test_write_is_atomic_and_labelled(tmp_path):
     assert DEMO_LABEL in text.splitlines()[2]
     assert "| DoRA | rafdb/emotion | 90.83 |" in text
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_csv_writes_counts_as_integers(tmp_path):
+    out = tables.parameter_tables(ACCOUNTING, "demo")
+    csv, md = tables.write(out["4.3"], tmp_path)
+    assert "4.3,text_encoder,value,353986561,353986561,0,demo," in csv.read_text()
+    back = pd.read_csv(csv).set_index("row")
+    assert back.at["total", "replicated"] == 671137793 and back.at["gflops", "thesis"] == 699.76
+    assert "| text_encoder | value | 353,986,561 |" in md.read_text()
+    csv, _ = tables.write(out["params"], tmp_path)
+    percent = pd.read_csv(csv).set_index(["row", "column"]).at[("FT4", "percent"), "replicated"]
+    assert percent == pytest.approx(100 * 64040969 / 320324629, abs=1e-6)
 
 
 def test_filenames_are_unique():

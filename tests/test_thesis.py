@@ -111,6 +111,15 @@ def test_clip_footnote_matches_text(text):
     assert row[2] == pytest.approx(sum(genders) / 2, abs=0.005)
 
 
+def test_fig_4_2_prints_no_balanced_accuracy(text):
+    """§4.7.1 gives only differences to APViT / POSTER++, which FIG_4_2's note repeats."""
+    section = block(text, "4.7.1 Emotion Recognition confusion matrices", "4.7.2")
+    assert not re.search(r"balanced accuracy of [\d.]+ \(Acc", section)  # no Fig. 4.3-like caption
+    assert "less than 0.2 percentage points for our MTLoRA model and of 0.46" in section
+    assert "surpassing it in this metric by 0.2% and DoRA lagging behind by just 0.07%" in section
+    assert all(v == (None,) for v in thesis.FIG_4_2.rows.values())
+
+
 def test_table_3_1_matches_text(text):
     rows = block(text, "Dataset\tTrain\tVal\tTest\tTasks", "3.2 Balanced Sampling").strip()
     expected = ["\t".join((thesis.DATASET_NAMES[k], *v)) for k, v in thesis.TABLE_3_1.rows.items()]
@@ -118,7 +127,7 @@ def test_table_3_1_matches_text(text):
 
 
 def test_every_table_is_checked():
-    assert set(thesis.TABLES) == set(ANCHORS) | {"params", "fig4.3", "3.1"}
+    assert set(thesis.TABLES) == set(ANCHORS) | {"params", "fig4.2", "fig4.3", "3.1"}
 
 
 def test_literature_rows_are_cited_and_ours_are_not():
@@ -133,3 +142,82 @@ def test_table_shapes_and_lookup():
     for table in thesis.TABLES.values():
         assert all(len(v) == len(table.columns) for v in table.rows.values()), table.id
     assert thesis.TABLE_4_5.value("dora", "average") == 63.72
+    for table in thesis.TABLES.values():  # every cell note names a cell of its table
+        assert all(row in table.rows and column in table.columns
+                   for row, column in table.cell_notes), table.id
+
+
+# --- the thesis's own arithmetic -------------------------------------------------------------
+
+# §4: a task's average is the mean over these test sets (VGGFace2 left out of the age average)
+AVERAGED = {"emotion": ("rafdb/emotion",), "age": ("utkface/age", "fairface/age"),
+            "gender": ("utkface/gender", "fairface/gender", "vggface2/gender")}
+SINGLE_TASK = {"emotion": "4.4", "age": "4.5", "gender": "4.6"}   # §4.3, per test set
+MULTI_TASK = {"emotion": "4.8", "age": "4.9", "gender": "4.10"}   # §4.4, per test set
+
+
+def task_average_sources(tables: dict, row: str, task: str) -> list:
+    """The cells a task average of ``row`` is the mean of (the zero-shot ones are in Table 4.1)."""
+    table_id = "4.1" if row == "zs" else tables[task]
+    return [(table_id, row, column) for column in AVERAGED[task]]
+
+
+def derived_cells() -> dict:
+    """(table, row, column) of every printed cell the thesis computes or repeats from other printed
+    cells -> those cells (the printed value should be their mean)."""
+    out = {}
+    for task in AVERAGED:
+        out["4.2", "zs", task] = task_average_sources(SINGLE_TASK, "zs", task)
+        out["4.16", "dora", task] = task_average_sources(MULTI_TASK, "dora", task)
+        # §4.4: the multi-task LP rows are the single-task probes
+        for column in thesis.TABLES[MULTI_TASK[task]].columns:
+            out[MULTI_TASK[task], "lp", column] = [(SINGLE_TASK[task], "lp", column)]
+    out["4.2", "zs", "global"] = [("4.2", "zs", task) for task in AVERAGED]
+    for table_id, task in (("4.5", "age"), ("4.6", "gender")):
+        for row in thesis.TABLES[table_id].rows:
+            out[table_id, row, "average"] = [(table_id, row, c) for c in AVERAGED[task]]
+    for table_id, per_test_set in (("4.11", SINGLE_TASK), ("4.12", MULTI_TASK)):
+        for row in thesis.TABLES[table_id].rows:
+            for task in AVERAGED:
+                out[table_id, row, task] = task_average_sources(per_test_set, row, task)
+            out[table_id, row, "overall"] = [(table_id, row, task) for task in AVERAGED]
+    for row in thesis.TABLE_4_7.rows:
+        method, weighting = row.split("/")
+        if weighting == "uw":  # §4.4.1: the multi-task models of Tables 4.8-4.12 use UW
+            for task in AVERAGED:
+                out["4.7", row, task] = task_average_sources(MULTI_TASK, method, task)
+        out["4.7", row, "overall"] = [("4.7", row, task) for task in AVERAGED]
+    for row in thesis.TABLE_4_14.rows:  # the multi-task overall average (merged DoRA = DoRA)
+        method = {"dora_merged": "dora"}.get(row, row)
+        out["4.14", row, "avg_acc"] = [("4.12", method, task) for task in AVERAGED]
+    for method in ("mtlora", "dora"):  # Table 4.13's own rows and Fig. 4.3's captions
+        for column in thesis.TABLE_4_13.columns:
+            out["4.13", method, column] = [(MULTI_TASK[column.split("/")[1]], method, column)]
+        for dataset in ("fairface", "utkface"):
+            out["fig4.3", f"{method}/{dataset}", "accuracy"] = [("4.9", method, f"{dataset}/age")]
+    return out
+
+
+def test_derived_cells_disagree_exactly_where_a_cell_note_says_so():
+    """A printed mean of n >= 2 two-decimal cells may differ from their recomputed mean by up to
+    0.005 (rounding of the cells) + 0.005 (rounding of the mean); a repeated cell must be equal."""
+    derived = derived_cells()
+    disagree = set()
+    for (table_id, row, column), sources in derived.items():
+        mean = sum(thesis.TABLES[t].value(r, c) for t, r, c in sources) / len(sources)
+        tolerance = 0.01 if len(sources) > 1 else 0.0
+        if abs(thesis.TABLES[table_id].value(row, column) - mean) > tolerance + 1e-9:
+            disagree.add((table_id, row, column))
+    noted = {cell for cell in derived if cell[1:] in thesis.TABLES[cell[0]].cell_notes}
+    assert disagree == noted
+    # the check is not vacuous: the review's findings are among the disagreements
+    assert {("4.5", "lp", "average"), ("4.5", "ap", "average"), ("4.9", "lp", "fairface/age"),
+            ("4.11", "lp", "age"), ("4.12", "lp", "emotion"), ("4.14", "zs", "avg_acc")} <= disagree
+
+
+def test_parameter_percentages_disagree_exactly_where_a_cell_note_says_so():
+    for method, (trainable, total, percent) in thesis.PARAMS.rows.items():
+        disagrees = round(100 * trainable / total, 2) != percent
+        assert disagrees == ((method, "percent") in thesis.PARAMS.cell_notes), method
+    assert thesis.PARAMS.cell_notes.keys() == {("ap", "percent"), ("ft4", "percent"),
+                                               ("mtlora", "percent")}

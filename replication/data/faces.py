@@ -2,13 +2,16 @@
 
 Three ways to get the face of an image (chosen per dataset in prepare.py):
 * ``ssd``   - the most confident SSD detection above a threshold (0.5 by default);
-* ``boxes`` - the face box the dataset ships (LAGENDA, RAF-DB, VGGFace2 loose boxes);
+* ``boxes`` - the face box the dataset ships (LAGENDA, RAF-DB, VGGFace2 loose boxes), which
+  §2.7 prefers to the SSD wherever a record has one;
 * ``none``  - the whole image, for datasets that ship aligned face chips.
 A box is turned into a square crop with a margin and resized to the model resolution
 (§3.1: images are resized to 336 px). The margin is not stated in the thesis.
 
 Images are decoded with Pillow, which (unlike cv2.imread) reports truncated files instead
 of returning a half-grey picture; grayscale and alpha images are converted and reported.
+Like cv2.imread (the thesis's OpenCV pipeline), the EXIF orientation is applied, so shipped
+boxes, given in the displayed orientation, land on the face.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 Box = tuple[float, float, float, float]
 
@@ -124,6 +127,7 @@ def load_rgb(path: Path) -> tuple[np.ndarray, list[str]]:
             warnings.simplefilter("ignore")  # e.g. PIL's "palette images with transparency"
             with Image.open(path) as im:
                 im.load()  # raises OSError on truncated data
+                im = ImageOps.exif_transpose(im)  # as cv2.imread does (IMREAD_COLOR honours EXIF)
                 if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
                     notes.append("alpha_dropped")
                     # Composite on white rather than keeping arbitrary colours under alpha=0.

@@ -3,12 +3,17 @@
     python -m replication prepare --data-root RAW --out PREPARED [--detector ssd|boxes|none]
         [--detector-dir DIR] [--aligned utkface,celebahq] [--size 336] [--workers N] [--seed 0]
 
-How the face of each dataset is found (``crop_mode``):
-* LAGENDA always uses its provided face boxes (§2.7 "using the already provided bounding boxes").
-* ``--detector ssd`` (default, the thesis): every other dataset goes through the res10 SSD.
-* ``--detector boxes``: RAF-DB / VGGFace2 use their shipped boxes (a record without one is
-  skipped as ``no_box``); datasets that ship no boxes (FairFace, UTKFace, CelebA-HQ, all
-  distributed as face chips) use the whole image.
+How the face of each dataset is found (``crop_mode``); §2.7 crops "using a DNN
+(res10_300x300_ssd_iter_140000_fp1) ... or using the already provided bounding boxes by the
+authors if present":
+* LAGENDA always uses its provided face boxes (a person without one is skipped by its reader).
+* ``--detector ssd`` (default, the thesis): RAF-DB / VGGFace2 records with a shipped box are
+  cropped from it, records without one go through the res10 SSD (``box_else_ssd``, listed
+  under the note ``no_shipped_box_ssd_used``); the other datasets ship no boxes and all go
+  through the SSD.
+* ``--detector boxes`` (no SSD; the demo): RAF-DB / VGGFace2 use their shipped boxes (a record
+  without one is skipped as ``no_box``); datasets that ship no boxes (FairFace, UTKFace,
+  CelebA-HQ, all distributed as face chips) use the whole image.
 * ``--detector none`` or ``--aligned DATASETS``: whole image (for aligned face chips).
 When the SSD finds no face, FairFace keeps the image with the whole image as a fallback crop
 (Table 3.2 counts all 86,744 FairFace images); other datasets skip it as ``no_face``.
@@ -41,18 +46,20 @@ BOXED = ("lagenda", "rafdb", "vggface2")  # datasets that can ship face boxes
 NO_FACE_FALLBACK = ("fairface",)  # keep the whole image when the SSD finds no face
 MANIFEST_COLUMNS = ["path", "dataset", "split", "age", "gender", "emotion"]
 MAX_LISTED = 1000  # names listed per reason in report.json (counts are always complete)
-# Settings that change the crops; a resumed run must use the same ones.
-CROP_SETTINGS = ("detector", "aligned", "size", "margin", "threshold")
+# Settings that change the crops; a resumed run must use the same ones. "crop" is every
+# dataset's crop_mode, so a folder cropped under another box policy is not silently reused.
+CROP_SETTINGS = ("detector", "aligned", "crop", "size", "margin", "threshold")
 
 
 def crop_mode(dataset: str, detector: str, aligned: tuple[str, ...] = ()) -> str:
+    """``boxes`` | ``box_else_ssd`` | ``ssd`` | ``none`` (module docstring)."""
     if dataset == "lagenda":
         return "boxes"
     if detector == "none" or dataset in aligned:
         return "none"
-    if detector == "boxes":
-        return "boxes" if dataset in BOXED else "none"
-    return "ssd"
+    if dataset in BOXED:
+        return "boxes" if detector == "boxes" else "box_else_ssd"
+    return "none" if detector == "boxes" else "ssd"
 
 
 # ---------------------------------------------------------------- one image (runs in workers)
@@ -81,7 +88,18 @@ def _crop_one(task: tuple[Record, str, str]) -> tuple[str, str | None, list[str]
 def _crop_decoded(record: Record, rgb, notes: list[str], mode: str, out_path: Path):
     s = _WORKER
     h, w = rgb.shape[:2]
-    if mode == "ssd":
+    box = record.box
+    if mode == "none":
+        crop = resize(rgb, s["size"])
+    elif box is not None:  # §2.7: "the already provided bounding boxes by the authors if present"
+        if box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h:
+            return record.key, "box_outside_image", notes
+        crop = square_crop(rgb, box, s["size"], s["margin"])
+    elif mode == "boxes":
+        return record.key, "no_box", notes
+    else:  # ssd, or box_else_ssd for a record its dataset ships no box for
+        if mode == "box_else_ssd":
+            notes.append("no_shipped_box_ssd_used")
         if s["ssd"] is None:
             s["ssd"] = SSDFaceDetector.from_dir(s["detector_dir"], s["threshold"])
         found = s["ssd"].detect(rgb)
@@ -92,15 +110,6 @@ def _crop_decoded(record: Record, rgb, notes: list[str], mode: str, out_path: Pa
             crop = resize(rgb, s["size"])
         else:
             return record.key, "no_face", notes
-    elif mode == "boxes":
-        box = record.box
-        if box is None:
-            return record.key, "no_box", notes
-        if box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h:
-            return record.key, "box_outside_image", notes
-        crop = square_crop(rgb, box, s["size"], s["margin"])
-    else:
-        crop = resize(rgb, s["size"])
     save_jpeg(crop, out_path)
     return record.key, None, notes
 
@@ -143,10 +152,11 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
     if not present:
         raise FileNotFoundError(f"no dataset folder in {root}: expected some of {', '.join(datasets)} "
                                 "(see the README for the layout of each)")
-    modes = {d: crop_mode(d, detector, tuple(aligned)) for d in present}
-    if ssd is None and "ssd" in modes.values():
+    crop = {d: crop_mode(d, detector, tuple(aligned)) for d in DATASETS}
+    modes = {d: crop[d] for d in present}
+    if ssd is None and {"ssd", "box_else_ssd"} & set(modes.values()):
         locate_ssd_files(detector_dir)  # fail before any work, with download instructions
-    settings = dict(detector=detector, aligned=sorted(aligned), size=size, margin=margin,
+    settings = dict(detector=detector, aligned=sorted(aligned), crop=crop, size=size, margin=margin,
                     threshold=threshold, detector_dir=None if detector_dir is None else str(detector_dir))
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, settings)

@@ -13,7 +13,8 @@ Formats: shared/docs/dataset-formats.md (one section per dataset, cited below).
 Expected layout under the raw data root (one folder per dataset id):
 
     fairface/  fairface_label_{train,val}.csv, fairface-img-margin025-trainval/{train,val}/N.jpg
-    utkface/   UTKFace/<age>_<gender>_<race>_<datetime>.jpg.chip.jpg   (or part1..3/ wild images)
+    utkface/   part1..3/<age>_<gender>_<race>_<datetime>.jpg   (in-the-wild), or
+               UTKFace/<age>_<gender>_<race>_<datetime>.jpg.chip.jpg   (aligned chips)
     lagenda/   lagenda_annotation.csv, lag_benchmark/<hash>.jpg.jpg
     rafdb/     basic/EmoLabel/list_patition_label.txt, basic/Image/original/*.jpg,
                basic/Annotation/manual/*_manu_attri.txt, [basic/Annotation/boundingbox/*]
@@ -144,11 +145,21 @@ def read_utkface_names(names: Iterable[str], image_dir: Path, result: ReadResult
 
 
 def read_utkface(folder: Path) -> ReadResult:
-    """The aligned ``UTKFace/`` folder if present, else the in-the-wild ``part1..3`` folders."""
+    """The in-the-wild ``part1..3`` folders if present, else the aligned ``UTKFace/`` folder.
+
+    §2.7.2 counts 24,103 UTKFace images, which fits the in-the-wild release, not the 23,708
+    aligned chips (formats.md §2); reading the chips is therefore noted in the report.
+    """
     result = ReadResult("utkface")
-    dirs = [folder / "UTKFace"] if (folder / "UTKFace").is_dir() else sorted(folder.glob("part[0-9]"))
+    dirs = sorted(d for d in folder.glob("part[0-9]") if d.is_dir())
+    if not dirs and (folder / "UTKFace").is_dir():
+        dirs = [folder / "UTKFace"]
+        result.notes["aligned_chips_used"].append(
+            f"{dirs[0]}: the aligned chips (23,708 in the release) are used; §2.7.2 counts 24,103 "
+            "in-the-wild images (part1..3/)")
     if not dirs:
-        raise FileNotFoundError(f"UTKFace images not found: expected {folder}/UTKFace/ or {folder}/part1/")
+        raise FileNotFoundError(f"UTKFace images not found: expected {folder}/part1/ (in-the-wild, "
+                                f"the thesis's 24,103 images) or {folder}/UTKFace/ (aligned chips)")
     for d in dirs:
         read_utkface_names(sorted(p.name for p in d.iterdir() if p.is_file()), d, result)
     return result
@@ -178,7 +189,7 @@ def read_lagenda(folder: Path) -> ReadResult:
             try:
                 age = float(row["age"])
                 box = tuple(float(row[c]) for c in box_cols)
-            except ValueError:
+            except (ValueError, TypeError):  # TypeError: a short row leaves the last columns None
                 result.skip("unknown_label", name)
                 continue
             gender = LAGENDA_GENDERS.get(row["gender"].strip())
@@ -256,9 +267,16 @@ def read_rafdb(folder: Path) -> ReadResult:
     list_file = _first_existing(basic / "EmoLabel" / n for n in RAFDB_LIST_NAMES)
     if list_file is None:
         raise FileNotFoundError(f"RAF-DB label list not found: expected {basic}/EmoLabel/{RAFDB_LIST_NAMES[0]}")
+    manual_dir = basic / "Annotation" / "manual"
+    if not manual_dir.is_dir():
+        # Without it every training image has an unknown gender and compose.py removes them all
+        # (Table 3.2's 9,215 emotion samples all carry a gender): no emotion training data at all.
+        raise FileNotFoundError(
+            f"RAF-DB gender annotations not found: expected the folder {manual_dir} (manual.zip, "
+            "*_manu_attri.txt); training images need their gender (Table 3.2, §3.7.2 multi-task training)")
     bbox_dir = basic / "Annotation" / "boundingbox"
     read_rafdb_list(list_file, basic / "Image" / "original", result,
-                    manual_dir=basic / "Annotation" / "manual",
+                    manual_dir=manual_dir,
                     bbox_dir=bbox_dir if bbox_dir.is_dir() else None)
     return result
 
@@ -342,8 +360,16 @@ def parse_loose_boxes(path: Path) -> dict[str, Box]:
     """``loose_bb_test.csv``: NAME_ID,X,Y,W,H (xywh) -> {NAME_ID.jpg: xyxy}."""
     boxes = {}
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            x, y, w, h = (float(row[c]) for c in ("X", "Y", "W", "H"))
+        reader = csv.DictReader(f)
+        missing = {"NAME_ID", "X", "Y", "W", "H"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: header {reader.fieldnames} lacks columns {sorted(missing)}")
+        for row in reader:
+            try:
+                x, y, w, h = (float(row[c]) for c in ("X", "Y", "W", "H"))
+            except (ValueError, TypeError):  # TypeError: a short row leaves the last columns None
+                raise ValueError(f"{path} line {reader.line_num}: expected NAME_ID and four numbers X,Y,W,H, "
+                                 f"got {list(row.values())}") from None
             boxes[row["NAME_ID"] + ".jpg"] = (x, y, x + w, y + h)
     return boxes
 
