@@ -426,6 +426,9 @@ class Trainer:
         root = Path(cfg.prepared)
         self.train_set = TrainingSet(cfg, read_split(cfg, "train"))
         self.val_frame = read_split(cfg, "val")
+        unlabelled = [t for t in cfg.tasks if (self.val_frame[t] == MISSING).all()]
+        if unlabelled:  # §4.1 selection and §3.1 stopping would compare NaN accuracies
+            raise ValueError(f"{Path(cfg.prepared) / 'manifest.csv'}: no val rows labelled for {unlabelled}")
         self.train_images = FaceDataset(root, self.train_set.frame, cfg.tasks, train_transform(size))
         self.val_images = FaceDataset(root, self.val_frame, cfg.tasks, eval_transform(size))
         self.sampler = BalancedSampler(self.train_set.weights, cfg.seed, self.d.rank, self.d.world_size)

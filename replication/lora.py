@@ -158,6 +158,9 @@ class DoRALinear(LoRALinear):
         # D + D (ratio - 1) with D = V x + b / ratio: the bias rides in the W0 GEMM, so the whole rescale is one
         # fused pass, and ratio - 1, small, keeps its precision in half precision where ratio itself would
         # round to a 2^-7 grid near 1 that hides the magnitudes' small moves from the forward pass.
+        # It assumes m stays far from 0 (it starts at W0's row norms and trains at 1e-5), where b / ratio
+        # would blow up; and m's gradient then comes from two sums that cancel as far as the bias outweighs
+        # W x (relative error measured at bias std 8.6x that of W0 x: 4e-2 in bf16, 4e-3 in fp16).
         ratio = self.magnitude / self.weight_norm()  # fp32; the gradient reaches m only
         bias = None if self.bias is None else self.bias / ratio
         directional = add_low_rank(F.linear(x, self.weight, bias), self.dropout(x), self.lora_a, self.lora_b,

@@ -59,9 +59,9 @@ def test_two_gloo_ranks_hold_identical_weights(tmp_path):
     assert (run / "DONE").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-# 8 rows; age labelled on 5, emotion on 3, unevenly: rank 0 holds rows 0-3 (one emotion label), rank 1 rows
-# 4-7 (two emotion labels, no age label in row 7)
-_LABELS = [[3, -1], [0, -1], [8, 2], [5, -1], [1, 6], [-1, -1], [4, 0], [-1, -1]]
+# 8 rows (age, gender, emotion) split over 2 ranks: rank 0 holds rows 0-3 (4 age labels, no emotion label),
+# rank 1 rows 4-7 (2 age and 3 emotion labels); no row has a gender label
+_LABELS = [[3, -1, -1], [0, -1, -1], [8, -1, -1], [5, -1, -1], [1, -1, 6], [-1, -1, 2], [4, -1, 0], [-1, -1, 3]]
 _SPLIT = """
 import sys, torch
 from torch import nn
@@ -77,6 +77,7 @@ total, _ = objective(x[rows], y[rows])
 total.backward()
 if d.rank == 0:
     torch.save({{n: p.grad for n, p in objective.module.named_parameters()}}, {out!r})
+distributed.barrier(d)  # no rank leaves the group while another still works in it
 distributed.teardown(d)
 """
 
@@ -84,7 +85,7 @@ distributed.teardown(d)
 class _Heads(nn.Module):
     def __init__(self):
         super().__init__()
-        self.heads = nn.ModuleDict({"age": nn.Linear(5, 9), "emotion": nn.Linear(5, 7)})
+        self.heads = nn.ModuleDict({"age": nn.Linear(5, 9), "gender": nn.Linear(5, 2), "emotion": nn.Linear(5, 7)})
 
     def forward(self, x):
         return {t: head(x) for t, head in self.heads.items()}
@@ -93,7 +94,7 @@ class _Heads(nn.Module):
 def _objective(d=None):
     torch.manual_seed(0)
     extra = {} if d is None else {"dist": d}
-    return Objective(_Heads(), make_weighting("uw", ("age", "emotion")), cached=False, **extra)
+    return Objective(_Heads(), make_weighting("uw", ("age", "gender", "emotion")), cached=False, **extra)
 
 
 def _batch():
@@ -101,8 +102,10 @@ def _batch():
 
 
 def test_a_batch_split_over_two_ranks_has_the_whole_batchs_gradient(tmp_path):
-    """§3.7.1's masked mean is over the global batch: each rank divides by the labelled count of all ranks,
-    so a rank with one emotion label does not weigh as much as one with two (DDP then averages)."""
+    """§3.7.1's masked mean is over the global batch: each rank divides by the labelled count of all ranks
+    (DDP then averages), so a rank with 2 age labels does not weigh as much as one with 4, and emotion,
+    absent on one rank, is still present in the global batch for uncertainty weighting; gender, absent
+    everywhere, leaves its s untouched."""
     script = tmp_path / "split.py"
     script.write_text(_SPLIT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "grads.pt")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -116,4 +119,5 @@ def test_a_batch_split_over_two_ranks_has_the_whole_batchs_gradient(tmp_path):
     total.backward()
     for name, p in whole.named_parameters():
         torch.testing.assert_close(split[name], p.grad, rtol=1e-5, atol=1e-7)
-    assert split["weighting.log_vars"].abs().min() > 0  # both tasks present in the global batch
+    s_grad = split["weighting.log_vars"]
+    assert s_grad[0] != 0 and s_grad[1] == 0 and s_grad[2] != 0

@@ -239,3 +239,13 @@ def test_validation_accuracy_is_pooled_over_the_validation_datasets():
               "gender": torch.tensor([[2.0, 0.0], [0.0, 2.0], [9.0, 0.0], [9.0, 0.0]])}
     out = engine.validation_metrics(logits, frame, ("age", "gender"))
     assert out["val_accuracy"] == {"age": 0.75, "gender": 1.0} and out["val_average_accuracy"] == 0.875
+
+
+def test_a_task_without_validation_labels_is_an_error(prepared, tmp_path):
+    """§4.1 selection and §3.1 stopping would compare NaN accuracies: stop at once, naming the task."""
+    frame = pd.read_csv(prepared / "manifest.csv")
+    frame.loc[frame["split"] == "val", "emotion"] = -1
+    (tmp_path / "p").mkdir()
+    frame.to_csv(tmp_path / "p" / "manifest.csv", index=False)
+    with pytest.raises(ValueError, match=r"no val rows labelled for \['emotion'\]"):
+        engine.Trainer(_cfg(tmp_path / "p", tmp_path / "runs"))
