@@ -325,7 +325,7 @@ def _infer(fn, inputs, cfg: TrainConfig, args, device, peak: float) -> dict:
 
 # --- one method ------------------------------------------------------------------------------------------
 def bench_method(method: str, args, device: torch.device, peak: float) -> dict:
-    """Training step, inference (merged where possible) and, for LP, the feature-caching pass."""
+    """Training step, inference (merged where possible) and, for LP, the frozen encoder alone."""
     cfg = _train_config(method, args)
     adapted = build_model(cfg)
     model = adapted.model.to(device).train()
@@ -548,7 +548,7 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         if "cache" in r:
             c = r["cache"]
-            lines.append(f"LP feature-caching pass: {c['images_per_s']:.1f} img/s, {c['tflops']:.2f} TFLOP/s "
+            lines.append(f"LP frozen-encoder pass (in every LP step): {c['images_per_s']:.1f} img/s, {c['tflops']:.2f} TFLOP/s "
                          f"({100 * c['frac_of_peak']:.1f}% of peak), {c['gflop_per_image']:.2f} GFLOP/img")
     trained = {r["method"]: r for r in result["rows"] if "train" in r}
     if "lora" in trained and "dora" in trained:

@@ -185,7 +185,9 @@ def test_runs_are_repeatable_whatever_the_workers_and_gradient_checkpointing(pre
 def test_lp_trains_on_augmented_images_unless_asked_to_cache(prepared, tmp_path):
     """§3.1: every method's samples go through Listing 3.1's random transformations, LP's too."""
     trainer = engine.Trainer(_cfg(prepared, tmp_path, method="lp"))
-    assert not trainer.cached and trainer.train_images.transform is not trainer.val_images.transform
+    assert not trainer.cached
+    images, _ = next(trainer._batches(None))  # the training loader's images, not cached embeddings
+    assert images.shape == (8, 3, 64, 64)
 
 
 def test_lp_embeddings_are_computed_once(prepared, tmp_path, monkeypatch):
