@@ -3,7 +3,8 @@
 # expected wall-clock. Each step writes its JSON and its printed output (.log; the estimate: .md) into one
 # results folder.
 #
-#   bash benchmarks/gpu.sh [STEP ...]      steps: profile no-checkpointing compile wall-clock (default: all)
+#   bash benchmarks/gpu.sh [STEP ...]      steps: profile all-blocks no-checkpointing compile wall-clock
+#                                          (default: all)
 #
 # Environment: PYTHON is the interpreter (default python3). RESULTS names the folder (default
 # benchmarks/results/<date>-<gpu name>; give the same one when the steps run in separate calls). BENCH_ARGS
@@ -21,15 +22,18 @@ mkdir -p "$RESULTS"
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of words
 bench() { PYTHONUNBUFFERED=1 "$PYTHON" -m replication bench "$@" ${BENCH_ARGS:-}; }
 
-profile() {  # every method as the full profile trains it (LoRA, DoRA, MTLoRA checkpointed), peft alike, the loader
-  bench --grad-checkpointing profile --peft --data-loading --out "$RESULTS/profile.json" | tee "$RESULTS/profile.log"
+profile() {  # every method as the full profile trains it (LoRA, DoRA, MTLoRA partly checkpointed), peft alike, the loader
+  bench --checkpoint-blocks profile --peft --data-loading --out "$RESULTS/profile.json" | tee "$RESULTS/profile.log"
+}
+all-blocks() {  # what checkpointing every block would cost instead of the profile's first blocks
+  bench --methods lora,dora,mtlora --checkpoint-blocks all --out "$RESULTS/all-blocks.json" | tee "$RESULTS/all-blocks.log"
 }
 no-checkpointing() {  # the adapters' own cost without recomputation, ours and peft's, at a batch that fits 80 GB
   bench --methods lora,dora --peft --batch 32 --out "$RESULTS/no-checkpointing-batch32.json" \
     | tee "$RESULTS/no-checkpointing-batch32.log"
 }
 compile() {  # torch.compile and the fused AdamW kernel, same terms as `profile`
-  bench --methods ap,ft4,lora,dora,mtlora --grad-checkpointing profile --compile --fused-adamw \
+  bench --methods ap,ft4,lora,dora,mtlora --checkpoint-blocks profile --compile --fused-adamw \
     --out "$RESULTS/compile-fused-adamw.json" | tee "$RESULTS/compile-fused-adamw.log"
 }
 wall-clock() {  # the 19 training runs at the rates of `profile`
@@ -37,7 +41,7 @@ wall-clock() {  # the 19 training runs at the rates of `profile`
     | tee "$RESULTS/wall-clock.md"
 }
 
-for step in "${@:-profile no-checkpointing compile wall-clock}"; do
+for step in "${@:-profile all-blocks no-checkpointing compile wall-clock}"; do
   for s in $step; do
     echo "== $s -> $RESULTS"
     "$s"

@@ -37,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ from replication.labels import NUM_CLASSES
 from replication.lora import adapter_modules, merge_adapters
 from replication.losses import make_weighting
 from replication.methods import METHODS
+from replication.pe import Transformer
 from replication.profiles import get_profile
 from replication.reproduce import training_runs
 from replication.sampling import emotion_replication_factor
@@ -146,32 +148,35 @@ class SavedTensors:
     low-precision weight copies are. The count depends on the model and batch, not on the device, so a CPU
     run at a small batch predicts a GPU's activation memory at batch 128.
 
+    What counts is what the graph still holds when the scope ends: a tensor saved by a part of the graph the
+    forward then drops (peft's DoRA builds some) is freed by then and left out.
+
     With activation checkpointing the hooks see what is saved outside the checkpointed blocks and the input
     each checkpointed block keeps for its recomputation (torch saves it like any other tensor); the one
     block recomputed at a time during backward is not included."""
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
-        self.storages: dict[int, int] = {}
+        self.bytes = 0
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()  # views of one tensor share it: counted once
+        storage = t.untyped_storage()
         if storage.data_ptr() not in self._params:
-            self.storages[storage.data_ptr()] = storage.nbytes()
+            self._saved.append((weakref.ref(t), storage.data_ptr(), storage.nbytes()))
         return t
 
     def __enter__(self) -> "SavedTensors":
         self._params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        self._saved = []
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
-
-    @property
-    def bytes(self) -> int:
-        return sum(self.storages.values())
+        held = {ptr: nbytes for ref, ptr, nbytes in self._saved if ref() is not None}  # views share a storage
+        self.bytes = sum(held.values())
+        self._saved = []
 
 
 # --- timing ----------------------------------------------------------------------------------------------
@@ -253,16 +258,48 @@ def _rates(times: list[float], batch: int, flops: int, peak: float) -> dict:
             "frac_of_peak": flops / median / 1e12 / peak}
 
 
-def checkpointed(method: str, mode: str) -> bool:
-    """Whether --grad-checkpointing `mode` checkpoints `method`'s blocks: off, on (every method) or profile
-    (as the full profile trains it: `Profile.checkpointed_methods`)."""
-    return mode == "on" or (mode == "profile" and method in get_profile("full").checkpointed_methods)
+def checkpoint_blocks(method: str, mode: str, config: str) -> int:
+    """How many of the first blocks --checkpoint-blocks `mode` checkpoints for `method`: off (none), all,
+    profile (as the full profile trains it: `Profile.checkpoint_blocks`) or a number."""
+    if mode == "profile":
+        return get_profile("full").checkpoint_blocks.get(method, 0)
+    named = {"off": 0, "all": get_config(config).vision.layers}
+    return named[mode] if mode in named else int(mode)
+
+
+def _checkpoint_mode(text: str) -> str:
+    if text in ("off", "all", "profile") or (text.isdigit() and int(text) >= 0):
+        return text
+    raise argparse.ArgumentTypeError(f"expected off, all, profile or a number of blocks, got {text!r}")
 
 
 def _train_config(method: str, args) -> TrainConfig:
     return TrainConfig(method=method, tasks=tuple(NUM_CLASSES), weighting="uw", model_config=args.config,
                        batch_size=args.batch, amp=AMP[args.dtype],
-                       grad_checkpointing=checkpointed(method, args.grad_checkpointing), device=args.device)
+                       checkpoint_blocks=checkpoint_blocks(method, args.checkpoint_blocks, args.config),
+                       device=args.device)
+
+
+def _param_counts(model: torch.nn.Module) -> dict:
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def _blocks(model: torch.nn.Module) -> dict:
+    """The backbone's block stack: its length, how many of its blocks build an autograd graph (from the first
+    with a trainable parameter on; the frozen ones before it run forward only) and how many of those the
+    model checkpoints (`pe.Transformer.checkpoint_blocks`)."""
+    transformer = next(m for m in model.modules() if isinstance(m, Transformer))
+    blocks = transformer.resblocks
+    trains = [any(p.requires_grad for p in b.parameters()) for b in blocks]
+    graph = len(blocks) - (trains.index(True) if any(trains) else len(blocks))
+    return {"blocks": len(blocks), "graph_blocks": graph,
+            "checkpointed_blocks": _checkpointed(transformer.checkpoint_blocks, len(blocks), graph)}
+
+
+def _checkpointed(first: int, blocks: int, graph_blocks: int) -> int:
+    """Graph-building blocks among the `first` checkpointed ones (the graph starts `blocks - graph_blocks` in)."""
+    return max(0, min(first, blocks) - (blocks - graph_blocks))
 
 
 class _Step:
@@ -277,7 +314,6 @@ class _Step:
         self.autocast = engine._autocast(cfg, device)
         self.objective = engine.Objective(model, weighting, cached)
         self.run = self.objective
-        self.checkpointing = cfg.grad_checkpointing
 
     def __call__(self, inputs, targets) -> None:
         engine.train_step(self.run, self.optimizer, self.scaler, inputs, targets, self.autocast)
@@ -302,8 +338,8 @@ class _Step:
         times = time_calls(lambda: self(inputs, targets), device, args.steps, args.warmup)
         row = {**_rates(times, args.batch, counter.training, peak), **_peak_memory(device)}
         row["executed_gflop_per_image"] = (counter.forward + counter.backward) / args.batch / 1e9
-        row["grad_checkpointing"] = self.checkpointing
         row["saved_activation_gib"] = saved.bytes / 2**30
+        row.update(_blocks(self.objective))
         return row
 
 
@@ -330,7 +366,7 @@ def bench_method(method: str, args, device: torch.device, peak: float) -> dict:
     adapted = build_model(cfg)
     model = adapted.model.to(device).train()
     images, targets = _synthetic_batch(args.batch, model_image_size(args.config), device)
-    row = {"method": method, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    row = {"method": method, **_param_counts(model)}
 
     if getattr(model, "frozen_backbone", False):
         # §3.3: the frozen encoder's forward and the heads' step, timed apart (wall_clock adds them up)
@@ -410,8 +446,7 @@ def bench_peft(method: str, args, device: torch.device, peak: float) -> dict | N
 
     step = _Step(cfg, adapted, model, device, cached=False, fused_adamw=args.fused_adamw, groups=groups)
     return {"method": f"peft-{method}", "peft_version": peft.__version__, "target_modules": len(adapters),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "train_input": "images", "train": step.measure(images, targets, args, device, peak)}
+            **_param_counts(model), "train_input": "images", "train": step.measure(images, targets, args, device, peak)}
 
 
 # --- input pipeline --------------------------------------------------------------------------------------
@@ -487,7 +522,7 @@ def run(args, argv: list[str], out: Path) -> dict:
         "cuda": torch.version.cuda, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m replication bench " + shlex.join(argv), "config": args.config,
         "image_size": model_image_size(args.config), "dtype": args.dtype, "batch": args.batch,
-        "steps": args.steps, "warmup": args.warmup, "grad_checkpointing": args.grad_checkpointing,
+        "steps": args.steps, "warmup": args.warmup, "checkpoint_blocks": args.checkpoint_blocks,
         "compile": args.compile, "fused_adamw": args.fused_adamw, "weights": "random (architecture only)",
         "step": "engine.train_step: masked CE, uncertainty weighting, AdamW (method's param groups)",
         "timing": "median of timed steps (CUDA events after synchronize), warm-up steps excluded",
@@ -525,6 +560,11 @@ def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _ckpt(train: dict) -> str:
+    """Checkpointed / graph-building blocks of a training measurement ("no" without checkpointing)."""
+    return f"{train['checkpointed_blocks']}/{train['graph_blocks']}" if train["checkpointed_blocks"] else "no"
+
+
 def format_table(result: dict) -> str:
     """A Markdown table, one row per method (and per peft variant), then the derived ratios."""
     head = ("method", "ckpt", "train img/s", "step ms", "peak GiB", "saved GiB", "TFLOP/s", "% peak", "GFLOP/img",
@@ -537,7 +577,7 @@ def format_table(result: dict) -> str:
         t, i = r["train"], r.get("infer")
         table.append((
             r["method"] + (" (cached features)" if r["train_input"] == "cached features" else ""),
-            "yes" if t.get("grad_checkpointing") else "no", _fmt(t["images_per_s"], ".1f"), _fmt(t["step_ms"], ".1f"),
+            _ckpt(t), _fmt(t["images_per_s"], ".1f"), _fmt(t["step_ms"], ".1f"),
             _fmt(t["peak_alloc_gib"], ".1f"),
             _fmt(t["saved_activation_gib"], ".2f"), _fmt(t["tflops"], ".2f"), _fmt(100 * t["frac_of_peak"], ".1f"),
             _fmt(t["gflop_per_image"], ".2f"),
@@ -563,7 +603,7 @@ def format_table(result: dict) -> str:
         lines.append(f"data loading ({dl['workers']} workers, {dl['image_size']} px): {dl['images_per_s']:.1f} img/s"
                      + (f" = {ratios} training rate" if ratios else ""))
     lines.append(f"{result['device']}, torch {result['torch']}, {result['config']}, {result['dtype']}, "
-                 f"batch {result['batch']}, grad checkpointing {result['grad_checkpointing']}, "
+                 f"batch {result['batch']}, checkpoint blocks {result['checkpoint_blocks']}, "
                  f"measured bf16 matmul peak {result['peak_bf16_tflops']:.2f} TFLOP/s")
     return "\n".join(lines)
 
@@ -577,38 +617,86 @@ def write_json(result: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _mode(value) -> str:
-    """A result's grad_checkpointing as off/on/profile (results written before the profile mode hold a bool)."""
-    return ("off", "on")[value] if isinstance(value, bool) else value
-
-
 def project_activations(small: dict, large: dict, batch: int) -> dict:
     """Saved activations at `batch` from two bench results (same config, dtype and checkpointing) taken at
     two smaller batches, e.g. on a CPU: per method, saved = fixed + per_image x batch through the two
     points (the activations grow with the batch; the fixed part is autocast's low-precision weight copies)."""
-    same = ("config", "dtype", "grad_checkpointing")
-    if any(_mode(small[k]) != _mode(large[k]) for k in same) or small["batch"] == large["batch"]:
+    same = ("config", "dtype", "checkpoint_blocks")
+    if any(small[k] != large[k] for k in same) or small["batch"] == large["batch"]:
         raise ValueError(f"project_activations needs two results that differ in batch only ({', '.join(same)}): "
                          f"got {[small[k] for k in same + ('batch',)]} and {[large[k] for k in same + ('batch',)]}")
     (b1, r1), (b2, r2) = sorted(((r["batch"], r) for r in (small, large)), key=lambda x: x[0])
 
-    def saved(result):
-        return {r["method"]: r["train"]["saved_activation_gib"]
-                for r in result["rows"] + result["peft"] if "train" in r}
+    def trained(result):
+        return {r["method"]: r for r in result["rows"] + result["peft"] if "train" in r}
 
-    s1, s2 = saved(r1), saved(r2)
+    t1, t2 = trained(r1), trained(r2)
     rows = []
-    for method in (m for m in s1 if m in s2):
-        per_image = (s2[method] - s1[method]) / (b2 - b1)
-        fixed = s1[method] - per_image * b1
+    for method in (m for m in t1 if m in t2):
+        s1, s2 = (t[method]["train"]["saved_activation_gib"] for t in (t1, t2))
+        per_image = (s2 - s1) / (b2 - b1)
+        fixed = s1 - per_image * b1
+        train = t2[method]["train"]
         rows.append({"method": method, "per_image_mib": per_image * 1024, "fixed_gib": fixed,
-                     "saved_gib": fixed + per_image * batch})
+                     "saved_gib": fixed + per_image * batch, "params": t2[method]["params"],
+                     "trainable_params": t2[method]["trainable_params"],
+                     **{k: train[k] for k in ("blocks", "graph_blocks", "checkpointed_blocks")}})
     return {**{k: small[k] for k in same}, "batch": batch, "from_batches": [b1, b2], "device": small["device"],
             "sources": [r1["command"], r2["command"]], "rows": rows,
             "note": "activations autograd keeps for backward (bench.SavedTensors), not the whole peak: add the "
                     "weights, gradients, AdamW state and the transient of the op running"
-                    + (" and of the one block recomputed at a time"
-                       if _mode(small["grad_checkpointing"]) != "off" else "")}
+                    + (" and of the one block recomputed at a time" if small["checkpoint_blocks"] != "off" else "")}
+
+
+# --- how many blocks to checkpoint ------------------------------------------------------------------------
+def plan_checkpointing(off: dict, every: dict, memory_gib: float, headroom: float) -> dict:
+    """The fewest first blocks each method must checkpoint for its batch to fit a card of `memory_gib`, from
+    two activation projections at that batch (`project_activations`): without checkpointing and with all.
+
+    A graph-building block left un-checkpointed keeps (off - all) / graph_blocks more activations (the blocks
+    are alike). On top of the activations come the fp32 weights (4 bytes per parameter) and each trainable
+    parameter's gradient and two AdamW moments (12 bytes). `headroom`, a share of the card, is left for what
+    the counts do not see: the allocator's fragmentation, the CUDA context and workspaces, the activation
+    gradients of backward and the transient of the op running. Every block left un-checkpointed saves one
+    block's forward recomputation per step. A GPU run with `--checkpoint-blocks profile` measures the peak."""
+    if off["batch"] != every["batch"] or off["config"] != every["config"] or off["dtype"] != every["dtype"] \
+            or (off["checkpoint_blocks"], every["checkpoint_blocks"]) != ("off", "all"):
+        raise ValueError("plan_checkpointing needs projections of one config, dtype and batch, without checkpointing "
+                         f"and with all blocks: got {[off[k] for k in ('config', 'dtype', 'batch', 'checkpoint_blocks')]}"
+                         f" and {[every[k] for k in ('config', 'dtype', 'batch', 'checkpoint_blocks')]}")
+    usable = memory_gib * (1 - headroom)
+    every_rows = {r["method"]: r for r in every["rows"]}
+    rows = []
+    for r in off["rows"]:
+        a = every_rows.get(r["method"])
+        if r["method"] not in METHODS or a is None:
+            continue
+        graph, blocks = r["graph_blocks"], r["blocks"]
+        fixed = (4 * r["params"] + 12 * r["trainable_params"]) / 2**30
+        per_block = (r["saved_gib"] - a["saved_gib"]) / graph if graph else 0.0
+        if graph == 0 or fixed + r["saved_gib"] <= usable:
+            left = graph  # fits without checkpointing, or checkpointing has nothing to free
+        else:
+            left = min(graph, max(0, int((usable - fixed - a["saved_gib"]) // per_block)))
+        saved = a["saved_gib"] + left * per_block
+        rows.append({"method": r["method"], "checkpoint_blocks": 0 if left == graph else blocks - left,
+                     "checkpointed_blocks": graph - left, "graph_blocks": graph, "per_block_gib": per_block,
+                     "fixed_gib": fixed, "saved_gib": saved, "planned_gib": fixed + saved,
+                     "fits": fixed + saved <= usable})
+    return {"config": off["config"], "dtype": off["dtype"], "batch": off["batch"], "memory_gib": memory_gib,
+            "headroom": headroom, "usable_gib": usable, "sources": off["sources"] + every["sources"], "rows": rows}
+
+
+def format_plan(plan: dict) -> str:
+    lines = [f"checkpointing plan for {plan['config']}, {plan['dtype']}, batch {plan['batch']} on "
+             f"{plan['memory_gib']:.2f} GiB ({plan['usable_gib']:.2f} GiB after {plan['headroom']:.0%} headroom):",
+             "| method | --checkpoint-blocks | checkpointed / graph blocks | GiB per block | weights + optimizer GiB "
+             "| activations GiB | planned GiB |", "|---|---|---|---|---|---|---|"]
+    for r in plan["rows"]:
+        lines.append(f"| {r['method']} | {r['checkpoint_blocks']} | {r['checkpointed_blocks']} / {r['graph_blocks']} | "
+                     f"{r['per_block_gib']:.2f} | {r['fixed_gib']:.2f} | {r['saved_gib']:.2f} | {r['planned_gib']:.2f}"
+                     + ("" if r["fits"] else " (does not fit)") + " |")
+    return "\n".join(lines)
 
 
 # --- wall-clock of the full replication -----------------------------------------------------------------
@@ -653,13 +741,18 @@ def wall_clock(result: dict, epochs: tuple[int, ...]) -> dict:
             gflop = n["draws"] * train["gflop_per_image"] + n["val"] * row["infer"]["gflop_per_image"]
         runs.append({
             "method": method, "tasks": list(tasks), "weighting": weighting, **n,
-            "grad_checkpointing": bool(train.get("grad_checkpointing")), "epoch_s": epoch_s,
+            "checkpointed_blocks": train["checkpointed_blocks"], "graph_blocks": train["graph_blocks"],
+            "epoch_s": epoch_s,
             "epoch_pflop": gflop / 1e6, "hours": {str(e): e * epoch_s / 3600 for e in epochs}})
     for method, row in sorted(rows_by_method.items()):
-        measured = bool(row.get("train", {}).get("grad_checkpointing"))
-        if "train" in row and measured != (method in profile.checkpointed_methods):
-            notes.append(f"{method} measured {'with' if measured else 'without'} activation checkpointing; the "
-                         f"full profile trains it {'with' if not measured else 'without'}")
+        if "train" not in row:
+            continue
+        measured = row["train"]["checkpointed_blocks"]
+        trained = _checkpointed(profile.checkpoint_blocks.get(method, 0), row["train"]["blocks"],
+                                row["train"]["graph_blocks"])
+        if measured != trained:
+            notes.append(f"{method} measured with {measured} checkpointed blocks; the full profile trains it "
+                         f"with {trained}")
     if result["config"] != profile.model_config:
         notes.append(f"rates of {result['config']}; the full profile trains {profile.model_config}")
     if AMP[result["dtype"]] != profile.amp:
@@ -683,7 +776,7 @@ def format_wall_clock(estimate: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in estimate["runs"]:
         name = f"{r['method']} {'-'.join(r['tasks'])}" + (f" {r['weighting']}" if r["weighting"] != "none" else "")
-        cells = (name, "yes" if r["grad_checkpointing"] else "no", f"{r['draws']:,}", f"{r['val']:,}",
+        cells = (name, _ckpt(r), f"{r['draws']:,}", f"{r['val']:,}",
                  f"{r['epoch_s'] / 60:.1f}", f"{r['epoch_pflop']:.1f}", *(f"{r['hours'][str(e)]:.1f}" for e in epochs))
         lines.append("| " + " | ".join(cells) + " |")
     totals = ", ".join(f"{estimate['total_hours'][str(e)]:.1f} h ({estimate['total_hours'][str(e)] / 24:.1f} days)"
@@ -715,9 +808,9 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
-    p.add_argument("--grad-checkpointing", nargs="?", choices=("off", "on", "profile"), default="off", const="on",
-                   help="activation checkpointing of the blocks: off, on (alone: on) or profile (the methods "
-                        "the full profile checkpoints)")
+    p.add_argument("--checkpoint-blocks", type=_checkpoint_mode, default="off",
+                   help="activation checkpointing of the first blocks: off, all, profile (as the full profile "
+                        "trains each method) or a number of blocks")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (FLOPs counted eagerly)")
     p.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) instead of the engine's default")
     p.add_argument("--peft", action="store_true", help="also time peft's LoRA/DoRA on the same encoder")
@@ -730,6 +823,13 @@ def cli(argv: list[str] | None = None) -> int:
                    help="JSON path (default benchmarks/results/bench-<device>-<date>.json)")
     p.add_argument("--project", type=Path, nargs=2, metavar=("SMALL.json", "LARGE.json"),
                    help="measure nothing: project the saved activations of two results to --batch")
+    p.add_argument("--plan-checkpointing", type=Path, nargs=2, metavar=("OFF.json", "ALL.json"),
+                   help="measure nothing: the blocks each method must checkpoint to fit --memory-gib, from the "
+                        "--project outputs without checkpointing and with all blocks checkpointed")
+    p.add_argument("--memory-gib", type=float, default=L40S_BYTES / 2**30,
+                   help="card memory for --plan-checkpointing (default: the thesis's 48 GB L40S)")
+    p.add_argument("--headroom", type=float, default=0.2,
+                   help="share of the card --plan-checkpointing leaves for what the counts do not see")
     full = get_profile("full")
     p.add_argument("--wall-clock", type=Path, metavar="RESULT.json",
                    help="measure nothing: the full replication's training time at the rates of a result")
@@ -742,10 +842,17 @@ def cli(argv: list[str] | None = None) -> int:
         if args.out:
             write_json(estimate, args.out)
         return 0
+    if args.plan_checkpointing:
+        plan = plan_checkpointing(*(json.loads(f.read_text()) for f in args.plan_checkpointing),
+                                  memory_gib=args.memory_gib, headroom=args.headroom)
+        print(format_plan(plan))
+        if args.out:
+            write_json(plan, args.out)
+        return 0
     if args.project:
         projection = project_activations(*(json.loads(f.read_text()) for f in args.project), batch=args.batch)
-        print(f"saved activations at batch {args.batch} ({projection['config']}, {projection['dtype']}, grad "
-              f"checkpointing {projection['grad_checkpointing']}), from batches {projection['from_batches']}:")
+        print(f"saved activations at batch {args.batch} ({projection['config']}, {projection['dtype']}, "
+              f"checkpoint blocks {projection['checkpoint_blocks']}), from batches {projection['from_batches']}:")
         for r in projection["rows"]:
             print(f"  {r['method']:10s} {r['per_image_mib']:8.1f} MiB/image + {r['fixed_gib']:.2f} GiB "
                   f"= {r['saved_gib']:6.1f} GiB")

@@ -71,7 +71,7 @@ class TrainConfig:
     amp: str = "none"                        # bf16 | fp16 | none
     seed: int = 0
     num_workers: int = 0
-    grad_checkpointing: bool = False
+    checkpoint_blocks: int = 0               # activation-checkpoint the first N blocks (0: none; pe.Transformer)
     emotion_share: float = 1 / 3             # §3.7.2
     max_train_samples: int | None = None     # subsample the training rows (demo/notebook budgets)
     cache_embeddings: bool = False           # LP: embed once, without §3.1's augmentation (a speed option)
@@ -92,6 +92,8 @@ class TrainConfig:
             raise ValueError("a single-task run uses the plain cross-entropy (§3.1): weighting must be 'none'")
         if self.amp not in ("bf16", "fp16", "none"):
             raise ValueError(f"amp must be bf16, fp16 or none, got {self.amp!r}")
+        if self.checkpoint_blocks < 0:
+            raise ValueError(f"checkpoint_blocks must be >= 0 (0: none), got {self.checkpoint_blocks}")
 
     @property
     def multi_task(self) -> bool:
@@ -116,8 +118,9 @@ class TrainConfig:
 
 
 # fields that change how a run executes but not what it computes: a resumed run may differ in them
-# (activation checkpointing replays the blocks with the same dropout masks: same numbers, less memory)
-_EXECUTION_ONLY = {"num_workers", "checkpoint_every", "runs_dir", "device", "grad_checkpointing"}
+# (activation checkpointing replays the blocks with the same dropout masks: same numbers, less memory;
+# grad_checkpointing is its on/off flag in run folders written before checkpoint_blocks replaced it)
+_EXECUTION_ONLY = {"num_workers", "checkpoint_every", "runs_dir", "device", "checkpoint_blocks", "grad_checkpointing"}
 
 
 # --- files --------------------------------------------------------------------------------------------
@@ -221,7 +224,7 @@ def build_model(cfg: TrainConfig):
     """The method's TaskModel and AdamW parameter groups (replication.methods), seeded by ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
     vision = load_vision(cfg.checkpoint, config=cfg.model_config)
-    vision.grad_checkpointing = cfg.grad_checkpointing
+    vision.checkpoint_blocks = cfg.checkpoint_blocks
     return build_method(cfg.method, cfg.tasks, vision, lr_head=cfg.lr_head, lr_backbone=cfg.lr_backbone,
                         weight_decay=cfg.weight_decay)
 
@@ -687,7 +690,9 @@ class RunResult:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    return TrainConfig(**json.loads((Path(path) / "config.json").read_text()))
+    values = json.loads((Path(path) / "config.json").read_text())
+    values.pop("grad_checkpointing", None)  # execution only, and replaced by checkpoint_blocks (_EXECUTION_ONLY)
+    return TrainConfig(**values)
 
 
 def load_run(path: str | Path) -> RunResult:
@@ -730,7 +735,7 @@ def parse_config(argv: list[str]) -> TrainConfig:
     args = vars(parser.parse_args(argv))
     profile = get_profile(args.pop("profile"))
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in profile.run_settings().items()}
-    values["grad_checkpointing"] = args["method"] in profile.checkpointed_methods
+    values["checkpoint_blocks"] = profile.checkpoint_blocks.get(args["method"], 0)
     optional = {f.name for f in fields(TrainConfig) if "None" in str(f.type)}
     # given flags override the profile; an empty value clears an optional one (--checkpoint "" = random init)
     values.update({k: (None if v == "" and k in optional else v) for k, v in args.items() if v is not None})

@@ -81,11 +81,17 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A stack of blocks (`resblocks`), optionally activation-checkpointed while training."""
+    """A stack of blocks (`resblocks`), the first `checkpoint_blocks` of them activation-checkpointed while
+    training (0: none; at least the number of blocks: all).
+
+    Checkpointing keeps only a block's input and recomputes the rest in backward: one more forward of
+    that block for the memory of its activations. Checkpointing the *first* blocks costs the same compute
+    as any other choice of as many, and less memory: backward reaches them last, when the later blocks
+    have freed what they kept, so the one block recomputed at a time does not add to that."""
 
     def __init__(self, width, layers, heads, mlp_dim, ln_eps=1e-5, rope=None, causal=False):
         super().__init__()
-        self.grad_checkpointing = False
+        self.checkpoint_blocks = 0
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(width, heads, mlp_dim, ln_eps, rope=rope, causal=causal) for _ in range(layers)
         )
@@ -93,11 +99,11 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor, layer_idx: int = -1) -> torch.Tensor:
         """Run blocks 0..layer_idx (all by default)."""
         stop = len(self.resblocks) if layer_idx < 0 else layer_idx + 1
-        checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.resblocks[:stop]:
-            # trade compute for memory: recompute the block's activations in the backward pass. A frozen
-            # block on an input without gradient builds no graph; checkpointing it would only hold its input.
-            if checkpointing and (x.requires_grad or any(p.requires_grad for p in block.parameters())):
+        checkpointed = self.checkpoint_blocks if self.training and torch.is_grad_enabled() else 0
+        for i, block in enumerate(self.resblocks[:stop]):
+            # A frozen block on an input without gradient builds no graph; checkpointing it would only hold
+            # its input.
+            if i < checkpointed and (x.requires_grad or any(p.requires_grad for p in block.parameters())):
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
@@ -172,12 +178,15 @@ class VisionTransformer(nn.Module):
         _init_pool(self.attn_pool)
 
     @property
-    def grad_checkpointing(self) -> bool:
-        return self.transformer.grad_checkpointing
+    def checkpoint_blocks(self) -> int:
+        """How many of the first blocks are activation-checkpointed while training (`Transformer`)."""
+        return self.transformer.checkpoint_blocks
 
-    @grad_checkpointing.setter
-    def grad_checkpointing(self, enabled: bool) -> None:
-        self.transformer.grad_checkpointing = bool(enabled)
+    @checkpoint_blocks.setter
+    def checkpoint_blocks(self, blocks: int) -> None:
+        if blocks < 0:
+            raise ValueError(f"checkpoint_blocks must be >= 0 (0: none), got {blocks}")
+        self.transformer.checkpoint_blocks = int(blocks)
 
     def _positional_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """The learned absolute position embedding, bilinearly resized for another patch grid (CLS row kept)."""

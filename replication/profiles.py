@@ -45,7 +45,7 @@ class Profile:
     amp: str                   # bf16 | fp16 | none
     device: str
     num_workers: int
-    checkpointed_methods: tuple[str, ...]  # methods trained with activation checkpointing of the blocks
+    checkpoint_blocks: dict[str, int]  # method -> first blocks activation-checkpointed (absent: none)
     executed_notebooks: Path   # where `reproduce` writes executed notebooks
 
     @property
@@ -86,7 +86,7 @@ PROFILES = {
         amp="none",
         device="cpu",
         num_workers=0,
-        checkpointed_methods=(),  # demo-tiny keeps ~2 MB of activations per image (bench.SavedTensors)
+        checkpoint_blocks={},  # demo-tiny keeps ~2 MB of activations per image (bench.SavedTensors)
         executed_notebooks=REPO / "notebooks" / "executed" / "demo",
     ),
     "full": Profile(
@@ -111,9 +111,11 @@ PROFILES = {
         device="cuda",
         num_workers=8,
         # At batch 128 the activations LoRA, DoRA and MTLoRA keep for backward through all 24 blocks do not
-        # fit the thesis's 48 GB card (nor an 80 GB one); checkpointing keeps only each block's input and
-        # recomputes the rest, one extra forward of the blocks (counts and cost: README, Performance).
-        checkpointed_methods=("lora", "dora", "mtlora"),
+        # fit the thesis's 48 GB card (nor an 80 GB one). A checkpointed block keeps only its input and runs
+        # its forward again in backward, so each method checkpoints the fewest first blocks that fit:
+        # `bench --plan-checkpointing` on the L14-336 activation counts (benchmarks/results/cpu-counts/
+        # checkpointing-plan-l40s.json, tested to match; README, Performance).
+        checkpoint_blocks={"lora": 16, "dora": 18, "mtlora": 19},
         executed_notebooks=REPO / "notebooks" / "executed" / "full",
     ),
 }

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from replication.engine import TrainConfig
@@ -71,7 +71,7 @@ class Settings:
     num_workers: int
     lr_head: float = 1e-4
     lr_backbone: float = 1e-5
-    checkpointed_methods: tuple[str, ...] = ()
+    checkpoint_blocks: dict[str, int] = field(default_factory=dict)  # method -> first blocks checkpointed
     max_train_samples: int | None = None
     seed: int = 0
 
@@ -98,7 +98,7 @@ class Settings:
         return TrainConfig(
             method=method, tasks=tasks, weighting=weighting, profile=self.profile, seed=self.seed,
             max_train_samples=self.max_train_samples,
-            grad_checkpointing=method in self.checkpointed_methods,
+            checkpoint_blocks=self.checkpoint_blocks.get(method, 0),
             **{f: _str(getattr(self, f)) if f in _PATHS else getattr(self, f) for f in RUN_FIELDS})
 
 
@@ -110,7 +110,7 @@ def settings(profile: str = "demo", **overrides) -> Settings:
     """Settings of ``profile`` with the non-None ``overrides`` (a notebook's parameters) applied."""
     p = get_profile(profile)
     base = Settings(profile=p.name, tables_dir=REPO / "tables" / p.name, figures_dir=REPO / "figures" / p.name,
-                    checkpointed_methods=p.checkpointed_methods, **p.run_settings())
+                    checkpoint_blocks=p.checkpoint_blocks, **p.run_settings())
     known = {f.name for f in fields(Settings)}
     unknown = set(overrides) - known
     if unknown:

@@ -16,6 +16,7 @@ import torch
 
 from replication.bench import FLOP_CONVENTION, SavedTensors, cli, wall_clock
 from replication.config import get_config
+from replication.profiles import get_profile
 
 BATCH = 4
 CLASSES = {"age": 9, "gender": 2, "emotion": 7}
@@ -131,7 +132,12 @@ def test_json_records_the_run(result):
     assert result["command"].startswith("python -m replication bench --config demo-tiny")
     assert result["torch"] == torch.__version__ and result["device_type"] == "cpu" and result["date"]
     assert result["flop_convention"] == FLOP_CONVENTION and result["peak_bf16_tflops"] > 0
-    assert result["grad_checkpointing"] == "off" and not any(r["train"]["grad_checkpointing"] for r in result["rows"])
+    assert result["checkpoint_blocks"] == "off" and not any(r["train"]["checkpointed_blocks"] for r in result["rows"])
+    # the blocks that build a graph, by the methods' definitions: none (LP, AP), the last four (FT4, §3.5),
+    # all (LoRA, DoRA), all but the task-specific last one MTLoRA rebuilds outside the stack (§3.6.1)
+    L = get_config("demo-tiny").vision.layers
+    assert {r["method"]: (r["train"]["blocks"], r["train"]["graph_blocks"]) for r in result["rows"]} == {
+        "lp": (L, 0), "ap": (L, 0), "ft4": (L, 4), "lora": (L, L), "dora": (L, L), "mtlora": (L - 1, L - 1)}
     dl = result["data_loading"]
     assert dl["images"] == 2 * BATCH and dl["images_per_s"] > 0 and set(dl["loader_over_train_rate"]) == set(
         METHODS) - {"lp"}
@@ -145,18 +151,22 @@ def test_unknown_method_is_rejected(capsys):
 
 def test_saved_tensors_counts_what_autograd_keeps():
     """Hand-derived: Linear(8,16) keeps its input for the weight gradient, GELU its input, Linear(16,4) its
-    input; the weights are parameters (not counted) and no gradient is asked of x, so W1 is not kept."""
+    input; the weights are parameters (not counted) and no gradient is asked of x, so W1 is not kept. A
+    graph dropped inside the scope (the first call's) has freed what it saved: not counted."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
     x = torch.randn(5, 8)
     with SavedTensors(model) as saved:
-        model(x).sum()
+        model(torch.randn(7, 8)).sum()
+        out = model(x).sum()
     assert saved.bytes == 4 * (5 * 8 + 5 * 16 + 5 * 16)
+    del out
 
 
 def test_saved_tensors_with_checkpointing_counts_each_trained_blocks_input():
     """Checkpointed blocks keep only their input; block 0, frozen and fed an input without gradient,
-    builds no graph and is not checkpointed (pe.Transformer), so it keeps nothing."""
+    builds no graph and is not checkpointed (pe.Transformer), so it keeps nothing and checkpointing only
+    the first block changes nothing."""
     from replication.lora import inject_adapters
     from replication.pe import Transformer
 
@@ -167,20 +177,24 @@ def test_saved_tensors_with_checkpointing_counts_each_trained_blocks_input():
     inject_adapters(stack, [f"resblocks.{i}.{t}" for i in range(1, L) for t in
                             ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")], "lora", rank=4, dropout=0.5)
     x = torch.randn(B, N, W)
-    with SavedTensors(stack) as plain:
-        stack(x)
-    stack.grad_checkpointing = True
-    with SavedTensors(stack) as checkpointed:
-        stack(x)
-    assert checkpointed.bytes == (L - 1) * B * N * W * 4  # blocks 1 and 2's fp32 inputs, nothing else
-    assert plain.bytes > 5 * checkpointed.bytes
+    saved = {}
+    for first in (0, 1, 2, L):
+        stack.checkpoint_blocks = first
+        with SavedTensors(stack) as counted:
+            out = stack(x)
+        saved[first] = counted.bytes
+        del out
+    assert saved[L] == (L - 1) * B * N * W * 4  # blocks 1 and 2's fp32 inputs, nothing else
+    assert saved[1] == saved[0] > saved[2] > saved[L] and saved[0] > 5 * saved[L]
 
 
 def test_project_activations_fits_a_line_through_two_batches(tmp_path, capsys):
     def result(batch, lora, dora):
-        rows = [{"method": "lora", "train": {"saved_activation_gib": lora}},
-                {"method": "dora", "train": {"saved_activation_gib": dora}}, {"method": "ap", "error": "out of memory"}]
-        return {"config": "PE-Core-L14-336", "dtype": "bf16", "grad_checkpointing": False, "batch": batch,
+        blocks = {"blocks": 24, "graph_blocks": 24, "checkpointed_blocks": 0}
+        rows = [{"method": "lora", "params": 9, "trainable_params": 1, "train": {"saved_activation_gib": lora, **blocks}},
+                {"method": "dora", "params": 9, "trainable_params": 1, "train": {"saved_activation_gib": dora, **blocks}},
+                {"method": "ap", "error": "out of memory"}]
+        return {"config": "PE-Core-L14-336", "dtype": "bf16", "checkpoint_blocks": "off", "batch": batch,
                 "device": "cpu", "command": f"bench --batch {batch}", "rows": rows, "peft": []}
     # lora: 0.5 GiB fixed + 0.25 GiB/image; dora: 0.5 + 0.375 GiB/image
     small, large = tmp_path / "b2.json", tmp_path / "b4.json"
@@ -196,35 +210,96 @@ def test_project_activations_fits_a_line_through_two_batches(tmp_path, capsys):
         cli(["--project", str(small), str(small)])
 
 
-def test_grad_checkpointing_profile_mode_follows_the_full_profile(tmp_path):
-    """`--grad-checkpointing profile` checkpoints exactly the methods the full profile trains so (LoRA, DoRA,
-    MTLoRA), and each row records it; recomputing the blocks adds one forward of them to the executed ops."""
+def test_checkpoint_blocks_modes_and_what_recomputation_costs(tmp_path):
+    """`--checkpoint-blocks` off / profile (the full profile's number per method, here more than demo-tiny's
+    blocks: all) / a number, recorded per row. Each checkpointed LoRA block adds one forward of that block to
+    the executed ops, the same for every block; the 3x model-FLOP convention does not count recomputation."""
     def run(mode):
         out = tmp_path / f"{mode}.json"
         assert cli(["--config", "demo-tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--dtype", "fp32",
-                    "--device", "cpu", "--methods", "ap,lora", "--grad-checkpointing", mode, "--out", str(out)]) == 0
+                    "--device", "cpu", "--methods", "ap,lora", "--checkpoint-blocks", mode, "--out", str(out)]) == 0
         result = json.loads(out.read_text())
-        assert result["grad_checkpointing"] == mode
+        assert result["checkpoint_blocks"] == mode
         return {r["method"]: r["train"] for r in result["rows"]}
 
-    off, profile = run("off"), run("profile")
-    assert [profile[m]["grad_checkpointing"] for m in ("ap", "lora")] == [False, True]
-    assert not off["ap"]["grad_checkpointing"] and not off["lora"]["grad_checkpointing"]
+    L = get_config("demo-tiny").vision.layers
+    assert get_profile("full").checkpoint_blocks["lora"] >= L and "ap" not in get_profile("full").checkpoint_blocks
+    off, profile, two = run("off"), run("profile"), run("2")
+    assert [t["checkpointed_blocks"] for t in (off["ap"], off["lora"], profile["ap"], profile["lora"], two["lora"])] \
+        == [0, 0, 0, L, 2]
     assert profile["ap"]["executed_gflop_per_image"] == off["ap"]["executed_gflop_per_image"]
-    assert profile["lora"]["executed_gflop_per_image"] > off["lora"]["executed_gflop_per_image"]
-    assert profile["lora"]["flops"] == off["lora"]["flops"]  # the 3x convention does not count recomputation
+    block = (two["lora"]["executed_gflop_per_image"] - off["lora"]["executed_gflop_per_image"]) / 2
+    assert block > 0 and profile["lora"]["executed_gflop_per_image"] == pytest.approx(
+        off["lora"]["executed_gflop_per_image"] + L * block, rel=1e-12)
+    assert profile["lora"]["flops"] == off["lora"]["flops"] == two["lora"]["flops"]
+    with pytest.raises(SystemExit):
+        cli(["--checkpoint-blocks", "some", "--device", "cpu"])
+
+
+def _projection(mode, saved):
+    """A `--project` output at batch 128: {method: (blocks, graph blocks, saved GiB)}; 1 GiB of fp32 weights
+    (2**28 parameters), 0.75 GiB of gradient + AdamW moments (2**26 trainable parameters x 12 bytes)."""
+    rows = [{"method": m, "params": 2**28, "trainable_params": 2**26, "blocks": b, "graph_blocks": g, "saved_gib": x}
+            for m, (b, g, x) in saved.items()]
+    return {"config": "PE-Core-L14-336", "dtype": "fp16", "batch": 128, "checkpoint_blocks": mode,
+            "sources": [f"bench --checkpoint-blocks {mode}"], "rows": rows}
+
+
+def test_plan_checkpointing_leaves_as_many_blocks_unchecked_as_the_card_holds(tmp_path, capsys):
+    """Hand-computed: a 45 GiB card less 20 % headroom holds 36 GiB, 34.25 of them for activations after the
+    1.75 GiB of weights and optimizer state. LoRA: 4 GiB with every block checkpointed, 86/24 more per block
+    left out of it: floor(30.25 / (86/24)) = 8 blocks left, the first 16 checkpointed. MTLoRA (23 blocks in its
+    stack): floor(16.25 / (82/23)) = 4 left, 19 checkpointed. FT4 fits without; LP has no block to checkpoint;
+    DoRA here does not fit even with all 24 checkpointed. peft's rows are not a method of the profile."""
+    off = _projection("off", {"lp": (24, 0, 0.01), "ft4": (24, 4, 10.0), "lora": (24, 24, 90.0),
+                              "dora": (24, 24, 120.0), "mtlora": (23, 23, 100.0), "peft-lora": (24, 24, 95.0)})
+    every = _projection("all", {"lp": (24, 0, 0.01), "ft4": (24, 4, 1.0), "lora": (24, 24, 4.0),
+                                "dora": (24, 24, 40.0), "mtlora": (23, 23, 18.0), "peft-lora": (24, 24, 4.5)})
+    paths = tmp_path / "off.json", tmp_path / "all.json"
+    for path, projection in zip(paths, (off, every)):
+        path.write_text(json.dumps(projection))
+    assert cli(["--plan-checkpointing", *map(str, paths), "--memory-gib", "45", "--out", str(tmp_path / "plan.json")]) == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    rows = {r["method"]: r for r in plan["rows"]}
+    assert plan["usable_gib"] == pytest.approx(36.0) and plan["headroom"] == 0.2
+    assert {m: (r["checkpoint_blocks"], r["checkpointed_blocks"], r["fits"]) for m, r in rows.items()} == {
+        "lp": (0, 0, True), "ft4": (0, 0, True), "lora": (16, 16, True), "dora": (24, 24, False),
+        "mtlora": (19, 19, True)}
+    assert rows["lora"]["saved_gib"] == pytest.approx(4 + 8 * 86 / 24)
+    assert rows["lora"]["planned_gib"] == pytest.approx(1.75 + 4 + 8 * 86 / 24)
+    assert rows["mtlora"]["per_block_gib"] == pytest.approx(82 / 23) and rows["ft4"]["saved_gib"] == 10.0
+    assert "| lora | 16 | 16 / 24 |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="without checkpointing and with all blocks"):
+        cli(["--plan-checkpointing", str(paths[1]), str(paths[0])])
+
+
+def test_full_profile_checkpoints_what_the_committed_cpu_counts_plan():
+    """The full profile's `checkpoint_blocks` are `bench --plan-checkpointing` on the L14-336 activation counts in
+    benchmarks/results/cpu-counts (the thesis's 48 GB card, default headroom), and the committed plan is that."""
+    from replication.bench import L40S_BYTES, plan_checkpointing
+    counts = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cpu-counts"
+    off, every = (json.loads((counts / f"activations-batch128{s}.json").read_text()) for s in ("", "-all-blocks"))
+    plan = plan_checkpointing(off, every, memory_gib=L40S_BYTES / 2**30, headroom=0.2)
+    assert plan == json.loads((counts / "checkpointing-plan-l40s.json").read_text())
+    assert all(r["fits"] for r in plan["rows"])
+    assert {r["method"]: r["checkpoint_blocks"] for r in plan["rows"] if r["checkpoint_blocks"]} == \
+        get_profile("full").checkpoint_blocks
 
 
 def test_wall_clock_sums_every_thesis_run_at_the_measured_rates(capsys, tmp_path):
     """Hand-computed oracle from Table 3.2a (gender 168,362, age 136,747, emotion 9,215 training images; a
     multi-task epoch draws 242,082 after emotion replication) and §3.1's 80-20 split (val = train / 4)."""
-    def rates(train, infer, checkpointing=False):
-        return {"train": {"images_per_s": train, "gflop_per_image": 1000.0, "grad_checkpointing": checkpointing},
+    trained = get_profile("full").checkpoint_blocks  # L14-336: 24 blocks, all building a graph for LoRA/DoRA
+
+    def rates(train, infer, checkpointed=0):
+        return {"train": {"images_per_s": train, "gflop_per_image": 1000.0, "blocks": 24, "graph_blocks": 24,
+                          "checkpointed_blocks": checkpointed},
                 "infer": {"images_per_s": infer, "gflop_per_image": 400.0}}
     rows = [{"method": "lp", "train_input": "cached features", **rates(1e4, 1e4),
              "cache": {"images_per_s": 500.0, "gflop_per_image": 400.0}},
             {"method": "ap", **rates(400.0, 800.0)}, {"method": "ft4", **rates(300.0, 800.0)},
-            {"method": "lora", **rates(100.0, 800.0, True)}, {"method": "dora", **rates(90.0, 800.0, True)},
+            {"method": "lora", **rates(100.0, 800.0, trained["lora"])},
+            {"method": "dora", **rates(90.0, 800.0, trained["dora"])},
             {"method": "mtlora", "error": "out of memory"}]
     result = {"device": "GPU X", "command": "bench", "date": "today", "config": "PE-Core-L14-336",
               "dtype": "fp16", "batch": 128, "rows": rows}
@@ -252,13 +327,13 @@ def test_wall_clock_sums_every_thesis_run_at_the_measured_rates(capsys, tmp_path
              + 5 * (1000 * multi_draws + 400 * multi_val))              # the five measured multi-task runs
     assert estimate["epoch_pflop"] == pytest.approx(gflop / 1e6, rel=1e-6)  # val: whole images
     assert estimate["notes"] == ["not measured, so left out: mtlora (out of memory)"]
-    rows[4]["train"]["grad_checkpointing"] = False  # DoRA measured otherwise than the full profile trains it
-    assert "dora measured without activation checkpointing; the full profile trains it with" in wall_clock(
-        result, (1,))["notes"]
+    rows[4]["train"]["checkpointed_blocks"] = 0  # DoRA measured otherwise than the full profile trains it
+    assert f"dora measured with 0 checkpointed blocks; the full profile trains it with {trained['dora']}" in \
+        wall_clock(result, (1,))["notes"]
     result["dtype"] = "bf16"
     assert "measured in bf16; the full profile trains in fp16" in wall_clock(result, (1,))["notes"]
     out = capsys.readouterr().out
-    assert "| dora age-gender-emotion uw | yes | 242,082 | 42,090 |" in out and "17 training runs" in out
+    assert f"| dora age-gender-emotion uw | {trained['dora']}/24 | 242,082 | 42,090 |" in out and "17 training runs" in out
 
 
 def test_gpu_script_runs_its_steps_and_copies_the_results_to_out(tmp_path):
@@ -270,16 +345,20 @@ def test_gpu_script_runs_its_steps_and_copies_the_results_to_out(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
     env = {**os.environ, "PYTHON": sys.executable, "RESULTS": str(results), "OUT": str(out), "BENCH_ARGS": small,
            "OMP_NUM_THREADS": "1"}
-    subprocess.run(["bash", str(script), "profile", "no-checkpointing wall-clock"], env=env, check=True,
+    subprocess.run(["bash", str(script), "profile all-blocks", "no-checkpointing wall-clock"], env=env, check=True,
                    capture_output=True, text=True)
     copied = sorted(p.name for p in (out / "results").iterdir())
-    assert copied == sorted(["profile.json", "profile.log", "no-checkpointing-batch32.json",
+    assert copied == sorted(["profile.json", "profile.log", "all-blocks.json", "all-blocks.log",
+                             "no-checkpointing-batch32.json",
                              "no-checkpointing-batch32.log", "wall-clock.json", "wall-clock.md"])
     profile = json.loads((results / "profile.json").read_text())
-    assert profile["grad_checkpointing"] == "profile" and profile["data_loading"]["images_per_s"] > 0
-    assert [r["train"]["grad_checkpointing"] for r in profile["rows"] + profile["peft"]] == [False] + [True] * 3
+    assert profile["checkpoint_blocks"] == "profile" and profile["data_loading"]["images_per_s"] > 0
+    L = get_config("demo-tiny").vision.layers  # the full profile's numbers exceed demo-tiny's blocks: all
+    assert [r["train"]["checkpointed_blocks"] for r in profile["rows"] + profile["peft"]] == [0] + [L] * 3
     assert not json.loads((results / "no-checkpointing-batch32.json").read_text())["rows"][1]["train"][
-        "grad_checkpointing"]
+        "checkpointed_blocks"]
+    every = json.loads((results / "all-blocks.json").read_text())
+    assert [r["train"]["checkpointed_blocks"] for r in every["rows"]] == [0, L]
     estimate = json.loads((results / "wall-clock.json").read_text())
     assert [r["method"] for r in estimate["runs"]] == ["lp"] * 3 + ["dora"] * 4
     assert "not measured, so left out: ap, ft4, lora, mtlora" in estimate["notes"]

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,12 @@ def test_multitask_run_writes_run_folder_and_is_not_retrained(prepared, tmp_path
     # a finished run is not retrained
     monkeypatch.setattr(engine, "Trainer", None)
     assert run(cfg) == folder
+    # a folder written before checkpoint_blocks replaced the grad_checkpointing flag still loads and is reused
+    # (both are execution only)
+    legacy = json.loads((folder / "config.json").read_text())
+    del legacy["checkpoint_blocks"]
+    (folder / "config.json").write_text(json.dumps({**legacy, "grad_checkpointing": True}))
+    assert load_run(folder).config == cfg and run(replace(cfg, checkpoint_blocks=3)) == folder
     # the same folder with a different config is refused, not silently reused
     with pytest.raises(ValueError, match="different config"):
         run(_cfg(prepared, tmp_path, max_epochs=5, run_name=cfg.name))
@@ -175,7 +182,7 @@ def test_runs_are_repeatable_whatever_the_workers_and_gradient_checkpointing(pre
     checkpointing (recomputation restores the dropout RNG) leave every number unchanged."""
     a = load_run(run(_cfg(prepared, tmp_path / "a", method="lora", max_epochs=1)))
     b = load_run(run(_cfg(prepared, tmp_path / "b", method="lora", max_epochs=1, num_workers=2,
-                          grad_checkpointing=True)))
+                          checkpoint_blocks=2)))
     assert [e["train_loss"] for e in a.epochs] == [e["train_loss"] for e in b.epochs]
     assert a.results == b.results
     sa, sb = (torch.load(tmp_path / x / a.config.name / "best.pt", weights_only=False)["model"] for x in "ab")

@@ -158,5 +158,5 @@ def test_train_command_and_notebooks_take_the_same_config_from_a_profile(profile
         s = reproduce.settings(profile, checkpoint="PE-Core-L14-336.pt")
     from_cli = engine.parse_config(argv)
     assert from_cli == s.train_config(method, tuple(tasks.split(",")))
-    # §3.1 batch 128 fits 48 GB only with LoRA/DoRA/MTLoRA's blocks checkpointed (README, Performance)
-    assert from_cli.grad_checkpointing == (profile == "full" and method in ("lora", "dora", "mtlora"))
+    # §3.1 batch 128 fits 48 GB only with some of LoRA/DoRA/MTLoRA's blocks checkpointed (README, Performance)
+    assert (from_cli.checkpoint_blocks > 0) == (profile == "full" and method in ("lora", "dora", "mtlora"))

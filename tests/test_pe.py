@@ -241,7 +241,7 @@ def test_text_forward_matches_float64_reference():
     assert scale.item() == pytest.approx(1 / 0.07, rel=1e-6)
 
 
-def test_forward_features_layer_idx_and_grad_checkpointing():
+def test_forward_features_layer_idx_and_activation_checkpointing():
     torch.manual_seed(3)
     model = VisionTransformer(TINY.vision)
     img = torch.randn(2, 3, 24, 24)
@@ -249,16 +249,19 @@ def test_forward_features_layer_idx_and_grad_checkpointing():
     partial = model.forward_features(img, norm=False, layer_idx=0)
     rest = model.transformer.resblocks[1](partial)
     torch.testing.assert_close(model.ln_post(rest), model.forward_features(img))
-    # activation checkpointing changes memory, not values or gradients
+    # activation checkpointing of the first blocks, some or all, changes memory, not values or gradients
     model.train()
     model(img).square().sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model.grad_checkpointing = True
-    assert model.transformer.grad_checkpointing
-    model(img).square().sum().backward()
-    for g, p in zip(grads, model.parameters()):
-        torch.testing.assert_close(p.grad, g)
+    for first in (1, len(model.transformer.resblocks)):
+        model.zero_grad()
+        model.checkpoint_blocks = first
+        assert model.transformer.checkpoint_blocks == first
+        model(img).square().sum().backward()
+        for g, p in zip(grads, model.parameters()):
+            torch.testing.assert_close(p.grad, g)
+    with pytest.raises(ValueError, match=">= 0"):
+        model.checkpoint_blocks = -1
 
 
 # ---------------------------------------------------------------------------------------------------------
