@@ -268,7 +268,7 @@ def checkpoint_blocks(method: str, mode: str, config: str) -> int:
 
 
 def _checkpoint_mode(text: str) -> str:
-    if text in ("off", "all", "profile") or (text.isdigit() and int(text) >= 0):
+    if text in ("off", "all", "profile") or text.isdigit():
         return text
     raise argparse.ArgumentTypeError(f"expected off, all, profile or a number of blocks, got {text!r}")
 
@@ -592,8 +592,11 @@ def format_table(result: dict) -> str:
                          f"({100 * c['frac_of_peak']:.1f}% of peak), {c['gflop_per_image']:.2f} GFLOP/img")
     trained = {r["method"]: r for r in result["rows"] if "train" in r}
     if "lora" in trained and "dora" in trained:
-        ratio = trained["dora"]["train"]["step_ms"] / trained["lora"]["train"]["step_ms"]
-        lines.append(f"DoRA / LoRA step time: {ratio:.2f}x")
+        dora, lora = trained["dora"]["train"], trained["lora"]["train"]
+        lines.append(f"DoRA / LoRA step time: {dora['step_ms'] / lora['step_ms']:.2f}x" + (
+            "" if dora["checkpointed_blocks"] == lora["checkpointed_blocks"] else
+            f" (DoRA recomputes {dora['checkpointed_blocks']} blocks, LoRA {lora['checkpointed_blocks']}: "
+            "compare the adapters on a run with --checkpoint-blocks off or all)"))
     for r in result["peft"]:
         if "ours_over_peft_speed" in r:
             lines.append(f"{r['method']}: ours / peft training speed {r['ours_over_peft_speed']:.2f}x")
@@ -645,7 +648,8 @@ def project_activations(small: dict, large: dict, batch: int) -> dict:
             "sources": [r1["command"], r2["command"]], "rows": rows,
             "note": "activations autograd keeps for backward (bench.SavedTensors), not the whole peak: add the "
                     "weights, gradients, AdamW state and the transient of the op running"
-                    + (" and of the one block recomputed at a time" if small["checkpoint_blocks"] != "off" else "")}
+                    + (" and of the one block recomputed at a time" if any(r["checkpointed_blocks"] for r in rows)
+                       else "")}
 
 
 # --- how many blocks to checkpoint ------------------------------------------------------------------------
@@ -658,12 +662,16 @@ def plan_checkpointing(off: dict, every: dict, memory_gib: float, headroom: floa
     parameter's gradient and two AdamW moments (12 bytes). `headroom`, a share of the card, is left for what
     the counts do not see: the allocator's fragmentation, the CUDA context and workspaces, the activation
     gradients of backward and the transient of the op running. Every block left un-checkpointed saves one
-    block's forward recomputation per step. A GPU run with `--checkpoint-blocks profile` measures the peak."""
-    if off["batch"] != every["batch"] or off["config"] != every["config"] or off["dtype"] != every["dtype"] \
-            or (off["checkpoint_blocks"], every["checkpoint_blocks"]) != ("off", "all"):
-        raise ValueError("plan_checkpointing needs projections of one config, dtype and batch, without checkpointing "
-                         f"and with all blocks: got {[off[k] for k in ('config', 'dtype', 'batch', 'checkpoint_blocks')]}"
-                         f" and {[every[k] for k in ('config', 'dtype', 'batch', 'checkpoint_blocks')]}")
+    block's forward recomputation per step. A GPU run with `--checkpoint-blocks profile` measures the peak.
+    Which projection is which is read off the rows (none or every graph block checkpointed), so `0` and the
+    number of blocks serve as well as `off` and `all`."""
+    keys = ("config", "dtype", "batch")
+    if any(off[k] != every[k] for k in keys) or any(r["checkpointed_blocks"] for r in off["rows"]) \
+            or any(r["checkpointed_blocks"] != r["graph_blocks"] for r in every["rows"]):
+        raise ValueError("plan_checkpointing needs projections of one config, dtype and batch, the first without "
+                         f"checkpointing and the second with every block: got {[off[k] for k in keys]} checkpointing "
+                         f"{off['checkpoint_blocks']} and {[every[k] for k in keys]} checkpointing "
+                         f"{every['checkpoint_blocks']}")
     usable = memory_gib * (1 - headroom)
     every_rows = {r["method"]: r for r in every["rows"]}
     rows = []
@@ -673,10 +681,14 @@ def plan_checkpointing(off: dict, every: dict, memory_gib: float, headroom: floa
             continue
         graph, blocks = r["graph_blocks"], r["blocks"]
         fixed = (4 * r["params"] + 12 * r["trainable_params"]) / 2**30
-        per_block = (r["saved_gib"] - a["saved_gib"]) / graph if graph else 0.0
-        if graph == 0 or fixed + r["saved_gib"] <= usable:
-            left = graph  # fits without checkpointing, or checkpointing has nothing to free
+        if graph == 0:  # nothing builds a graph (LP, AP): checkpointing has nothing to free
+            per_block, left = 0.0, 0
         else:
+            per_block = (r["saved_gib"] - a["saved_gib"]) / graph
+            if per_block <= 0:
+                raise ValueError(f"{r['method']}: checkpointing all {graph} graph blocks keeps {a['saved_gib']:.2f} GiB "
+                                 f"of activations, not less than none ({r['saved_gib']:.2f} GiB): are the two "
+                                 "projections swapped or from different models?")
             left = min(graph, max(0, int((usable - fixed - a["saved_gib"]) // per_block)))
         saved = a["saved_gib"] + left * per_block
         rows.append({"method": r["method"], "checkpoint_blocks": 0 if left == graph else blocks - left,

@@ -85,8 +85,9 @@ class Transformer(nn.Module):
     training (0: none; at least the number of blocks: all).
 
     Checkpointing keeps only a block's input and recomputes the rest in backward: one more forward of
-    that block for the memory of its activations. Checkpointing the *first* blocks costs the same compute
-    as any other choice of as many, and less memory: backward reaches them last, when the later blocks
+    that block for the memory of its activations, or a little less (torch stops the replay once it has
+    what backward needs, which in a plain block leaves out the last MLP product). Checkpointing the *first* blocks costs the same compute
+    as any other choice of as many, and no more memory: backward reaches them last, when the later blocks
     have freed what they kept, so the one block recomputed at a time does not add to that."""
 
     def __init__(self, width, layers, heads, mlp_dim, ln_eps=1e-5, rope=None, causal=False):
@@ -95,6 +96,16 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(width, heads, mlp_dim, ln_eps, rope=rope, causal=causal) for _ in range(layers)
         )
+
+    @property
+    def checkpoint_blocks(self) -> int:
+        return self._checkpoint_blocks
+
+    @checkpoint_blocks.setter
+    def checkpoint_blocks(self, blocks: int) -> None:
+        if blocks < 0:
+            raise ValueError(f"checkpoint_blocks must be >= 0 (0: none), got {blocks}")
+        self._checkpoint_blocks = int(blocks)
 
     def forward(self, x: torch.Tensor, layer_idx: int = -1) -> torch.Tensor:
         """Run blocks 0..layer_idx (all by default)."""
@@ -184,9 +195,7 @@ class VisionTransformer(nn.Module):
 
     @checkpoint_blocks.setter
     def checkpoint_blocks(self, blocks: int) -> None:
-        if blocks < 0:
-            raise ValueError(f"checkpoint_blocks must be >= 0 (0: none), got {blocks}")
-        self.transformer.checkpoint_blocks = int(blocks)
+        self.transformer.checkpoint_blocks = blocks
 
     def _positional_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """The learned absolute position embedding, bilinearly resized for another patch grid (CLS row kept)."""

@@ -12,8 +12,10 @@ model configuration, where the data and weights come from, and how long training
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,7 +47,7 @@ class Profile:
     amp: str                   # bf16 | fp16 | none
     device: str
     num_workers: int
-    checkpoint_blocks: dict[str, int]  # method -> first blocks activation-checkpointed (absent: none)
+    checkpoint_blocks: Mapping[str, int]  # method -> first blocks activation-checkpointed (absent: none); read-only
     executed_notebooks: Path   # where `reproduce` writes executed notebooks
 
     @property
@@ -86,7 +88,7 @@ PROFILES = {
         amp="none",
         device="cpu",
         num_workers=0,
-        checkpoint_blocks={},  # demo-tiny keeps ~2 MB of activations per image (bench.SavedTensors)
+        checkpoint_blocks=MappingProxyType({}),  # demo-tiny keeps ~2 MB of activations per image (bench.SavedTensors)
         executed_notebooks=REPO / "notebooks" / "executed" / "demo",
     ),
     "full": Profile(
@@ -115,7 +117,7 @@ PROFILES = {
         # its forward again in backward, so each method checkpoints the fewest first blocks that fit:
         # `bench --plan-checkpointing` on the L14-336 activation counts (benchmarks/results/cpu-counts/
         # checkpointing-plan-l40s.json, tested to match; README, Performance).
-        checkpoint_blocks={"lora": 16, "dora": 18, "mtlora": 19},
+        checkpoint_blocks=MappingProxyType({"lora": 16, "dora": 18, "mtlora": 19}),
         executed_notebooks=REPO / "notebooks" / "executed" / "full",
     ),
 }

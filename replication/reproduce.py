@@ -30,6 +30,7 @@ from pathlib import Path
 
 from replication.engine import TrainConfig
 from replication.labels import TASKS
+from replication.methods import METHODS
 from replication.profiles import REPO, RUN_FIELDS, get_profile
 
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -107,17 +108,32 @@ def _str(path: Path | None) -> str | None:
 
 
 def settings(profile: str = "demo", **overrides) -> Settings:
-    """Settings of ``profile`` with the non-None ``overrides`` (a notebook's parameters) applied."""
+    """Settings of ``profile`` with the non-None ``overrides`` (a notebook's parameters) applied; a
+    ``checkpoint_blocks`` override updates the profile's per method (methods it does not name keep theirs)."""
     p = get_profile(profile)
     base = Settings(profile=p.name, tables_dir=REPO / "tables" / p.name, figures_dir=REPO / "figures" / p.name,
-                    checkpoint_blocks=p.checkpoint_blocks, **p.run_settings())
+                    checkpoint_blocks=dict(p.checkpoint_blocks), **p.run_settings())
     known = {f.name for f in fields(Settings)}
     unknown = set(overrides) - known
     if unknown:
         raise TypeError(f"unknown settings {sorted(unknown)}; known: {sorted(known)}")
     values = {k: (Path(v) if k in _PATHS | {"tables_dir", "figures_dir"} else v)
               for k, v in overrides.items() if v is not None}
+    if "checkpoint_blocks" in values:
+        values["checkpoint_blocks"] = {**base.checkpoint_blocks, **values["checkpoint_blocks"]}
     return replace(base, **values)
+
+
+def parse_checkpoint_blocks(text: str) -> dict[str, int]:
+    """``lora=8,dora=12`` -> {"lora": 8, "dora": 12} (reproduce --checkpoint-blocks)."""
+    blocks = {}
+    for item in filter(None, text.split(",")):
+        method, _, number = item.partition("=")
+        if method not in METHODS or not number.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"expected METHOD=N[,METHOD=N...] with METHOD one of {', '.join(METHODS)} and N >= 0, got {item!r}")
+        blocks[method] = int(number)
+    return blocks
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -222,6 +238,10 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-samples", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--device")
+    parser.add_argument("--checkpoint-blocks", type=parse_checkpoint_blocks, metavar="METHOD=N[,METHOD=N...]",
+                        help="first N blocks each named method activation-checkpoints, over the profile's (full: "
+                             + ",".join(f"{m}={n}" for m, n in get_profile("full").checkpoint_blocks.items())
+                             + " for a 48 GB card; bench --plan-checkpointing gives another card's)")
     args = parser.parse_args(argv)
 
     profile = get_profile(args.profile)
@@ -236,7 +256,7 @@ def cli(argv: list[str] | None = None) -> int:
                   "bpe": _str(profile.bpe), "tables_dir": _str(args.tables_dir),
                   "figures_dir": _str(args.figures_dir), "max_epochs": args.max_epochs,
                   "max_train_samples": args.max_train_samples, "batch_size": args.batch_size,
-                  "device": args.device}
+                  "device": args.device, "checkpoint_blocks": args.checkpoint_blocks}
     parameters = {k: v for k, v in parameters.items() if v is not None}
     out_dir = args.out or profile.executed_notebooks
     for name in select(args.only):

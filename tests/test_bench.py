@@ -5,6 +5,7 @@ methods as the thesis describes them (§3.3–3.6.1), not from replication code:
 every matmul, convolution and attention product, a training step charged 3x for the ops in the autograd
 graph and 1x for those outside it (the bench's stated convention).
 """
+import copy
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from replication.bench import FLOP_CONVENTION, SavedTensors, cli, wall_clock
+from replication.bench import FLOP_CONVENTION, SavedTensors, cli, format_table, plan_checkpointing, wall_clock
 from replication.config import get_config
 from replication.profiles import get_profile
 
@@ -127,6 +128,18 @@ def test_flops_match_the_hand_derived_formulas(result):
         assert r["infer"]["gflop_per_image"] == pytest.approx(r["infer"]["accounting_gflop_per_image"], rel=1e-12)
 
 
+def test_table_prices_dora_against_lora_and_says_when_checkpointing_differs(result):
+    rows = {r["method"]: r["train"] for r in result["rows"]}
+    ratio = f"DoRA / LoRA step time: {rows['dora']['step_ms'] / rows['lora']['step_ms']:.2f}x"
+    assert f"{ratio}\n" in format_table(result)
+    # the full profile checkpoints DoRA's first 18 blocks and LoRA's 16: the ratio then also prices 2 replays
+    uneven = copy.deepcopy(result)
+    for r in uneven["rows"]:
+        r["train"]["checkpointed_blocks"] = {"lora": 16, "dora": 18}.get(r["method"], 0)
+    assert f"{ratio} (DoRA recomputes 18 blocks, LoRA 16: compare the adapters on a run with --checkpoint-blocks " \
+           "off or all)" in format_table(uneven)
+
+
 def test_json_records_the_run(result):
     assert result["dtype"] == "fp32" and result["batch"] == BATCH and result["config"] == "demo-tiny"
     assert result["command"].startswith("python -m replication bench --config demo-tiny")
@@ -213,11 +226,15 @@ def test_project_activations_fits_a_line_through_two_batches(tmp_path, capsys):
 def test_checkpoint_blocks_modes_and_what_recomputation_costs(tmp_path):
     """`--checkpoint-blocks` off / profile (the full profile's number per method, here more than demo-tiny's
     blocks: all) / a number, recorded per row. Each checkpointed LoRA block adds one forward of that block to
-    the executed ops, the same for every block; the 3x model-FLOP convention does not count recomputation."""
+    the executed ops, the same for every block; the 3x model-FLOP convention does not count recomputation.
+    FT4 builds a graph in its last 4 of demo-tiny's 6 blocks only: the first 2 checkpoint none of them (the
+    frozen blocks run without a graph), the first 3 one. Its recomputation is by hand (width 64, 65 tokens, MLP
+    256): qkv, attention (QK^T and AV), out_proj and fc1, not fc2, whose output backward does not need, so torch's
+    checkpoint stops replaying before it (LoRA stops before fc2's B, its last matmul)."""
     def run(mode):
         out = tmp_path / f"{mode}.json"
         assert cli(["--config", "demo-tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--dtype", "fp32",
-                    "--device", "cpu", "--methods", "ap,lora", "--checkpoint-blocks", mode, "--out", str(out)]) == 0
+                    "--device", "cpu", "--methods", "ap,ft4,lora", "--checkpoint-blocks", mode, "--out", str(out)]) == 0
         result = json.loads(out.read_text())
         assert result["checkpoint_blocks"] == mode
         return {r["method"]: r["train"] for r in result["rows"]}
@@ -232,6 +249,13 @@ def test_checkpoint_blocks_modes_and_what_recomputation_costs(tmp_path):
     assert block > 0 and profile["lora"]["executed_gflop_per_image"] == pytest.approx(
         off["lora"]["executed_gflop_per_image"] + L * block, rel=1e-12)
     assert profile["lora"]["flops"] == off["lora"]["flops"] == two["lora"]["flops"]
+    three = run("3")["ft4"]
+    assert [t["ft4"]["graph_blocks"] for t in (off, two)] == [4, 4]
+    assert [t["checkpointed_blocks"] for t in (off["ft4"], two["ft4"], three, profile["ft4"])] == [0, 0, 1, 0]
+    assert two["ft4"]["executed_gflop_per_image"] == off["ft4"]["executed_gflop_per_image"]
+    w, n, mlp = 64, 65, 256
+    replay = 2 * n * w * 3 * w + 2 * (2 * n * n * w) + 2 * n * w * w + 2 * n * w * mlp
+    assert three["executed_gflop_per_image"] - off["ft4"]["executed_gflop_per_image"] == pytest.approx(replay / 1e9)
     with pytest.raises(SystemExit):
         cli(["--checkpoint-blocks", "some", "--device", "cpu"])
 
@@ -239,8 +263,8 @@ def test_checkpoint_blocks_modes_and_what_recomputation_costs(tmp_path):
 def _projection(mode, saved):
     """A `--project` output at batch 128: {method: (blocks, graph blocks, saved GiB)}; 1 GiB of fp32 weights
     (2**28 parameters), 0.75 GiB of gradient + AdamW moments (2**26 trainable parameters x 12 bytes)."""
-    rows = [{"method": m, "params": 2**28, "trainable_params": 2**26, "blocks": b, "graph_blocks": g, "saved_gib": x}
-            for m, (b, g, x) in saved.items()]
+    rows = [{"method": m, "params": 2**28, "trainable_params": 2**26, "blocks": b, "graph_blocks": g, "saved_gib": x,
+             "checkpointed_blocks": 0 if mode in ("off", "0") else g} for m, (b, g, x) in saved.items()]
     return {"config": "PE-Core-L14-336", "dtype": "fp16", "batch": 128, "checkpoint_blocks": mode,
             "sources": [f"bench --checkpoint-blocks {mode}"], "rows": rows}
 
@@ -250,7 +274,9 @@ def test_plan_checkpointing_leaves_as_many_blocks_unchecked_as_the_card_holds(tm
     1.75 GiB of weights and optimizer state. LoRA: 4 GiB with every block checkpointed, 86/24 more per block
     left out of it: floor(30.25 / (86/24)) = 8 blocks left, the first 16 checkpointed. MTLoRA (23 blocks in its
     stack): floor(16.25 / (82/23)) = 4 left, 19 checkpointed. FT4 fits without; LP has no block to checkpoint;
-    DoRA here does not fit even with all 24 checkpointed. peft's rows are not a method of the profile."""
+    DoRA here does not fit even with all 24 checkpointed. peft's rows are not a method of the profile. On a
+    12 GiB card (9.6 usable, 6.85 for FT4's activations beyond its 1 GiB floor) FT4 keeps floor(6.85 / 2.25) = 3
+    of its 4 graph blocks: `--checkpoint-blocks 21`, the first 20 frozen blocks (no graph) and one graph block."""
     off = _projection("off", {"lp": (24, 0, 0.01), "ft4": (24, 4, 10.0), "lora": (24, 24, 90.0),
                               "dora": (24, 24, 120.0), "mtlora": (23, 23, 100.0), "peft-lora": (24, 24, 95.0)})
     every = _projection("all", {"lp": (24, 0, 0.01), "ft4": (24, 4, 1.0), "lora": (24, 24, 4.0),
@@ -269,14 +295,23 @@ def test_plan_checkpointing_leaves_as_many_blocks_unchecked_as_the_card_holds(tm
     assert rows["lora"]["planned_gib"] == pytest.approx(1.75 + 4 + 8 * 86 / 24)
     assert rows["mtlora"]["per_block_gib"] == pytest.approx(82 / 23) and rows["ft4"]["saved_gib"] == 10.0
     assert "| lora | 16 | 16 / 24 |" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="without checkpointing and with all blocks"):
+    small = {r["method"]: r for r in plan_checkpointing(off, every, memory_gib=12, headroom=0.2)["rows"]}
+    assert (small["ft4"]["checkpoint_blocks"], small["ft4"]["checkpointed_blocks"], small["ft4"]["fits"]) == (21, 1, True)
+    # `0` and the number of blocks are `off` and `all`; the projections are told apart by their rows
+    renamed = plan_checkpointing(_projection("0", {m: (r["blocks"], r["graph_blocks"], r["saved_gib"]) for m, r in
+                                                   ((r["method"], r) for r in off["rows"])}), every, 45, 0.2)
+    assert renamed["rows"] == plan["rows"]
+    with pytest.raises(ValueError, match="the first without checkpointing and the second with every block"):
         cli(["--plan-checkpointing", str(paths[1]), str(paths[0])])
+    worse = _projection("all", {"lora": (24, 24, 95.0)})  # more kept with checkpointing than without
+    with pytest.raises(ValueError, match="lora: checkpointing all 24 graph blocks keeps 95.00 GiB"):
+        plan_checkpointing(off, worse, 45, 0.2)
 
 
 def test_full_profile_checkpoints_what_the_committed_cpu_counts_plan():
     """The full profile's `checkpoint_blocks` are `bench --plan-checkpointing` on the L14-336 activation counts in
     benchmarks/results/cpu-counts (the thesis's 48 GB card, default headroom), and the committed plan is that."""
-    from replication.bench import L40S_BYTES, plan_checkpointing
+    from replication.bench import L40S_BYTES
     counts = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cpu-counts"
     off, every = (json.loads((counts / f"activations-batch128{s}.json").read_text()) for s in ("", "-all-blocks"))
     plan = plan_checkpointing(off, every, memory_gib=L40S_BYTES / 2**30, headroom=0.2)

@@ -5,6 +5,8 @@ One session fixture builds the tiny demo once: demo-data, prepare, a subset of t
 The notebooks then run in chapter order with one-epoch runs on a handful of samples; runs are
 shared between notebooks through the engine, exactly as in `reproduce`.
 """
+import argparse
+import json
 import os
 
 import nbformat
@@ -59,7 +61,7 @@ def executed(tiny_demo):
                   "runs_dir": str(root / "runs"), "checkpoint": str(root / "ckpt.pt"),
                   "bpe": str(root / "bpe.txt.gz"), "tables_dir": str(root / "tables"),
                   "figures_dir": str(root / "figures"), "max_epochs": 1,
-                  "max_train_samples": 32, "batch_size": 16}
+                  "max_train_samples": 32, "batch_size": 16, "checkpoint_blocks": {"lora": 1}}
     extra = {"03_methodology": {"n_augmentation_images": 2}, "04_8_tsne_pca": {"tsne_samples": 20},
              "05_conclusion": {"n_examples": 4}}
     outputs = {name: reproduce.execute(name, root / "executed",
@@ -112,6 +114,10 @@ def test_runs_are_reused(executed):
     S = reproduce.settings("demo", runs_dir=root / "runs", max_train_samples=32)
     listed = [S.train_config(m, t, w).name for m, t, w in reproduce.training_runs()]
     assert sorted(listed + [S.train_config("zero_shot").name]) == runs
+    # the notebooks' checkpoint_blocks parameter reached the engine: LoRA's runs checkpointed 1 block
+    written = {r: json.loads((root / "runs" / r / "config.json").read_text()) for r in runs}
+    assert {r: c["checkpoint_blocks"] for r, c in written.items() if c["checkpoint_blocks"]} == \
+        {r: 1 for r, c in written.items() if c["method"] == "lora"} != {}
 
 
 def test_settings_resolve_profile_defaults_and_overrides(tmp_path):
@@ -127,6 +133,31 @@ def test_settings_resolve_profile_defaults_and_overrides(tmp_path):
     assert (cfg.lr_head, cfg.lr_backbone) == (demo_profile.lr_head, demo_profile.lr_backbone)
     with pytest.raises(TypeError, match="unknown settings"):
         reproduce.settings("demo", epochs=3)
+    # a checkpoint_blocks override updates the profile's per method; the profile itself is read-only
+    blocks = reproduce.settings("full", checkpoint_blocks=reproduce.parse_checkpoint_blocks("lora=8,ft4=21"))
+    assert blocks.checkpoint_blocks == {"lora": 8, "dora": 18, "mtlora": 19, "ft4": 21}
+    assert blocks.train_config("lora").checkpoint_blocks == 8 and blocks.train_config("ap", "age").checkpoint_blocks == 0
+    assert dict(get_profile("full").checkpoint_blocks) == {"lora": 16, "dora": 18, "mtlora": 19}
+    with pytest.raises(TypeError):
+        get_profile("full").checkpoint_blocks["lora"] = 8
+    for bad in ("lora", "lora=-1", "qlora=3", "lora=two"):
+        with pytest.raises(argparse.ArgumentTypeError, match="METHOD=N"):
+            reproduce.parse_checkpoint_blocks(bad)
+
+
+def test_reproduce_hands_its_overrides_to_every_notebook(monkeypatch, tmp_path):
+    """`reproduce --checkpoint-blocks lora=8 --batch-size 32` reaches the notebooks as papermill parameters."""
+    seen = []
+    monkeypatch.setattr(reproduce, "ready_demo", lambda profile: None)
+    monkeypatch.setattr(reproduce, "execute", lambda name, out, parameters: seen.append((name, parameters)))
+    assert reproduce.cli(["--only", "04_3", "--out", str(tmp_path), "--checkpoint-blocks", "lora=8",
+                          "--batch-size", "32"]) == 0
+    assert [name for name, _ in seen] == ["04_3_single_task"]
+    parameters = seen[0][1]
+    assert parameters["checkpoint_blocks"] == {"lora": 8} and parameters["batch_size"] == 32
+    assert "max_epochs" not in parameters  # not given: the notebook keeps the profile's
+    with pytest.raises(SystemExit):
+        reproduce.cli(["--checkpoint-blocks", "lora=x"])
 
 
 def test_only_selects_sections():

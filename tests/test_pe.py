@@ -241,7 +241,8 @@ def test_text_forward_matches_float64_reference():
     assert scale.item() == pytest.approx(1 / 0.07, rel=1e-6)
 
 
-def test_forward_features_layer_idx_and_activation_checkpointing():
+def test_forward_features_layer_idx_and_activation_checkpointing(replayed_blocks):
+    calls = replayed_blocks
     torch.manual_seed(3)
     model = VisionTransformer(TINY.vision)
     img = torch.randn(2, 3, 24, 24)
@@ -253,15 +254,23 @@ def test_forward_features_layer_idx_and_activation_checkpointing():
     model.train()
     model(img).square().sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
-    for first in (1, len(model.transformer.resblocks)):
+    assert not calls
+    resblocks = list(model.transformer.resblocks)
+    for first in (1, len(resblocks)):
         model.zero_grad()
         model.checkpoint_blocks = first
         assert model.transformer.checkpoint_blocks == first
         model(img).square().sum().backward()
+        assert len(calls) == first and all(c is b for c, b in zip(calls, resblocks[:first]))
+        calls.clear()
         for g, p in zip(grads, model.parameters()):
             torch.testing.assert_close(p.grad, g)
-    with pytest.raises(ValueError, match=">= 0"):
-        model.checkpoint_blocks = -1
+    with torch.no_grad():  # nothing to recompute without a graph
+        model(img)
+    assert not calls
+    for stack in (model, model.transformer):
+        with pytest.raises(ValueError, match=">= 0"):
+            stack.checkpoint_blocks = -1
 
 
 # ---------------------------------------------------------------------------------------------------------
