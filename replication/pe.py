@@ -86,9 +86,10 @@ class Transformer(nn.Module):
 
     Checkpointing keeps only a block's input and recomputes the rest in backward: one more forward of
     that block for the memory of its activations, or a little less (torch stops the replay once it has
-    what backward needs, which in a plain block leaves out the last MLP product). Checkpointing the *first* blocks costs the same compute
-    as any other choice of as many, and no more memory: backward reaches them last, when the later blocks
-    have freed what they kept, so the one block recomputed at a time does not add to that."""
+    what backward needs, which in a plain block leaves out the last MLP product). Checkpointing the
+    *first* blocks costs the same compute as any other choice of as many, and no more memory: backward
+    reaches them last, when the later blocks have freed what they kept, so the one block recomputed at a
+    time does not add to that."""
 
     def __init__(self, width, layers, heads, mlp_dim, ln_eps=1e-5, rope=None, causal=False):
         super().__init__()
