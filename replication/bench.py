@@ -268,7 +268,7 @@ def checkpoint_blocks(method: str, mode: str, config: str) -> int:
 
 
 def _checkpoint_mode(text: str) -> str:
-    if text in ("off", "all", "profile") or text.isdigit():
+    if text in ("off", "all", "profile") or text.isdecimal():
         return text
     raise argparse.ArgumentTypeError(f"expected off, all, profile or a number of blocks, got {text!r}")
 
@@ -652,6 +652,15 @@ def project_activations(small: dict, large: dict, batch: int) -> dict:
                        else "")}
 
 
+def _require_block_counts(measurements: dict, source: str) -> None:
+    """Rows written before checkpointing became a number of blocks per method lack the block counts the
+    plan and the wall-clock estimate read: say so instead of a bare KeyError."""
+    old = [method for method, m in measurements.items() if "checkpointed_blocks" not in m]
+    if old:
+        raise ValueError(f"{source}: no checkpointed_blocks for {', '.join(old)}: written by an older bench "
+                         "(before --checkpoint-blocks counted blocks); run it again")
+
+
 # --- how many blocks to checkpoint ------------------------------------------------------------------------
 def plan_checkpointing(off: dict, every: dict, memory_gib: float, headroom: float) -> dict:
     """The fewest first blocks each method must checkpoint for its batch to fit a card of `memory_gib`, from
@@ -665,6 +674,8 @@ def plan_checkpointing(off: dict, every: dict, memory_gib: float, headroom: floa
     block's forward recomputation per step. A GPU run with `--checkpoint-blocks profile` measures the peak.
     Which projection is which is read off the rows (none or every graph block checkpointed), so `0` and the
     number of blocks serve as well as `off` and `all`."""
+    for projection in (off, every):
+        _require_block_counts({r["method"]: r for r in projection["rows"]}, " + ".join(projection["sources"]))
     keys = ("config", "dtype", "batch")
     if any(off[k] != every[k] for k in keys) or any(r["checkpointed_blocks"] for r in off["rows"]) \
             or any(r["checkpointed_blocks"] != r["graph_blocks"] for r in every["rows"]):
@@ -688,7 +699,7 @@ def plan_checkpointing(off: dict, every: dict, memory_gib: float, headroom: floa
             if per_block <= 0:
                 raise ValueError(f"{r['method']}: checkpointing all {graph} graph blocks keeps {a['saved_gib']:.2f} GiB "
                                  f"of activations, not less than none ({r['saved_gib']:.2f} GiB): are the two "
-                                 "projections swapped or from different models?")
+                                 "projections of the same model?")
             left = min(graph, max(0, int((usable - fixed - a["saved_gib"]) // per_block)))
         saved = a["saved_gib"] + left * per_block
         rows.append({"method": r["method"], "checkpoint_blocks": 0 if left == graph else blocks - left,
@@ -735,6 +746,7 @@ def wall_clock(result: dict, epochs: tuple[int, ...]) -> dict:
     the loader keeps up), the test-set passes and the zero-shot baseline (one inference pass each). PFLOP
     are model FLOPs (`FLOP_CONVENTION`)."""
     rows_by_method = {r["method"]: r for r in result["rows"]}
+    _require_block_counts({m: r["train"] for m, r in rows_by_method.items() if "train" in r}, result["command"])
     profile = get_profile("full")
     runs, missing, notes = [], set(), []
     for method, tasks, weighting in training_runs():

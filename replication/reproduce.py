@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -120,20 +121,32 @@ def settings(profile: str = "demo", **overrides) -> Settings:
     values = {k: (Path(v) if k in _PATHS | {"tables_dir", "figures_dir"} else v)
               for k, v in overrides.items() if v is not None}
     if "checkpoint_blocks" in values:
-        values["checkpoint_blocks"] = {**base.checkpoint_blocks, **values["checkpoint_blocks"]}
+        given = checkpoint_blocks_override(values["checkpoint_blocks"])
+        values["checkpoint_blocks"] = {**base.checkpoint_blocks, **given}
     return replace(base, **values)
 
 
-def parse_checkpoint_blocks(text: str) -> dict[str, int]:
-    """``lora=8,dora=12`` -> {"lora": 8, "dora": 12} (reproduce --checkpoint-blocks)."""
-    blocks = {}
-    for item in filter(None, text.split(",")):
-        method, _, number = item.partition("=")
-        if method not in METHODS or not number.isdigit():
-            raise argparse.ArgumentTypeError(
-                f"expected METHOD=N[,METHOD=N...] with METHOD one of {', '.join(METHODS)} and N >= 0, got {item!r}")
-        blocks[method] = int(number)
-    return blocks
+def checkpoint_blocks_override(value: str | Mapping[str, int]) -> dict[str, int]:
+    """{method: first blocks activation-checkpointed} from ``"lora=8,dora=12"`` (reproduce --checkpoint-blocks)
+    or a mapping (the notebooks' ``checkpoint_blocks`` parameter), checked: known methods, each once, and
+    whole numbers >= 0 (a typo must not leave a method at the profile's number unnoticed)."""
+    if isinstance(value, str):
+        items = [item.partition("=") for item in value.replace(" ", "").split(",") if item]
+        if not items or any(not sep or not n.isdecimal() for _, sep, n in items):
+            raise ValueError(f"checkpoint_blocks: expected METHOD=N[,METHOD=N...], got {value!r}")
+        pairs = [(m, int(n)) for m, _, n in items]
+    elif isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        raise ValueError(f"checkpoint_blocks: expected METHOD=N[,METHOD=N...] or {{method: N}}, got {value!r}")
+    methods = [m for m, _ in pairs]
+    problems = [f"unknown method {m!r} (known: {', '.join(METHODS)})" for m in methods if m not in METHODS]
+    problems += [f"{m} given twice" for m in sorted({m for m in methods if methods.count(m) > 1})]
+    problems += [f"{m}={n!r} is not a whole number >= 0" for m, n in pairs
+                 if isinstance(n, bool) or not isinstance(n, int) or n < 0]
+    if problems:
+        raise ValueError(f"checkpoint_blocks {value!r}: {'; '.join(problems)}")
+    return dict(pairs)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -238,11 +251,16 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-samples", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--device")
-    parser.add_argument("--checkpoint-blocks", type=parse_checkpoint_blocks, metavar="METHOD=N[,METHOD=N...]",
+    parser.add_argument("--checkpoint-blocks", metavar="METHOD=N[,METHOD=N...]",
                         help="first N blocks each named method activation-checkpoints, over the profile's (full: "
                              + ",".join(f"{m}={n}" for m, n in get_profile("full").checkpoint_blocks.items())
                              + " for a 48 GB card; bench --plan-checkpointing gives another card's)")
     args = parser.parse_args(argv)
+    try:
+        checkpoint_blocks = None if args.checkpoint_blocks is None else checkpoint_blocks_override(
+            args.checkpoint_blocks)
+    except ValueError as err:
+        parser.error(str(err))
 
     profile = get_profile(args.profile)
     given = {"raw_data": args.raw_data, "detector_dir": args.detector_dir,
@@ -256,7 +274,7 @@ def cli(argv: list[str] | None = None) -> int:
                   "bpe": _str(profile.bpe), "tables_dir": _str(args.tables_dir),
                   "figures_dir": _str(args.figures_dir), "max_epochs": args.max_epochs,
                   "max_train_samples": args.max_train_samples, "batch_size": args.batch_size,
-                  "device": args.device, "checkpoint_blocks": args.checkpoint_blocks}
+                  "device": args.device, "checkpoint_blocks": checkpoint_blocks}
     parameters = {k: v for k, v in parameters.items() if v is not None}
     out_dir = args.out or profile.executed_notebooks
     for name in select(args.only):

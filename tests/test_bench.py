@@ -225,12 +225,12 @@ def test_project_activations_fits_a_line_through_two_batches(tmp_path, capsys):
 
 def test_checkpoint_blocks_modes_and_what_recomputation_costs(tmp_path):
     """`--checkpoint-blocks` off / profile (the full profile's number per method, here more than demo-tiny's
-    blocks: all) / a number, recorded per row. Each checkpointed LoRA block adds one forward of that block to
-    the executed ops, the same for every block; the 3x model-FLOP convention does not count recomputation.
-    FT4 builds a graph in its last 4 of demo-tiny's 6 blocks only: the first 2 checkpoint none of them (the
-    frozen blocks run without a graph), the first 3 one. Its recomputation is by hand (width 64, 65 tokens, MLP
-    256): qkv, attention (QK^T and AV), out_proj and fc1, not fc2, whose output backward does not need, so torch's
-    checkpoint stops replaying before it (LoRA stops before fc2's B, its last matmul)."""
+    blocks: all) / a number, recorded per row. Each checkpointed block adds its replay to the executed ops, the
+    same for every block; the 3x model-FLOP convention does not count recomputation. FT4 builds a graph in its
+    last 4 of demo-tiny's 6 blocks only: the first 2 checkpoint none of them (the frozen blocks run without a
+    graph), the first 3 one. The replays by hand (width 64, 65 tokens, MLP 256, rank 64): torch's checkpoint
+    stops once it has what backward needs, so FT4 replays qkv, attention (QK^T and AV), out_proj and fc1 but
+    not fc2, whose output nothing keeps; LoRA replays the block and its adapters but not fc2's B."""
     def run(mode):
         out = tmp_path / f"{mode}.json"
         assert cli(["--config", "demo-tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--dtype", "fp32",
@@ -245,17 +245,18 @@ def test_checkpoint_blocks_modes_and_what_recomputation_costs(tmp_path):
     assert [t["checkpointed_blocks"] for t in (off["ap"], off["lora"], profile["ap"], profile["lora"], two["lora"])] \
         == [0, 0, 0, L, 2]
     assert profile["ap"]["executed_gflop_per_image"] == off["ap"]["executed_gflop_per_image"]
+    w, n, mlp, r = 64, 65, 256, RANK
+    ft4_replay = 2 * n * w * 3 * w + 2 * (2 * n * n * w) + 2 * n * w * w + 2 * n * w * mlp
+    lora_replay = ft4_replay + 2 * n * mlp * w + 2 * n * r * ((w + 3 * w) + (w + w) + (w + mlp) + mlp)
     block = (two["lora"]["executed_gflop_per_image"] - off["lora"]["executed_gflop_per_image"]) / 2
-    assert block > 0 and profile["lora"]["executed_gflop_per_image"] == pytest.approx(
+    assert block == pytest.approx(lora_replay / 1e9) and profile["lora"]["executed_gflop_per_image"] == pytest.approx(
         off["lora"]["executed_gflop_per_image"] + L * block, rel=1e-12)
     assert profile["lora"]["flops"] == off["lora"]["flops"] == two["lora"]["flops"]
     three = run("3")["ft4"]
     assert [t["ft4"]["graph_blocks"] for t in (off, two)] == [4, 4]
     assert [t["checkpointed_blocks"] for t in (off["ft4"], two["ft4"], three, profile["ft4"])] == [0, 0, 1, 0]
     assert two["ft4"]["executed_gflop_per_image"] == off["ft4"]["executed_gflop_per_image"]
-    w, n, mlp = 64, 65, 256
-    replay = 2 * n * w * 3 * w + 2 * (2 * n * n * w) + 2 * n * w * w + 2 * n * w * mlp
-    assert three["executed_gflop_per_image"] - off["ft4"]["executed_gflop_per_image"] == pytest.approx(replay / 1e9)
+    assert three["executed_gflop_per_image"] - off["ft4"]["executed_gflop_per_image"] == pytest.approx(ft4_replay / 1e9)
     with pytest.raises(SystemExit):
         cli(["--checkpoint-blocks", "some", "--device", "cpu"])
 
@@ -306,6 +307,11 @@ def test_plan_checkpointing_leaves_as_many_blocks_unchecked_as_the_card_holds(tm
     worse = _projection("all", {"lora": (24, 24, 95.0)})  # more kept with checkpointing than without
     with pytest.raises(ValueError, match="lora: checkpointing all 24 graph blocks keeps 95.00 GiB"):
         plan_checkpointing(off, worse, 45, 0.2)
+    older = copy.deepcopy(off)  # a projection written before the block counts existed
+    del older["rows"][2]["checkpointed_blocks"]
+    with pytest.raises(ValueError, match="bench --checkpoint-blocks off: no checkpointed_blocks for lora: written by "
+                                         "an older bench"):
+        plan_checkpointing(older, every, 45, 0.2)
 
 
 def test_full_profile_checkpoints_what_the_committed_cpu_counts_plan():
@@ -369,6 +375,9 @@ def test_wall_clock_sums_every_thesis_run_at_the_measured_rates(capsys, tmp_path
     assert "measured in bf16; the full profile trains in fp16" in wall_clock(result, (1,))["notes"]
     out = capsys.readouterr().out
     assert f"| dora age-gender-emotion uw | {trained['dora']}/24 | 242,082 | 42,090 |" in out and "17 training runs" in out
+    del rows[4]["train"]["checkpointed_blocks"]  # a result written before the block counts existed
+    with pytest.raises(ValueError, match="no checkpointed_blocks for dora: written by an older bench"):
+        wall_clock(result, (1,))
 
 
 def test_gpu_script_runs_its_steps_and_copies_the_results_to_out(tmp_path):

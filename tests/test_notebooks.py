@@ -5,7 +5,7 @@ One session fixture builds the tiny demo once: demo-data, prepare, a subset of t
 The notebooks then run in chapter order with one-epoch runs on a handful of samples; runs are
 shared between notebooks through the engine, exactly as in `reproduce`.
 """
-import argparse
+import ast
 import json
 import os
 
@@ -134,30 +134,48 @@ def test_settings_resolve_profile_defaults_and_overrides(tmp_path):
     with pytest.raises(TypeError, match="unknown settings"):
         reproduce.settings("demo", epochs=3)
     # a checkpoint_blocks override updates the profile's per method; the profile itself is read-only
-    blocks = reproduce.settings("full", checkpoint_blocks=reproduce.parse_checkpoint_blocks("lora=8,ft4=21"))
-    assert blocks.checkpoint_blocks == {"lora": 8, "dora": 18, "mtlora": 19, "ft4": 21}
+    for given in ("lora=8, ft4=21", {"lora": 8, "ft4": 21}):  # reproduce's flag; a notebook parameter
+        blocks = reproduce.settings("full", checkpoint_blocks=given)
+        assert blocks.checkpoint_blocks == {"lora": 8, "dora": 18, "mtlora": 19, "ft4": 21}
     assert blocks.train_config("lora").checkpoint_blocks == 8 and blocks.train_config("ap", "age").checkpoint_blocks == 0
     assert dict(get_profile("full").checkpoint_blocks) == {"lora": 16, "dora": 18, "mtlora": 19}
     with pytest.raises(TypeError):
         get_profile("full").checkpoint_blocks["lora"] = 8
-    for bad in ("lora", "lora=-1", "qlora=3", "lora=two"):
-        with pytest.raises(argparse.ArgumentTypeError, match="METHOD=N"):
-            reproduce.parse_checkpoint_blocks(bad)
+    for bad, why in (("lora", "expected METHOD=N"), ("lora=-1", "expected METHOD=N"), ("lora=²", "expected METHOD=N"),
+                     ("", "expected METHOD=N"), (8, "expected METHOD=N"), ("qlora=3", "unknown method 'qlora'"),
+                     ("lora=2,lora=3", "lora given twice"), ({"LoRA": 8}, "unknown method 'LoRA'"),
+                     ({"lora": -1}, "lora=-1 is not"), ({"lora": 2.5}, "lora=2.5 is not"),
+                     ({"lora": True}, "lora=True is not")):
+        with pytest.raises(ValueError, match=why):
+            reproduce.settings("full", checkpoint_blocks=bad)
 
 
-def test_reproduce_hands_its_overrides_to_every_notebook(monkeypatch, tmp_path):
-    """`reproduce --checkpoint-blocks lora=8 --batch-size 32` reaches the notebooks as papermill parameters."""
-    seen = []
+def test_reproduce_hands_its_overrides_to_every_notebook(monkeypatch, tmp_path, capsys):
+    """Every option of `reproduce` reaches every notebook as a papermill parameter that its parameters cell
+    declares and its `reproduce.settings(...)` call passes on (papermill only warns about an undeclared one)."""
+    seen = {}
     monkeypatch.setattr(reproduce, "ready_demo", lambda profile: None)
-    monkeypatch.setattr(reproduce, "execute", lambda name, out, parameters: seen.append((name, parameters)))
-    assert reproduce.cli(["--only", "04_3", "--out", str(tmp_path), "--checkpoint-blocks", "lora=8",
-                          "--batch-size", "32"]) == 0
-    assert [name for name, _ in seen] == ["04_3_single_task"]
-    parameters = seen[0][1]
+    monkeypatch.setattr(reproduce, "execute", lambda name, out, parameters: seen.update({name: parameters}))
+    assert reproduce.cli(["--out", str(tmp_path), "--checkpoint-blocks", "lora=8", "--batch-size", "32",
+                          "--max-epochs", "2", "--max-train-samples", "9", "--device", "cpu", "--tables-dir", "t",
+                          "--figures-dir", "f"]) == 0
+    assert list(seen) == list(reproduce.NOTEBOOKS)
+    parameters = seen[reproduce.NOTEBOOKS[0]]
     assert parameters["checkpoint_blocks"] == {"lora": 8} and parameters["batch_size"] == 32
-    assert "max_epochs" not in parameters  # not given: the notebook keeps the profile's
+    assert set(parameters) == {"profile", "prepared", "runs_dir", "checkpoint", "bpe", "tables_dir", "figures_dir",
+                               "max_epochs", "max_train_samples", "batch_size", "device", "checkpoint_blocks"}
+    for name in reproduce.NOTEBOOKS:
+        nb = nbformat.read(reproduce.NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+        declared = {t.id for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])
+                    for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets}
+        calls = [node for cell in nb.cells if cell.cell_type == "code" for node in ast.walk(ast.parse(cell.source))
+                 if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "settings"]
+        assert len(calls) == 1, name
+        passed = {k.arg: k.value.id for k in calls[0].keywords} | {calls[0].args[0].id: calls[0].args[0].id}
+        assert set(seen[name]) <= declared and all(passed.get(p) == p for p in seen[name]), name
     with pytest.raises(SystemExit):
         reproduce.cli(["--checkpoint-blocks", "lora=x"])
+    assert "checkpoint_blocks: expected METHOD=N" in capsys.readouterr().err
 
 
 def test_only_selects_sections():
