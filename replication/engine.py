@@ -9,8 +9,9 @@ accuracy, multi-task); test predictions and the §4 results.
 
 Run folder ``<runs_dir>/<name>/``: config.json, metrics.jsonl (one record per epoch), best.pt (the
 selected trainable state), last.pt (everything needed to resume), predictions.csv, results.json, DONE.
-Every file is written atomically (tmp + os.replace). last.pt is saved at every epoch end and every
-``checkpoint_every`` steps with the RNG states and the sampler position, so a run killed at any point
+Every file is written atomically (tmp + os.replace); an epoch end writes metrics.jsonl, last.pt, then
+best.pt (from best-next-epochN.pt once last.pt records epoch N). last.pt is saved at every epoch end and
+every ``checkpoint_every`` steps with the RNG states and the sampler position, so a run killed at any point
 (kill -9 included) resumes bit-identically when the same command is run again; a run with DONE is not
 retrained. Decisions the thesis leaves open are stated where they are made.
 """
@@ -272,12 +273,18 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 def train_step(objective, optimizer, scaler, inputs, targets, autocast) -> dict[str, torch.Tensor]:
     """One AdamW step on one batch; returns the detached per-task losses."""
+    # an fp16 forward that overflows gets its step skipped by GradScaler, but it has already run the heads'
+    # BatchNorm: its NaN/inf must not stay in the running statistics that every evaluation uses
+    running = [(b, b.clone()) for m in objective.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and m.track_running_stats for b in (m.running_mean, m.running_var)]
     with autocast:
         total, losses = objective(inputs, targets)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
     scaler.step(optimizer)
     scaler.update()
+    for b, before in running:  # after backward: autograd checks that its saved inputs were not modified
+        torch.where(torch.isfinite(b), b, before, out=b)
     return {t: l.detach() for t, l in losses.items()}
 
 
@@ -393,6 +400,7 @@ class Progress:
     monitor_best: float | None = None  # best early-stopping value (§3.1)
     bad_epochs: int = 0
     finished: bool = False
+    nonfinite: dict = field(default_factory=dict)  # task -> batches of the current epoch with a NaN/inf loss
 
 
 class Trainer:
@@ -405,8 +413,10 @@ class Trainer:
         self.model = adapted.model.to(self.d.device)
         self.weighting = make_weighting(cfg.weighting, cfg.tasks).to(self.d.device)
         self.optimizer = torch.optim.AdamW(_param_groups(cfg, adapted, self.weighting))
-        # §3.1 early stopping and the LR schedule watch the same quantity: the validation loss for
-        # single-task, the average validation accuracy for multi-task (loss scales differ per task)
+        # §3.1 early stopping: the validation loss for single-task, the average validation accuracy for
+        # multi-task (loss scales differ per task). §3.1 says the LR schedule watches "the validation loss";
+        # the thesis's code (src/train.py) steps it on the early-stopping quantity, accuracy included,
+        # and so does this. torch's patience=5 lowers the LR on the 6th epoch without improvement.
         self.monitor_mode = "max" if cfg.multi_task else "min"
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode=self.monitor_mode, factor=0.1, patience=5)
@@ -471,6 +481,18 @@ class Trainer:
         _set_rng_state(state["rng"][self.d.rank])
         return True
 
+    def _commit_best(self) -> None:
+        """best-next-epochN.pt -> best.pt if last.pt's progress selected epoch N. Any other is a leftover
+        of an epoch last.pt does not record (killed before last.pt was written; its replay on a GPU may
+        not repeat it bit for bit) and is dropped."""
+        if not self.d.is_main:
+            return
+        for path in self.dir.glob("best-next-epoch*.pt"):
+            if path.name == f"best-next-epoch{self.progress.best_epoch}.pt":
+                os.replace(path, self.dir / "best.pt")
+            else:
+                path.unlink()
+
     def _write_metrics(self) -> None:
         if self.d.is_main:
             _write_text(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.progress.history))
@@ -534,6 +556,17 @@ class Trainer:
         k = len(tasks)
         values = {t: float(stats[i]) for i, t in enumerate(tasks)}
         seen = {t: bool(stats[k + i] > 0) for i, t in enumerate(tasks)}
+        bad = [t for t in tasks if seen[t] and not np.isfinite(values[t])]
+        if bad:
+            if not self.scaler.is_enabled():  # nothing stopped the step: the weights are now NaN/inf
+                raise FloatingPointError(
+                    f"{self.dir}: non-finite {', '.join(bad)} loss at epoch {self.progress.epoch + 1}, step "
+                    f"{self.progress.step + 1} ({self.cfg.amp}); last.pt holds the state before it")
+            # fp16: GradScaler skipped this step. The batch is no observation of any loss (a NaN in the
+            # §3.7.3 EMA would make every later weight NaN); it is counted in metrics.jsonl instead
+            for t in bad:
+                self.progress.nonfinite[t] = self.progress.nonfinite.get(t, 0) + 1
+            seen = {t: seen[t] and t not in bad for t in tasks}
         self.weighting.observe(values, seen)
         for t in tasks:
             if seen[t]:
@@ -548,6 +581,7 @@ class Trainer:
         record = {"epoch": p.epoch + 1,
                   "lr": {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)},
                   "train_loss": {t: s / n for t, (s, n) in p.loss_sums.items()},
+                  "nonfinite_batches": dict(p.nonfinite),
                   **validation_metrics(logits, self.val_frame, cfg.tasks), **self.weighting.log()}
         if cfg.multi_task:
             monitor = selection = record["val_average_accuracy"]
@@ -558,22 +592,28 @@ class Trainer:
         improved = p.best is None or selection > p.best
         if improved:
             p.best, p.best_epoch = selection, p.epoch + 1
-            if self.d.is_main:
-                _save(self.dir / "best.pt", {"model": self.model.trainable_state_dict(), "epoch": p.best_epoch,
-                                              "selection": selection})
+            if self.d.is_main:  # becomes best.pt once last.pt records it (_commit_best)
+                _save(self.dir / f"best-next-epoch{p.best_epoch}.pt", {
+                    "model": self.model.trainable_state_dict(), "epoch": p.best_epoch, "selection": selection})
         better = p.monitor_best is None or (monitor > p.monitor_best if self.monitor_mode == "max"
                                             else monitor < p.monitor_best)
         p.monitor_best = monitor if better else p.monitor_best
         p.bad_epochs = 0 if better else p.bad_epochs + 1
         record.update(selection=selection, monitor=monitor, best_epoch=p.best_epoch, train_seconds=round(seconds, 3))
         p.history.append(record)
-        p.epoch, p.step, p.loss_sums = p.epoch + 1, 0, {}
+        p.epoch, p.step, p.loss_sums, p.nonfinite = p.epoch + 1, 0, {}, {}
         p.finished = p.bad_epochs >= cfg.patience or p.epoch >= cfg.max_epochs
-        self._save_last()
+        # metrics.jsonl, then last.pt, then best.pt: a run killed between two of them replays this epoch
+        # (last.pt not yet written) or finds in last.pt everything the other files must say
         self._write_metrics()
+        self._save_last()
+        self._commit_best()
         fmt = lambda d: " ".join(f"{t} {v:.4f}" for t, v in d.items())  # noqa: E731
         self._log(f"epoch {p.epoch} ({seconds:.1f}s): train loss {fmt(record['train_loss'])} | val acc "
                   f"{fmt(record['val_accuracy'])} | {'best' if improved else f'{p.bad_epochs} without improvement'}")
+        if record["nonfinite_batches"]:
+            self._log(f"epoch {p.epoch}: batches skipped for a non-finite loss (fp16 overflow): "
+                      f"{record['nonfinite_batches']}")
 
     def fit(self) -> None:
         cfg = self.cfg
@@ -581,6 +621,8 @@ class Trainer:
             self.dir.mkdir(parents=True, exist_ok=True)
         distributed.barrier(self.d)
         resumed = self._load_last()
+        self._commit_best()
+        distributed.barrier(self.d)
         p = self.progress
         if resumed:
             self._log(f"resuming {self.dir} at epoch {p.epoch + 1}, step {p.step}")
@@ -672,6 +714,7 @@ def run(cfg: TrainConfig) -> Path:
         else:
             trainer = Trainer(cfg, d)
             trainer.fit()
+            distributed.barrier(d)  # rank 0 commits best.pt after the last collective of fit()
             best = torch.load(cfg.run_dir / "best.pt", map_location=d.device, weights_only=False)
             trainer.model.load_trainable_state_dict(best["model"])
             _test(cfg, trainer.model, d, {"best_epoch": best["epoch"], "epochs": trainer.progress.epoch})

@@ -73,7 +73,7 @@ class UncertaintyWeighting(nn.Module):
     def forward(self, losses: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]) -> torch.Tensor:
         s = self.log_vars.float()
         # a task with no label in the batch contributes nothing, its s_k / 2 regulariser included: alone,
-        # that term would push s_k up (and the task's weight down) on a batch that says nothing about it
+        # that term would push s_k down (and the task's weight up) on a batch that says nothing about it
         return sum((torch.exp(-s[i]) * losses[t] + 0.5 * s[i]) * present[t] for i, t in enumerate(self.tasks))
 
     def observe(self, losses: Mapping[str, float], present: Mapping[str, bool]) -> None:

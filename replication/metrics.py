@@ -51,6 +51,12 @@ def balanced_accuracy(y_true, y_pred) -> float:
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
     """(C, C) int64 counts, entry [i, j] = samples of true class i predicted as j (§4.7)."""
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    accuracy(y_true, y_pred)  # same shape checks
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        outside = (y < 0) | (y >= num_classes)
+        if outside.any():  # bincount would put them in another cell (or fail on a negative index)
+            raise ValueError(f"{name}[{int(np.argmax(outside))}] = {y[outside][0]} is not a class index "
+                             f"0..{num_classes - 1}")
     return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 

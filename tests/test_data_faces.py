@@ -59,6 +59,14 @@ def test_square_crop_geometry():
     assert edge[:10].max() == 0 and edge.shape == (40, 40, 3)
 
 
+@pytest.mark.parametrize("box", [(30, 40, 30, 60), (30, 40, 50, 40), (50, 40, 30, 60), (30, 40, float("nan"), 60)])
+def test_square_crop_refuses_a_box_without_area(box):
+    """Such a box used to give a 1x1 crop resized to a valid-looking image."""
+    with pytest.raises(ValueError) as e:
+        square_crop(np.zeros((100, 100, 3), np.uint8), box, size=20)
+    assert str(e.value) == f"box {box} has no area: expected x0 < x1 and y0 < y1"
+
+
 @needs_prototxt
 def test_prototxt_is_the_published_one_and_loads():
     assert sha1(PROTOTXT) == PROTOTXT_SHA1

@@ -1,7 +1,9 @@
 """``demo-data`` + ``prepare`` end to end: every bad input is counted with its file name,
 nothing is dropped silently, re-runs resume, and the manifest validates."""
 import json
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -79,6 +81,35 @@ def test_resume_writes_nothing_new(demo_run, tmp_path):
         run_prepare(raw, out, detector="boxes", size=48, progress=False)
 
 
+def test_resume_redoes_crops_whose_lagenda_row_changed(demo_run, tmp_path):
+    """LAGENDA keys hold the CSV line number: after the CSV is re-sorted or a box edited, a crop path
+    can name another person; resuming must redo it, as a fresh run from the edited CSV would crop it."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    shutil.copytree(demo_run[0] / "lagenda", raw / "lagenda")
+    run_prepare(raw, out, detector="boxes", size=32, datasets=("lagenda",), progress=False)
+    csv_path = raw / "lagenda" / "lagenda_annotation.csv"
+    lines = csv_path.read_text().splitlines()
+    usable = [i for i, line in enumerate(lines[1:], start=1) if int(line.split(",")[1]) >= 0
+              and line.split(",")[2] in "MF" and line.split(",")[3] != "-1.0"
+              and (raw / "lagenda" / line.split(",")[0]).is_file()]
+    a = next(i for i in usable if i + 1 in usable and lines[i].split(",")[0] == lines[i + 1].split(",")[0])
+    lines[a], lines[a + 1] = lines[a + 1], lines[a]  # two persons of one image swap lines (= keys)
+    b = next(i for i in usable if i not in (a, a + 1))
+    fields = lines[b].split(",")
+    fields[3:7] = [f"{float(v) + 2:.1f}" for v in fields[3:7]]  # the face box moved by 2 px
+    lines[b] = ",".join(fields)
+    csv_path.write_text("\n".join(lines) + "\n")
+
+    resumed = run_prepare(raw, out, detector="boxes", size=32, datasets=("lagenda",), progress=False)
+    fresh = run_prepare(raw, tmp_path / "fresh", detector="boxes", size=32, datasets=("lagenda",), progress=False)
+    assert resumed["datasets"]["lagenda"]["written"] == 3
+    assert resumed["datasets"]["lagenda"]["reused"] == fresh["datasets"]["lagenda"]["written"] - 3
+    manifest = (out / "manifest.csv").read_text()
+    assert manifest == (tmp_path / "fresh" / "manifest.csv").read_text()
+    for rel in pd.read_csv(out / "manifest.csv").path:
+        assert (out / rel).read_bytes() == (tmp_path / "fresh" / rel).read_bytes(), rel
+
+
 def test_demo_is_deterministic_and_fast(demo_run, tmp_path):
     raw, _, _, seconds = demo_run
     assert seconds < 30
@@ -132,11 +163,9 @@ def test_crop_modes():
     assert crop_mode("rafdb", "ssd", aligned=("rafdb",)) == crop_mode("vggface2", "none") == "none"
 
 
-def test_ssd_mode_crops_shipped_boxes_without_the_detector(tmp_path):
-    """RAF-DB / VGGFace2 records with a shipped box are cropped from it; only the others meet the SSD."""
-    raw = tmp_path / "raw"
-    img = np.zeros((60, 60, 3), np.uint8)
-    img[10:30, 10:30] = 255  # the shipped box covers the white square; the stub SSD answers a black corner
+def _boxed_raw(raw: Path, img: np.ndarray, rafdb_boxes: dict, vgg_boxes: str) -> Path:
+    """RAF-DB train_00001 / test_0001 (``rafdb_boxes``: stem -> box file text) and VGGFace2 n000001's
+    0001_01 / 0002_01 (``vgg_boxes``: loose_bb_test.csv rows), every image ``img``."""
     basic = raw / "rafdb" / "basic"
     for sub in ("EmoLabel", "Image/original", "Annotation/manual", "Annotation/boundingbox"):
         (basic / sub).mkdir(parents=True)
@@ -144,7 +173,8 @@ def test_ssd_mode_crops_shipped_boxes_without_the_detector(tmp_path):
     for stem in ("train_00001", "test_0001"):
         Image.fromarray(img).save(basic / "Image" / "original" / f"{stem}.jpg")
         (basic / "Annotation" / "manual" / f"{stem}_manu_attri.txt").write_text("1\t2\n" * 5 + "0\n0\n2\n")
-    (basic / "Annotation" / "boundingbox" / "train_00001_boundingbox.txt").write_text("10 10 30 30\n")
+    for stem, box in rafdb_boxes.items():
+        (basic / "Annotation" / "boundingbox" / f"{stem}_boundingbox.txt").write_text(box + "\n")
     vgg = raw / "vggface2"
     (vgg / "test" / "n000001").mkdir(parents=True)
     (vgg / "bb_landmark").mkdir()
@@ -152,7 +182,16 @@ def test_ssd_mode_crops_shipped_boxes_without_the_detector(tmp_path):
         Image.fromarray(img).save(vgg / "test" / "n000001" / f"{name}.jpg")
     (vgg / "test_list.txt").write_text("n000001/0001_01.jpg\nn000001/0002_01.jpg\n")
     (vgg / "identity_meta.csv").write_text("Class_ID, Name, Sample_Num, Flag, Gender\nn000001,\"A\",2,0, f\n")
-    (vgg / "bb_landmark" / "loose_bb_test.csv").write_text("NAME_ID,X,Y,W,H\nn000001/0002_01,10,10,20,20\n")
+    (vgg / "bb_landmark" / "loose_bb_test.csv").write_text("NAME_ID,X,Y,W,H\n" + vgg_boxes)
+    return raw
+
+
+def test_ssd_mode_crops_shipped_boxes_without_the_detector(tmp_path):
+    """RAF-DB / VGGFace2 records with a shipped box are cropped from it; only the others meet the SSD."""
+    raw = tmp_path / "raw"
+    img = np.zeros((60, 60, 3), np.uint8)
+    img[10:30, 10:30] = 255  # the shipped box covers the white square; the stub SSD answers a black corner
+    _boxed_raw(raw, img, {"train_00001": "10 10 30 30"}, "n000001/0002_01,10,10,20,20\n")
 
     net = StubNet([[0, 1, 0.9, 0.6, 0.6, 0.9, 0.9]])  # a "face" at pixels 36..54: black
     calls = []
@@ -177,6 +216,20 @@ def test_ssd_mode_crops_shipped_boxes_without_the_detector(tmp_path):
     with pytest.raises(ValueError, match="another --out"):
         run_prepare(raw, tmp_path / "out", detector="ssd", size=24, margin=0.0, progress=False,
                     ssd=SSDFaceDetector(net))
+
+
+def test_degenerate_shipped_boxes_are_skipped(tmp_path):
+    """A RAF-DB / VGGFace2 box without area is skipped as no_face_box (like LAGENDA's), never cropped 1x1."""
+    raw = tmp_path / "raw"
+    img = np.full((60, 60, 3), 200, np.uint8)
+    _boxed_raw(raw, img, {"train_00001": "10 10 30 30", "test_0001": "10 10 10 30"},  # zero width
+               "n000001/0001_01,10,10,20,20\nn000001/0002_01,10,10,20,0\n")  # zero height
+    report = run_prepare(raw, tmp_path / "out", detector="boxes", size=24, progress=False)
+    assert report["datasets"]["rafdb"]["skipped"]["no_face_box"] == {"count": 1, "files": ["test_0001.jpg"]}
+    assert report["datasets"]["vggface2"]["skipped"]["no_face_box"] == {"count": 1, "files": ["n000001/0002_01.jpg"]}
+    crops = tmp_path / "out" / "crops"
+    assert sorted(p.relative_to(crops).as_posix() for p in crops.rglob("*.jpg")) == [
+        "rafdb/train_00001.jpg", "vggface2/n000001_0001_01.jpg"]
 
 
 def test_missing_detector_is_a_clear_error(tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 from replication.data.readers import (ReadResult, parse_celebamask_attributes, parse_identity_meta,
                                       parse_loose_boxes, parse_mivia_ages, parse_utkface_name, read_fairface,
                                       read_lagenda, read_rafdb, read_rafdb_list, read_utkface,
-                                      read_utkface_names, read_vggface2_list)
+                                      read_utkface_names, read_vggface2, read_vggface2_list)
 from replication.labels import MISSING
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference-labels"
@@ -199,3 +199,75 @@ def test_celebamask_attribute_format_errors(tmp_path):
     path.write_text("2\nSmiling Male\n0.jpg  1 0\n1.jpg  -1 1\n")
     with pytest.raises(ValueError, match="line 3"):
         parse_celebamask_attributes(path)
+
+
+def test_lagenda_non_finite_values_are_counted(tmp_path):
+    """"nan"/"inf" parse as floats: an age is counted as unknown_label, a box as no_face_box (no crash)."""
+    (tmp_path / "lagenda_annotation.csv").write_text(
+        "img_name,age,gender,face_x0,face_y0,face_x1,face_y1\n"
+        "lag_benchmark/a.jpg.jpg,nan,M,10,20,50,70\n"
+        "lag_benchmark/a.jpg.jpg,inf,F,10,20,50,70\n"
+        "lag_benchmark/b.jpg.jpg,30,F,10,20,nan,70\n"
+        "lag_benchmark/b.jpg.jpg,30,F,10,20,50,inf\n"
+        "lag_benchmark/c.jpg.jpg,30,M,10,20,10,70\n")  # zero width
+    res = read_lagenda(tmp_path)
+    assert res.rows_read == 5 and not res.records
+    assert res.skipped == {"unknown_label": ["lag_benchmark/a.jpg.jpg (line 2) age='nan'",
+                                             "lag_benchmark/a.jpg.jpg (line 3) age='inf'"],
+                           "no_face_box": ["lag_benchmark/b.jpg.jpg (line 4)", "lag_benchmark/b.jpg.jpg (line 5)",
+                                           "lag_benchmark/c.jpg.jpg (line 6)"]}
+
+
+def _message(call, *args) -> str:
+    with pytest.raises(ValueError) as e:
+        call(*args)
+    return str(e.value)
+
+
+def test_rafdb_box_errors_name_file_and_line(tmp_path):
+    basic = tmp_path / "basic"
+    for sub in ("EmoLabel", "Annotation/manual", "Annotation/boundingbox"):
+        (basic / sub).mkdir(parents=True)
+    (basic / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 4\n")
+    (basic / "Annotation" / "manual" / "train_00001_manu_attri.txt").write_text("1\t2\n" * 5 + "0\n0\n2\n")
+    box = basic / "Annotation" / "boundingbox" / "train_00001_boundingbox.txt"
+    box.write_text("10 20\nn/a 40\n")
+    assert _message(read_rafdb, tmp_path) == f"{box} line 2: expected 4 numbers x0 y0 x1 y1, got 'n/a'"
+    box.write_text("10 20 30\n")
+    assert _message(read_rafdb, tmp_path) == f"{box}: expected 4 numbers x0 y0 x1 y1, found 3"
+
+
+def test_identity_meta_bad_flag_and_mivia_non_finite_age(tmp_path):
+    bad = tmp_path / "identity_meta.csv"
+    bad.write_bytes(b'Class_ID, Name, Sample_Num, Flag, Gender\r\nn000003,"x",1,yes, m\r\n')
+    assert _message(parse_identity_meta, bad).startswith(f"{bad} line 2: expected Flag 0 (test) or 1 (train), got ")
+    ages = tmp_path / "test.age_detected.csv"
+    ages.write_text("n000001/0001_01.jpg,29.995\nn000001/0002_01.jpg,nan\n")
+    assert _message(parse_mivia_ages, ages).startswith(f"{ages} line 2: last column is not an age")
+
+
+def _vggface2_folder(root, age_lines):
+    (root / "identity_meta.csv").write_text("Class_ID, Name, Sample_Num, Flag, Gender\nn000001,\"A\",2,0, f\n")
+    (root / "test_list.txt").write_text("n000001/0001_01.jpg\nn000001/0002_01.jpg\n")
+    (root / "test.age_detected.csv").write_text("".join(f"{line}\n" for line in age_lines))
+    return root
+
+
+def test_vggface2_age_file_matching_no_image_is_an_error(tmp_path):
+    """A present MIVIA file whose keys match no test image (another prefix or release) would leave
+    the age test set empty with only notes; partial coverage stays a counted note."""
+    folder = _vggface2_folder(tmp_path, ["test/n000001/0001_01.jpg,30.5", "test/n000001/0002_01.jpg,41"])
+    assert _message(read_vggface2, folder).startswith(
+        f"{folder / 'test.age_detected.csv'}: 0 of its 2 keys match the 2 images of {folder / 'test_list.txt'} "
+        "(age file key e.g. 'test/n000001/0001_01.jpg', test_list.txt e.g. 'n000001/0001_01.jpg')")
+    res = read_vggface2(_vggface2_folder(tmp_path, ["n000001/0001_01.jpg,30.5"]))
+    assert [r.age for r in res.records] == [4, MISSING]
+    assert res.notes["age_missing"] == ["n000001/0002_01.jpg"]
+
+
+def test_celebamask_header_errors_name_the_line(tmp_path):
+    path = tmp_path / "attr.txt"
+    path.write_text("two\nSmiling Male\n0.jpg  1 -1\n")
+    assert _message(parse_celebamask_attributes, path) == f"{path} line 1: expected the number of images, got 'two'"
+    path.write_text("1\nSmiling Young\n0.jpg  1 -1\n")
+    assert _message(parse_celebamask_attributes, path) == f"{path} line 2: expected the attribute names, including Male"

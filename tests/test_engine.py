@@ -177,6 +177,64 @@ def test_kill9_mid_epoch_then_resume_is_bit_identical(prepared, tmp_path):
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.parametrize("killed_in", ["_write_metrics", "_save_last", "_commit_best"])
+def test_a_run_killed_between_its_epoch_end_files_resumes_to_the_same_run(prepared, tmp_path, monkeypatch,
+                                                                         killed_in):
+    """The last epoch end writes metrics.jsonl, last.pt and best.pt in turn; a run killed in any of them
+    resumes to the uninterrupted run's files: all epochs in metrics.jsonl, best.pt of the epoch last.pt and
+    results.json name (a finished last.pt written before metrics.jsonl used to leave its last epoch out)."""
+    baseline = load_run(run(_cfg(prepared, tmp_path / "a", checkpoint_every=100)))
+    cfg = _cfg(prepared, tmp_path / "b", checkpoint_every=100)
+    real = getattr(engine.Trainer, killed_in)
+
+    def killed(self):
+        if self.progress.finished:
+            raise KeyboardInterrupt(killed_in)
+        real(self)
+
+    monkeypatch.setattr(engine.Trainer, killed_in, killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    monkeypatch.setattr(engine.Trainer, killed_in, real)
+    (cfg.run_dir / "best-next-epoch7.pt").write_bytes(b"")  # a leftover no last.pt records is dropped
+    result = load_run(run(cfg))
+    strip = lambda epochs: [{k: v for k, v in e.items() if k != "train_seconds"} for e in epochs]  # noqa: E731
+    assert strip(result.epochs) == strip(baseline.epochs) and len(result.epochs) == 2
+    assert result.results == baseline.results
+    best_epoch = torch.load(cfg.run_dir / "best.pt", weights_only=False)["epoch"]
+    assert best_epoch == result.results["best_epoch"] == result.epochs[-1]["best_epoch"]
+    assert list(cfg.run_dir.glob("best-next-*")) == []
+
+
+@pytest.mark.parametrize("amp", ["fp16", "none"])
+def test_a_non_finite_batch_loss_is_counted_or_stops_the_run(prepared, tmp_path, monkeypatch, amp):
+    """fp16: GradScaler skips the step of a batch whose loss overflowed; that batch must not reach the §3.7.3
+    EMA (one NaN there makes every later weight NaN) and is counted per task. Without a scaler nothing
+    skipped the step, so the weights are broken: the run stops with an error."""
+    cfg = _cfg(prepared, tmp_path, method="lora", weighting="ema", amp=amp)
+    real, calls = engine.train_step, []
+
+    def third_batch_nan(objective, optimizer, scaler, inputs, targets, autocast):
+        calls.append(targets)
+        if len(calls) == 3:
+            inputs = torch.full_like(inputs, float("nan"))
+        return real(objective, optimizer, scaler, inputs, targets, autocast)
+
+    monkeypatch.setattr(engine, "train_step", third_batch_nan)
+    if amp == "none":
+        with pytest.raises(FloatingPointError, match=r"non-finite .*loss at epoch 1, step 3 \(none\)"):
+            run(cfg)
+        return
+    epochs = load_run(run(cfg)).epochs
+    labelled = {t for t, i in zip(cfg.tasks, range(3)) if (calls[2][:, i] >= 0).any()}
+    assert labelled and epochs[0]["nonfinite_batches"] == {t: 1 for t in labelled}
+    assert epochs[1]["nonfinite_batches"] == {}
+    for e in epochs:
+        assert np.isfinite([*e["ema_losses"].values(), *e["task_weights"].values()]).all(), e
+    weights = torch.load(cfg.run_dir / "last.pt", weights_only=False)["model"]
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
 def test_runs_are_repeatable_whatever_the_workers_and_gradient_checkpointing(prepared, tmp_path):
     """Seeds fix a run: DataLoader workers (augmentation seeds come from the sampler) and gradient
     checkpointing (recomputation restores the dropout RNG) leave every number unchanged."""

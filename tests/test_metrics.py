@@ -25,6 +25,16 @@ def test_balanced_accuracy_ignores_classes_absent_from_labels():
     assert balanced_accuracy(y, p) == pytest.approx((1 / 2 + 2 / 3) / 2)
 
 
+def test_confusion_matrix_refuses_labels_outside_the_classes():
+    """np.bincount would count y_pred = 2 of 2 classes in the next row's cell, or fail on -1 (MISSING)."""
+    with pytest.raises(ValueError, match=r"y_pred\[0\] = 2 is not a class index 0\.\.1"):
+        confusion_matrix([0, 1], [2, 1], 2)
+    with pytest.raises(ValueError, match=r"y_true\[1\] = -1 is not a class index"):
+        confusion_matrix([0, -1], [1, 1], 2)
+    with pytest.raises(ValueError, match="equally long"):
+        confusion_matrix([0, 1], [1], 2)
+
+
 def _predictions(rows):
     return pd.DataFrame(rows, columns=["path", "dataset", "task", "label", "pred"])
 

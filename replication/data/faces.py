@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .readers import box_has_area
+
 Box = tuple[float, float, float, float]
 
 # shared/face-detector/SOURCES.md: file name -> published SHA-1.
@@ -151,6 +153,8 @@ def load_rgb(path: Path) -> tuple[np.ndarray, list[str]]:
 def square_crop(rgb: np.ndarray, box: Box, size: int, margin: float = 0.2) -> np.ndarray:
     """Square of side max(w, h)·(1 + 2·margin) centred on the box, padded with black outside
     the image (so faces at the border are not shifted), resized to ``size``."""
+    if not box_has_area(box):  # would give a 1x1 junk crop (prepare skips such boxes as no_face_box)
+        raise ValueError(f"box {box} has no area: expected x0 < x1 and y0 < y1")
     x0, y0, x1, y1 = box
     side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2

@@ -19,7 +19,9 @@ When the SSD finds no face, FairFace keeps the image with the whole image as a f
 (Table 3.2 counts all 86,744 FairFace images); other datasets skip it as ``no_face``.
 
 Every label row ends up either in the manifest or under a skip reason in report.json
-(checked before writing). Crops are written once; a journal makes re-runs resume.
+(checked before writing). Crops are written once; a journal makes re-runs resume. It records each
+crop's source image and box, and a crop whose record now has another source or box (e.g. a LAGENDA
+CSV edited between runs: its keys hold line numbers) is redone, not reused.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from replication.labels import DATASETS, NUM_CLASSES, TASKS
 from .compose import compose, training_totals
 from .faces import (DetectorFilesError, ImageError, SSDFaceDetector, load_rgb, locate_ssd_files, resize,
                     save_jpeg, square_crop)
-from .readers import READERS, Record
+from .readers import READERS, Record, box_has_area
 
 BOXED = ("lagenda", "rafdb", "vggface2")  # datasets that can ship face boxes
 NO_FACE_FALLBACK = ("fairface",)  # keep the whole image when the SSD finds no face
@@ -92,6 +94,8 @@ def _crop_decoded(record: Record, rgb, notes: list[str], mode: str, out_path: Pa
     if mode == "none":
         crop = resize(rgb, s["size"])
     elif box is not None:  # §2.7: "the already provided bounding boxes by the authors if present"
+        if not box_has_area(box):  # skipped like LAGENDA's rows without a face box (readers.read_lagenda)
+            return record.key, "no_face_box", notes
         if box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h:
             return record.key, "box_outside_image", notes
         crop = square_crop(rgb, box, s["size"], s["margin"])
@@ -163,14 +167,14 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
 
     reads = {d: READERS[d](root / d) for d in present}
     journal_path = out / "journal.jsonl"
-    done = {}  # crop path -> notes, for crops finished by an earlier run
+    done = {}  # crop path -> journal entry (source, box, notes), for crops finished by an earlier run
     if journal_path.is_file():
         for line in journal_path.read_text().splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:  # a line cut by an interrupted run: redo that crop
                 continue
-            done[entry["path"]] = entry["notes"]
+            done[entry["path"]] = entry
 
     # record -> [skip reason or None, notes, reused]; keys are unique per dataset after this loop
     outcome: dict[tuple[str, str], list] = {}
@@ -185,8 +189,12 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
         result.records = list(unique.values())
         for r in result.records:
             rel = crop_rel(r)
-            if rel in done and (out / rel).is_file():
-                outcome[(d, r.key)] = [None, done[rel], True]
+            # A LAGENDA key holds the CSV line number: after the CSV changed, the same path may name
+            # another person, so a crop is reused only if made from the same image and box.
+            entry = done.get(rel)
+            if (entry is not None and all(entry.get(k) == v for k, v in _origin(r, root).items())
+                    and (out / rel).is_file()):
+                outcome[(d, r.key)] = [None, entry["notes"], True]
             else:
                 tasks.append((r, modes[d], str(out / rel)))
 
@@ -199,7 +207,7 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
             for (r, _, _), (key, reason, notes) in zip(tasks, results):
                 outcome[(r.dataset, key)] = [reason, notes, False]
                 if reason is None:
-                    journal.write(json.dumps({"path": crop_rel(r), "notes": notes}) + "\n")
+                    journal.write(json.dumps({"path": crop_rel(r), **_origin(r, root), "notes": notes}) + "\n")
                     journal.flush()
                 bar.update()
     finally:
@@ -228,6 +236,13 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
 def crop_rel(r: Record) -> str:
     """Crop location relative to the prepared folder (the manifest's ``path``)."""
     return f"crops/{r.dataset}/{r.key}.jpg"
+
+
+def _origin(r: Record, root: Path) -> dict:
+    """What a crop was made from, as the journal records it (source relative to the data root, so a
+    moved raw folder still resumes; box as a JSON list, None without one)."""
+    source = r.image.relative_to(root) if r.image.is_relative_to(root) else r.image
+    return {"source": source.as_posix(), "box": None if r.box is None else list(r.box)}
 
 
 def _dataset_report(result, mode: str, outcome: dict, composition, manifest: pd.DataFrame) -> dict:

@@ -26,6 +26,7 @@ Expected layout under the raw data root (one folder per dataset id):
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -77,6 +78,13 @@ def _need(path: Path, what: str) -> Path:
 
 def _first_existing(paths: Iterable[Path]) -> Path | None:
     return next((p for p in paths if p.exists()), None)
+
+
+def box_has_area(box: Box) -> bool:
+    """False for LAGENDA's -1 placeholder and any box with non-positive (or non-finite) width or
+    height: cropping one would give a 1x1 junk crop that looks valid. One check for every dataset."""
+    x0, y0, x1, y1 = box
+    return all(math.isfinite(v) for v in box) and x1 > x0 and y1 > y0
 
 
 # ---------------------------------------------------------------- FairFace (formats.md §1)
@@ -192,6 +200,9 @@ def read_lagenda(folder: Path) -> ReadResult:
             except (ValueError, TypeError):  # TypeError: a short row leaves the last columns None
                 result.skip("unknown_label", name)
                 continue
+            if not math.isfinite(age):  # "nan"/"inf" parse as floats but are no age
+                result.skip("unknown_label", f"{name} age={row['age']!r}")
+                continue
             gender = LAGENDA_GENDERS.get(row["gender"].strip())
             if gender is None and row["gender"].strip() != "-1":
                 result.skip("unknown_label", f"{name} gender={row['gender']!r}")
@@ -201,7 +212,7 @@ def read_lagenda(folder: Path) -> ReadResult:
                 # Table 3.2: every LAGENDA sample has both labels (its age and gender
                 # totals both include the same 80% of LAGENDA).
                 result.skip("missing_age" if age < 0 else "missing_gender", name)
-            elif all(v == -1 for v in box) or box[2] <= box[0] or box[3] <= box[1]:
+            elif not box_has_area(box):  # -1,-1,-1,-1 = no face box (formats.md §3)
                 result.skip("no_face_box", name)
             else:
                 stem = Path(row["img_name"]).name.split(".")[0]
@@ -223,6 +234,23 @@ def read_rafdb_manual_gender(path: Path) -> int | None:
     if len(lines) < 6 or lines[5] not in ("0", "1", "2"):
         return None
     return int(lines[5])
+
+
+def parse_rafdb_box(path: Path) -> Box:
+    """``<name>_boundingbox.txt``: 4 numbers ``x0 y0 x1 y1`` (formats.md §4).
+
+    A corrupt box file stops the run (as VGGFace2's ``parse_loose_boxes`` does) rather than
+    silently sending its image to the SSD."""
+    values = [(line_no, v) for line_no, line in enumerate(path.read_text().splitlines(), start=1)
+              for v in line.split()][:4]
+    for line_no, v in values:
+        try:
+            float(v)
+        except ValueError:
+            raise ValueError(f"{path} line {line_no}: expected 4 numbers x0 y0 x1 y1, got {v!r}") from None
+    if len(values) < 4:
+        raise ValueError(f"{path}: expected 4 numbers x0 y0 x1 y1, found {len(values)}")
+    return tuple(float(v) for _, v in values)
 
 
 def read_rafdb_list(list_file: Path, image_dir: Path, result: ReadResult,
@@ -255,8 +283,7 @@ def read_rafdb_list(list_file: Path, image_dir: Path, result: ReadResult,
                 gender = g
         box = None
         if bbox_dir is not None and (bbox_dir / f"{stem}_boundingbox.txt").is_file():
-            values = (bbox_dir / f"{stem}_boundingbox.txt").read_text().split()
-            box = tuple(float(v) for v in values[:4]) if len(values) >= 4 else None
+            box = parse_rafdb_box(bbox_dir / f"{stem}_boundingbox.txt")
         result.records.append(Record("rafdb", image_dir / name, name, stem, split,
                                      gender=gender, emotion=int(parts[1]) - 1, box=box))
 
@@ -286,6 +313,10 @@ def read_rafdb(folder: Path) -> ReadResult:
 def parse_celebamask_attributes(path: Path) -> dict[str, int]:
     """``CelebAMask-HQ-attribute-anno.txt`` -> {image name: gender id} from the ``Male`` column."""
     lines = _need(path, "CelebAMask-HQ attribute file").read_text().splitlines()
+    if not lines or not lines[0].strip().isdigit():
+        raise ValueError(f"{path} line 1: expected the number of images, got {lines[0] if lines else ''!r}")
+    if len(lines) < 2 or "Male" not in lines[1].split():
+        raise ValueError(f"{path} line 2: expected the attribute names, including Male")
     count, names = int(lines[0]), lines[1].split()
     male = names.index("Male")
     genders = {}
@@ -337,6 +368,8 @@ def parse_identity_meta(path: Path) -> dict[str, tuple[int, int]]:
             gender = {"m": 0, "f": 1}.get(row[4].strip()) if len(row) >= 5 else None
             if gender is None:
                 raise ValueError(f"{path} line {line_no}: expected Gender m/f, got {row}")
+            if row[3].strip() not in ("0", "1"):
+                raise ValueError(f"{path} line {line_no}: expected Flag 0 (test) or 1 (train), got {row}")
             out[row[0].strip()] = (gender, int(row[3]))
     return out
 
@@ -349,7 +382,10 @@ def parse_mivia_ages(path: Path) -> dict[str, float]:
             if not row:
                 continue
             try:
-                ages[row[0].strip()] = float(row[-1])
+                age = float(row[-1])
+                if not math.isfinite(age):  # "nan"/"inf" parse but cannot be binned
+                    raise ValueError
+                ages[row[0].strip()] = age
             except ValueError:
                 if line_no > 1:  # line 1 may be a header
                     raise ValueError(f"{path} line {line_no}: last column is not an age: {row}") from None
@@ -379,9 +415,16 @@ VGGFACE2_AGE_FILES = ("test.age_detected.csv", "annotations/test.age_detected.cs
 
 def read_vggface2_list(test_list: Path, identities: dict[str, tuple[int, int]], image_dir: Path,
                        result: ReadResult, ages: dict[str, float] | None = None,
-                       boxes: dict[str, Box] | None = None) -> None:
-    """Every test image inherits its identity's gender; age from the MIVIA file when given."""
-    for name in _need(test_list, "VGGFace2 test_list.txt").read_text().split():
+                       boxes: dict[str, Box] | None = None, age_file: Path | None = None) -> None:
+    """Every test image inherits its identity's gender; age from the MIVIA file (``age_file``) when given."""
+    names = _need(test_list, "VGGFace2 test_list.txt").read_text().split()
+    if ages is not None and names and not any(name in ages for name in names):
+        # Otherwise every image only gets an age_missing note and the age test set is silently empty.
+        example = next(iter(ages), None)
+        raise ValueError(f"{age_file or 'MIVIA age file'}: 0 of its {len(ages)} keys match the {len(names)} images "
+                         f"of {test_list} (age file key e.g. {example!r}, test_list.txt e.g. {names[0]!r}); "
+                         "expected column 0 to be the test_list path nXXXXXX/XXXX_XX.jpg (formats.md §6)")
+    for name in names:
         result.rows_read += 1
         identity = identities.get(name.split("/")[0])
         if identity is None:
@@ -408,7 +451,7 @@ def read_vggface2(folder: Path) -> ReadResult:
     read_vggface2_list(folder / "test_list.txt", parse_identity_meta(folder / "identity_meta.csv"),
                        folder / "test", result,
                        ages=parse_mivia_ages(age_file) if age_file else None,
-                       boxes=parse_loose_boxes(box_file) if box_file.is_file() else None)
+                       boxes=parse_loose_boxes(box_file) if box_file.is_file() else None, age_file=age_file)
     return result
 
 
