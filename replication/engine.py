@@ -274,9 +274,12 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 def train_step(objective, optimizer, scaler, inputs, targets, autocast) -> dict[str, torch.Tensor]:
     """One AdamW step on one batch; returns the detached per-task losses."""
     # an fp16 forward that overflows gets its step skipped by GradScaler, but it has already run the heads'
-    # BatchNorm: its NaN/inf must not stay in the running statistics that every evaluation uses
-    running = [(b, b.clone()) for m in objective.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-               and m.track_running_stats for b in (m.running_mean, m.running_var)]
+    # BatchNorm: its NaN/inf must not stay in the running statistics that every evaluation uses (without a
+    # GradScaler the run stops at such a loss, Trainer._observe, so there is nothing to guard)
+    running = [] if not scaler.is_enabled() else [
+        (b, b.clone()) for m in objective.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        for b in (m.running_mean, m.running_var)]
     with autocast:
         total, losses = objective(inputs, targets)
     optimizer.zero_grad(set_to_none=True)

@@ -226,7 +226,7 @@ def test_a_non_finite_batch_loss_is_counted_or_stops_the_run(prepared, tmp_path,
             run(cfg)
         return
     epochs = load_run(run(cfg)).epochs
-    labelled = {t for t, i in zip(cfg.tasks, range(3)) if (calls[2][:, i] >= 0).any()}
+    labelled = {t for i, t in enumerate(cfg.tasks) if (calls[2][:, i] >= 0).any()}
     assert labelled and epochs[0]["nonfinite_batches"] == {t: 1 for t in labelled}
     assert epochs[1]["nonfinite_batches"] == {}
     for e in epochs:

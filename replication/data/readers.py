@@ -414,14 +414,15 @@ VGGFACE2_AGE_FILES = ("test.age_detected.csv", "annotations/test.age_detected.cs
 
 
 def read_vggface2_list(test_list: Path, identities: dict[str, tuple[int, int]], image_dir: Path,
-                       result: ReadResult, ages: dict[str, float] | None = None,
-                       boxes: dict[str, Box] | None = None, age_file: Path | None = None) -> None:
-    """Every test image inherits its identity's gender; age from the MIVIA file (``age_file``) when given."""
+                       result: ReadResult, age_file: Path | None = None,
+                       boxes: dict[str, Box] | None = None) -> None:
+    """Every test image inherits its identity's gender; age from the MIVIA file ``age_file`` when given."""
     names = _need(test_list, "VGGFace2 test_list.txt").read_text().split()
+    ages = parse_mivia_ages(age_file) if age_file else None
     if ages is not None and names and not any(name in ages for name in names):
         # Otherwise every image only gets an age_missing note and the age test set is silently empty.
         example = next(iter(ages), None)
-        raise ValueError(f"{age_file or 'MIVIA age file'}: 0 of its {len(ages)} keys match the {len(names)} images "
+        raise ValueError(f"{age_file}: 0 of its {len(ages)} keys match the {len(names)} images "
                          f"of {test_list} (age file key e.g. {example!r}, test_list.txt e.g. {names[0]!r}); "
                          "expected column 0 to be the test_list path nXXXXXX/XXXX_XX.jpg (formats.md §6)")
     for name in names:
@@ -449,9 +450,8 @@ def read_vggface2(folder: Path) -> ReadResult:
         result.notes["mivia_age_file_absent"].append(f"{folder}/{VGGFACE2_AGE_FILES[0]}")
     box_file = folder / "bb_landmark" / "loose_bb_test.csv"
     read_vggface2_list(folder / "test_list.txt", parse_identity_meta(folder / "identity_meta.csv"),
-                       folder / "test", result,
-                       ages=parse_mivia_ages(age_file) if age_file else None,
-                       boxes=parse_loose_boxes(box_file) if box_file.is_file() else None, age_file=age_file)
+                       folder / "test", result, age_file=age_file,
+                       boxes=parse_loose_boxes(box_file) if box_file.is_file() else None)
     return result
 
 
