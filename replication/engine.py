@@ -180,8 +180,10 @@ class FaceDataset(Dataset):
             raise RuntimeError(f"cannot read image {path} (manifest row {row}): {e}") from e
         if seed is None:
             return self.transform(image), self.labels[row]
+        # Only the CPU generator (same images): torch.manual_seed also queues a CUDA reseed that records a
+        # Python traceback per image, which took as long as the augmentation itself on the demo's CPU
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return self.transform(image), self.labels[row]
 
 
