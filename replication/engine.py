@@ -792,6 +792,8 @@ def parse_config(argv: list[str]) -> TrainConfig:
     cfg = TrainConfig(profile=profile.name, **values)
     if cfg.profile == "full" and cfg.checkpoint is None:
         parser.error("the full profile needs --checkpoint (PE-Core weights); random weights are for tests only")
+    if cfg.method == "zero_shot" and cfg.bpe is None:  # §4.2: the prompts go through the text tower
+        parser.error("zero_shot needs --bpe (the text tower's merges file, CLIP's bpe_simple_vocab_16e6.txt.gz)")
     return cfg
 
 

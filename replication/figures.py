@@ -29,7 +29,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
 from replication.data import class_counts  # noqa: E402
-from replication.labels import TASKS  # noqa: E402
+from replication.labels import MISSING, TASKS  # noqa: E402
 from replication.profiles import DEMO_LABEL  # noqa: E402
 
 # Figs 2.8–2.13: figure id -> dataset (the thesis draws VGGFace2's ages on a log scale)
@@ -182,19 +182,25 @@ def project(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
 
 
 def feature_maps(panels: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[str], str]],
-                 fig_id: str, out_dir, profile: str, columns: int = 2) -> Path:
-    """Figs 4.4–4.6: scatter of each panel (title, features, labels, class names, 'pca'|'tsne')."""
+                 fig_id: str, title: str, out_dir, profile: str, columns: int = 2) -> Path:
+    """Figs 4.4–4.6: scatter of each panel (title, features, labels, class names, 'pca'|'tsne').
+
+    ``title`` names what the thesis's caption names (dataset, model), which the panels do not.
+    Samples without the task's label (MISSING) have no class to colour and are left out."""
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4.2 * rows), squeeze=False)
-    for ax, (title, features, labels, names, method) in zip(axes.flat, panels):
+    for ax, (panel_title, features, labels, names, method) in zip(axes.flat, panels):
+        labelled = np.asarray(labels) != MISSING
+        features, labels = np.asarray(features)[labelled], np.asarray(labels)[labelled]
         xy = project(features, method)
         sns.scatterplot(x=xy[:, 0], y=xy[:, 1], hue=[names[i] for i in labels], ax=ax, s=14,
                         hue_order=[n for i, n in enumerate(names) if i in set(labels)],
                         palette="tab10", linewidth=0)
-        ax.set(title=title, xticks=[], yticks=[])
+        ax.set(title=panel_title, xticks=[], yticks=[])
         ax.legend(fontsize=7, markerscale=0.8)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
+    fig.suptitle(f"Fig. {fig_id} — {title}")
     fig.tight_layout()
     return save(fig, out_dir, fig_id, profile)
 

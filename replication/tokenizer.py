@@ -132,9 +132,14 @@ class Tokenizer:
         return ids
 
     def decode(self, ids) -> str:
-        """Ids -> text (SOT/EOT/padding dropped); the inverse of encode up to cleaning."""
+        """Ids -> text (SOT dropped, cut at the first EOT); the inverse of encode up to cleaning.
+
+        The zero padding only follows EOT: id 0 before it is the byte symbol "!" (as in "!(" -> [0, 263])."""
+        ids = [int(i) for i in ids]
+        if self.eot_id in ids:
+            ids = ids[: ids.index(self.eot_id)]
         dec = {c: b for b, c in bytes_to_unicode().items()}
-        text = "".join(self.decoder[int(i)] for i in ids if int(i) not in (0, self.sot_id, self.eot_id))
+        text = "".join(self.decoder[i] for i in ids if i != self.sot_id)
         return bytearray(dec[c] for c in text).decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
     def __call__(self, texts: str | list[str]) -> torch.Tensor:

@@ -16,8 +16,8 @@ from .labels import AGE_GROUPS, EMOTIONS, GENDERS, TASKS
 from .tokenizer import get_tokenizer
 
 # Age: the FairFace bin is inserted as written ("0-2", "3-9", ..., "60-69"), which fits "between ... years
-# old". The open-ended last bin "70+" does not ("between 70+ years old"), so it is given an upper bound that
-# covers the test sets' oldest people: "between 70-100 years old".
+# old". The open-ended last bin "70+" does not ("between 70+ years old"), so it is given a round upper bound:
+# "between 70-100 years old" (UTKFace's faces over 100, up to 116 by §2.7.2, are still in this class).
 _AGE_TEXT = {group: group for group in AGE_GROUPS} | {"70+": "70-100"}
 # Emotion: RAF-DB's class nouns/adjectives turned into the adjective describing a person, lower-case.
 _EMOTION_ADJECTIVE = {"Surprise": "surprised", "Fear": "fearful", "Disgust": "disgusted", "Happy": "happy",

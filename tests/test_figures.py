@@ -79,8 +79,21 @@ def test_projections():
         figures.project(x, "umap")
 
 
-def test_feature_maps(tmp_path):
+def test_feature_maps(tmp_path, monkeypatch):
     x, y = clusters(60)
     panels = [("t-SNE", x, y, ["a", "b", "c"], "tsne"), ("PCA", x, y, ["a", "b", "c"], "pca"),
               ("PCA2", x, y, ["a", "b", "c"], "pca")]
-    assert is_png(figures.feature_maps(panels, "4.4", tmp_path, "demo"))
+    assert is_png(figures.feature_maps(panels, "4.4", "RAF-DB, untrained vs trained", tmp_path, "demo"))
+    # The figure names its dataset/model (the thesis's caption), and an unlabelled sample (MISSING) is not
+    # drawn: names[-1] would silently colour it as the last class.
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, *args: drawn.append(fig))
+    y_missing = y.copy()
+    y_missing[:6] = MISSING
+    figures.feature_maps([("PCA", x, y_missing, ["a", "b", "c"], "pca")], "4.5", "UTKFace", tmp_path, "demo")
+    fig = drawn[0]
+    assert fig._suptitle.get_text() == "Fig. 4.5 — UTKFace"
+    ax = fig.axes[0]
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 54
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "c"]
+    plt.close(fig)

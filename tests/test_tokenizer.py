@@ -115,6 +115,9 @@ def test_vocabulary_and_cleaning():
     assert tok.encode("A  PHOTO &amp;amp; \n of") == tok.encode("a photo & of")
     assert tok.encode("cafÃ©") == tok.encode("café")
     assert tok.decode(tok("A photo of an angry person")[0]) == "a photo of an angry person"
+    # id 0 is the byte "!" (not only padding): "!(" is [0, 263] and must survive decoding
+    assert tok.encode("!(") == [0, 263]
+    assert tok.decode(tok("wow !(")[0]) == "wow !("
 
 
 @needs_bpe

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from replication import engine
 from replication.checkpoint import load_clip
 from replication.labels import TASKS
 from replication.tokenizer import tokenize, train_bpe
@@ -72,3 +73,14 @@ def test_merges_file_too_large_for_vocab_is_an_error(demo_setup, tmp_path):
     train_bpe(words + [p for task in PROMPTS.values() for p in task], num_merges=900, out_path=big)
     with pytest.raises(ValueError, match="vocab_size 1024"):
         ZeroShotClassifier(clip, big)
+
+
+def test_train_command_needs_the_merges_file(capsys):
+    # Without --bpe the run would load the checkpoint, then fail in the tokenizer on a None path.
+    argv = ["--method", "zero_shot", "--tasks", "age,gender,emotion"]
+    for extra in (["--profile", "full", "--checkpoint", "PE-Core-L14-336.pt"], ["--bpe", ""]):
+        with pytest.raises(SystemExit):
+            engine.parse_config(argv + extra)
+        assert "zero_shot needs --bpe" in capsys.readouterr().err
+    cfg = engine.parse_config(argv + ["--profile", "full", "--checkpoint", "x.pt", "--bpe", "bpe.txt.gz"])
+    assert cfg.bpe == "bpe.txt.gz"
