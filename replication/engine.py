@@ -122,6 +122,11 @@ class TrainConfig:
 # (activation checkpointing replays the blocks with the same dropout masks: same numbers, less memory;
 # grad_checkpointing is its on/off flag in run folders written before checkpoint_blocks replaced it)
 _EXECUTION_ONLY = {"num_workers", "checkpoint_every", "runs_dir", "device", "checkpoint_blocks", "grad_checkpointing"}
+# fields the zero-shot baseline (§4.2) never reads: it trains nothing, and its test predictions do not depend on
+# how many images go through at once. Its folder name leaves them out, so every batch shares the one baseline
+# (a `reproduce --max-train-samples N` batch beside a finished one included).
+_ZERO_SHOT_IGNORES = {"weighting", "seed", "max_train_samples", "batch_size", "max_epochs", "patience", "lr_head",
+                      "lr_backbone", "weight_decay", "emotion_share", "cache_embeddings"}
 
 
 # --- files --------------------------------------------------------------------------------------------
@@ -666,11 +671,22 @@ def _same_run(cfg: TrainConfig) -> bool:
     if not path.exists():
         return False
     old, new = json.loads(path.read_text()), _config_dict(cfg)
-    diff = {k for k in set(old) | set(new) if k not in _EXECUTION_ONLY and old.get(k) != new.get(k)}
+    ignored = _EXECUTION_ONLY | (_ZERO_SHOT_IGNORES if cfg.method == "zero_shot" else set())
+    diff = {k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k)
+            and not _moved_with_the_runs(old, new, k)}
     if diff:
         raise ValueError(f"{cfg.run_dir} holds a run with a different config ({sorted(diff)}); "
                          f"choose another --run-name or remove the folder")
     return True
+
+
+def _moved_with_the_runs(old: dict, new: dict, key: str) -> bool:
+    """True if input file/folder ``key`` differs only as the whole project moved: it lies where it lay relative
+    to the runs folder (another mount point, a copied clone). Absolute paths are what config.json holds, so
+    without this every finished run of a moved project would be refused, and only retraining would follow."""
+    if key not in ("prepared", "checkpoint", "bpe") or old.get(key) is None or new.get(key) is None:
+        return False
+    return os.path.relpath(old[key], old["runs_dir"]) == os.path.relpath(new[key], new["runs_dir"])
 
 
 def _prepare_dir(cfg: TrainConfig, d: distributed.Dist) -> None:
@@ -740,6 +756,11 @@ class RunResult:
 def load_config(path: str | Path) -> TrainConfig:
     values = json.loads((Path(path) / "config.json").read_text())
     values.pop("grad_checkpointing", None)  # execution only, and replaced by checkpoint_blocks (_EXECUTION_ONLY)
+    # a run whose project moved (_moved_with_the_runs) finds its inputs where they moved with it (load_model)
+    runs_dir = Path(path).resolve().parent
+    for key in ("prepared", "checkpoint", "bpe"):
+        if values[key] is not None and not Path(values[key]).exists():
+            values[key] = os.path.normpath(runs_dir / os.path.relpath(values[key], values["runs_dir"]))
     return TrainConfig(**values)
 
 

@@ -23,6 +23,7 @@ which turns a method and tasks into the engine's ``TrainConfig``.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -91,6 +92,11 @@ class Settings:
             raise FileNotFoundError(
                 f"{self.prepared / 'manifest.csv'} not found: run `python -m replication reproduce "
                 f"--profile full --raw-data ... --detector-dir ... --checkpoint ... --bpe ...` first")
+        elif self.checkpoint is None or self.bpe is None:
+            # as `train --profile full` refuses: the engine would start every run from random weights (a
+            # test-only mode) and the zero-shot baseline (§4.2) could not tokenize its prompts
+            raise ValueError("the full profile needs the parameters checkpoint (PE-Core-L14-336.pt) and bpe "
+                             "(bpe_simple_vocab_16e6.txt.gz); `reproduce --profile full` passes both")
 
     def train_config(self, method: str, tasks=tuple(TASKS), weighting: str | None = None
                      ) -> TrainConfig:
@@ -159,7 +165,12 @@ def ready_demo(profile, log=print) -> None:
     if not (profile.prepared / "manifest.csv").exists():
         if not profile.raw_data.exists():
             log(f"reproduce: generating the demo datasets in {profile.raw_data}")
-            _check(demo.cli(["--out", str(profile.raw_data)]), "demo-data")
+            # generated beside and renamed into place: an interrupted generation is redone by the next run
+            # instead of being prepared half-written (prepare takes whichever dataset folders exist)
+            partial = profile.raw_data.with_name(profile.raw_data.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            _check(demo.cli(["--out", str(partial)]), "demo-data")
+            partial.rename(profile.raw_data)
         log(f"reproduce: preparing face crops in {profile.prepared}")
         _check(prepare.cli(["--data-root", str(profile.raw_data), "--out", str(profile.prepared),
                             "--detector", profile.detector, "--size", str(profile.image_size)]),
@@ -200,6 +211,12 @@ def ready_full(profile, log=print) -> None:
                             "--workers", str(max(1, profile.num_workers))]), "prepare")
 
 
+def _absolute(text: str) -> Path:
+    """A path option, absolute against the caller's working directory: the notebooks run in the repository
+    root (papermill's cwd), where a relative path would name another file than the one checked here."""
+    return Path(text).resolve()
+
+
 def _check(code: int, step: str) -> None:
     if code != 0:
         raise SystemExit(f"reproduce: `{step}` failed (exit code {code})")
@@ -236,8 +253,8 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=("demo", "full"), default="demo")
     parser.add_argument("--only", help="run only the notebooks whose name starts with this, "
                                        f"e.g. 04_3 (notebooks: {', '.join(NOTEBOOKS)})")
-    parser.add_argument("--out", type=Path, help="executed notebooks folder "
-                                                 "(default notebooks/executed/<profile>)")
+    parser.add_argument("--out", type=_absolute, help="executed notebooks folder "
+                                                      "(default notebooks/executed/<profile>)")
     for flag, help_ in (
             ("--raw-data", "full: folder with the six datasets in their native layouts"),
             ("--detector-dir", "full: folder with deploy.prototxt + the res10 SSD caffemodel"),
@@ -246,7 +263,7 @@ def cli(argv: list[str] | None = None) -> int:
             ("--prepared", "face crops + manifest.csv (default: the profile's)"),
             ("--runs-dir", "run folders (default: the profile's)"),
             ("--tables-dir", "default tables/<profile>"), ("--figures-dir", "default figures/<profile>")):
-        parser.add_argument(flag, type=Path, help=help_)
+        parser.add_argument(flag, type=_absolute, help=help_)
     parser.add_argument("--max-epochs", type=int)
     parser.add_argument("--max-train-samples", type=int)
     parser.add_argument("--batch-size", type=int)

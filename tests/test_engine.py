@@ -86,6 +86,26 @@ def test_multitask_run_writes_run_folder_and_is_not_retrained(prepared, tmp_path
         run(_cfg(prepared, tmp_path, max_epochs=5, run_name=cfg.name))
 
 
+def test_a_finished_run_moved_with_its_project_is_reused(tmp_path, monkeypatch):
+    """config.json holds absolute paths: a project copied or mounted elsewhere with its data and runs keeps its
+    finished runs (inputs at the same place relative to the runs folder); other inputs are still refused."""
+    def cfg(root, prepared="data/prepared"):
+        return _cfg(root / prepared, root / "runs", checkpoint=str(root / "data" / "ckpt.pt"))
+
+    old = cfg(tmp_path / "a")
+    old.run_dir.mkdir(parents=True)
+    (old.run_dir / "config.json").write_text(json.dumps(engine._config_dict(old)))
+    (old.run_dir / "DONE").write_text("")
+    (tmp_path / "a").rename(tmp_path / "b")
+    monkeypatch.setattr(engine, "Trainer", None)
+    moved = cfg(tmp_path / "b")
+    assert run(moved) == moved.run_dir
+    # and analyses (load_model) find its frozen backbone where it moved to
+    assert engine.load_config(moved.run_dir).checkpoint == moved.checkpoint
+    with pytest.raises(ValueError, match=r"different config \(\['prepared'\]\)"):
+        run(cfg(tmp_path / "b", prepared="data/other"))
+
+
 def test_uw_log_variances_stay_out_of_weight_decay(prepared, tmp_path):
     trainer = engine.Trainer(_cfg(prepared, tmp_path))
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
@@ -270,7 +290,7 @@ def test_lp_embeddings_are_computed_once(prepared, tmp_path, monkeypatch):
     assert len(epochs) == 3 and epochs[0]["train_loss"] != epochs[2]["train_loss"]
 
 
-def test_zero_shot_run_writes_predictions_without_training(prepared, tmp_path):
+def test_zero_shot_run_writes_predictions_without_training(prepared, tmp_path, monkeypatch):
     from replication.tokenizer import train_bpe
     from replication.zero_shot import PROMPTS
 
@@ -282,6 +302,11 @@ def test_zero_shot_run_writes_predictions_without_training(prepared, tmp_path):
     assert result.epochs == [] and not (cfg.run_dir / "best.pt").exists()
     assert len(result.predictions) == 8 * 3 * 2 + 8
     assert 0 <= result.results["overall_average_accuracy"] <= 1
+    # the baseline is shared by batches with other training settings (its name leaves them out), not refused
+    monkeypatch.setattr(engine, "_test", None)
+    assert run(replace(cfg, max_train_samples=5, seed=7, max_epochs=3, batch_size=4, lr_head=1.0)) == cfg.run_dir
+    with pytest.raises(ValueError, match="different config"):  # what it predicts with still counts
+        run(replace(cfg, amp="bf16"))
 
 
 def test_single_task_sampling_weights_average_every_label_a_row_has():

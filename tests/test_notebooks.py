@@ -8,6 +8,7 @@ shared between notebooks through the engine, exactly as in `reproduce`.
 import ast
 import json
 import os
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -176,6 +177,55 @@ def test_reproduce_hands_its_overrides_to_every_notebook(monkeypatch, tmp_path, 
     with pytest.raises(SystemExit):
         reproduce.cli(["--checkpoint-blocks", "lora=x"])
     assert "checkpoint_blocks: expected METHOD=N" in capsys.readouterr().err
+
+
+def test_reproduce_hands_the_notebooks_absolute_paths(monkeypatch, tmp_path):
+    """A relative path option names the same place in the notebooks (run in the repository root) as in the
+    checks and the data preparation `reproduce` does in the caller's working directory."""
+    prepared_here, seen = [], {}
+    monkeypatch.setattr(reproduce, "ready_demo", lambda profile: prepared_here.append(profile.prepared))
+    monkeypatch.setattr(reproduce, "execute", lambda name, out, parameters: seen.update(out=out, **parameters))
+    monkeypatch.chdir(tmp_path)
+    assert reproduce.cli(["--only", "02", "--out", "nb", "--prepared", "prep", "--runs-dir", "runs",
+                          "--checkpoint", "ckpt.pt", "--tables-dir", "t", "--figures-dir", "f"]) == 0
+    assert prepared_here == [Path(seen["prepared"])]
+    for key, name in (("out", "nb"), ("prepared", "prep"), ("runs_dir", "runs"), ("checkpoint", "ckpt.pt"),
+                      ("tables_dir", "t"), ("figures_dir", "f")):
+        assert Path(seen[key]) == tmp_path.resolve() / name, key
+
+
+def test_an_interrupted_demo_generation_is_redone(monkeypatch, tmp_path):
+    """demo-data stopped half-way must not leave a raw folder that the next run prepares as if complete."""
+    profile = get_profile("demo").with_paths(raw_data=tmp_path / "raw", prepared=tmp_path / "prepared")
+    monkeypatch.setattr(pretrain, "pretrain", lambda *args, **kwargs: None)
+
+    def interrupted(argv):
+        (tmp_path / argv[1] / "fairface").mkdir(parents=True)  # one dataset written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "cli", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.ready_demo(profile, log=lambda text: None)
+    assert not profile.raw_data.exists()
+    generated = []
+
+    def generate(argv):
+        generated.append(argv)
+        demo.make_demo(argv[1], scale=0.05)
+        return 0
+
+    monkeypatch.setattr(demo, "cli", generate)
+    monkeypatch.setattr(prepare, "cli", lambda argv: 0)
+    reproduce.ready_demo(profile, log=lambda text: None)
+    assert len(generated) == 1 and sorted(d.name for d in profile.raw_data.iterdir()) == sorted(demo.DATASETS)
+
+
+def test_full_profile_notebooks_refuse_to_run_without_weights(tmp_path):
+    """The notebooks take the full profile's Settings as `train --profile full` does: never random weights."""
+    (tmp_path / "manifest.csv").write_text("")
+    with pytest.raises(ValueError, match="checkpoint .* and bpe"):
+        reproduce.settings("full", prepared=tmp_path).ensure_data()
+    reproduce.settings("full", prepared=tmp_path, checkpoint="PE-Core-L14-336.pt", bpe="bpe.txt.gz").ensure_data()
 
 
 def test_only_selects_sections():
