@@ -23,6 +23,7 @@ which turns a method and tasks into the engine's ``TrainConfig``.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -233,15 +234,20 @@ def select(only: str | None) -> list[str]:
 
 
 def execute(name: str, out_dir: Path, parameters: dict, log=print) -> Path:
-    """Run notebooks/<name>.ipynb with papermill; the executed copy goes to <out_dir>/<name>.ipynb."""
+    """Run notebooks/<name>.ipynb with papermill; the executed copy goes to <out_dir>/<name>.ipynb.
+
+    papermill saves the copy cell by cell, so it writes <name>.partial.ipynb and renames it only once every
+    cell ran: a failed or killed notebook leaves the last complete copy in place, and the partial one (with
+    papermill's error cell) beside it."""
     import papermill
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    output = out_dir / f"{name}.ipynb"
+    output, partial = out_dir / f"{name}.ipynb", out_dir / f"{name}.partial.ipynb"
     start = time.time()
-    papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(output),
+    papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(partial),
                                parameters=parameters, kernel_name="python3", cwd=str(REPO),
                                progress_bar=False)
+    os.replace(partial, output)
     log(f"reproduce: {name} done in {time.time() - start:.0f}s -> {output}")
     return output
 

@@ -232,6 +232,15 @@ def test_degenerate_shipped_boxes_are_skipped(tmp_path):
         "rafdb/train_00001.jpg", "vggface2/n000001_0001_01.jpg"]
 
 
+def test_cli_names_the_absent_datasets(tmp_path, capsys):
+    """A data root with only some datasets is prepared, and the console says which ones were not there."""
+    raw = _boxed_raw(tmp_path / "raw", np.full((60, 60, 3), 200, np.uint8), {"train_00001": "10 10 30 30"},
+                     "n000001/0001_01,10,10,20,20\n")
+    assert prep.cli(["--data-root", str(raw), "--out", str(tmp_path / "out"), "--detector", "boxes",
+                     "--size", "24", "--workers", "1"]) == 0
+    assert f"absent (no folder in {raw}): lagenda, fairface, celebahq, utkface\n" in capsys.readouterr().out
+
+
 def test_missing_detector_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "raw" / "utkface" / "UTKFace").mkdir(parents=True)
     code = prep.cli(["--data-root", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),

@@ -228,6 +228,25 @@ def test_full_profile_notebooks_refuse_to_run_without_weights(tmp_path):
     reproduce.settings("full", prepared=tmp_path, checkpoint="PE-Core-L14-336.pt", bpe="bpe.txt.gz").ensure_data()
 
 
+def test_a_failed_notebook_leaves_the_last_complete_copy(monkeypatch, tmp_path):
+    """papermill saves cell by cell: the executed copy is renamed into place only when every cell ran."""
+    import papermill
+
+    def failing(source, output, **kwargs):
+        Path(output).write_text("half")
+        raise RuntimeError("cell 3 failed")
+
+    (tmp_path / "02_datasets.ipynb").write_text("complete")
+    monkeypatch.setattr(papermill, "execute_notebook", failing)
+    with pytest.raises(RuntimeError, match="cell 3"):
+        reproduce.execute("02_datasets", tmp_path, {}, log=lambda text: None)
+    assert (tmp_path / "02_datasets.ipynb").read_text() == "complete"
+    assert (tmp_path / "02_datasets.partial.ipynb").read_text() == "half"
+    monkeypatch.setattr(papermill, "execute_notebook", lambda source, output, **kwargs: Path(output).write_text("new"))
+    assert reproduce.execute("02_datasets", tmp_path, {}, log=lambda text: None).read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["02_datasets.ipynb"]
+
+
 def test_only_selects_sections():
     assert reproduce.select("04_3") == ["04_3_single_task"]
     assert reproduce.select("04") == [n for n in reproduce.NOTEBOOKS if n.startswith("04")]

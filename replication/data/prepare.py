@@ -327,6 +327,8 @@ def cli(argv: list[str] | None = None) -> int:
     for d, r in report["datasets"].items():
         skips = ", ".join(f"{k} {v['count']}" for k, v in r["skipped"].items()) or "none"
         print(f"{d:9s} read {r['rows_read']:7d}  manifest {r['manifest']}  skipped: {skips}")
+    if report["absent_datasets"]:  # prepared without them (a subset is allowed), but never silently
+        print(f"absent (no folder in {a.data_root}): {', '.join(report['absent_datasets'])}")
     print(f"wrote {Path(a.out) / 'manifest.csv'} ({report['manifest_rows']} rows) and report.json")
     return 0
 
