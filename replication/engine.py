@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -41,6 +42,7 @@ from replication import distributed
 from replication.checkpoint import load_clip, load_vision
 from replication.config import get_config
 from replication.data import read_manifest
+from replication.data.faces import sha1
 from replication.labels import MISSING, TASKS, TEST_SETS
 from replication.losses import make_weighting, masked_cross_entropy
 from replication.methods import build_method
@@ -147,7 +149,24 @@ def _save(path: Path, obj) -> None:
 
 
 def _config_dict(cfg: TrainConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists, as read back
+    """config.json: the settings, and the SHA-1 of the files a run's numbers depend on beyond them (the
+    manifest's labels and splits, the encoder's weights, the merges). A path can stay while its contents
+    change (data/demo generated again, a checkpoint replaced): a finished run is then refused, never reused."""
+    inputs = {"manifest_sha1": Path(cfg.prepared) / "manifest.csv", "checkpoint_sha1": cfg.checkpoint,
+              "bpe_sha1": cfg.bpe}
+    return {**json.loads(json.dumps(dataclasses.asdict(cfg))),  # tuples -> lists, as read back
+            **{key: _sha1(Path(path)) for key, path in inputs.items() if path is not None}}
+
+
+def _sha1(path: Path) -> str:
+    stat = path.stat()  # a missing input fails here, naming its path
+    return _sha1_of_version(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _sha1_of_version(path: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per file version: a notebook checks many runs against the same 2.7 GB checkpoint."""
+    return sha1(Path(path))
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -756,6 +775,8 @@ class RunResult:
 def load_config(path: str | Path) -> TrainConfig:
     values = json.loads((Path(path) / "config.json").read_text())
     values.pop("grad_checkpointing", None)  # execution only, and replaced by checkpoint_blocks (_EXECUTION_ONLY)
+    for key in ("manifest_sha1", "checkpoint_sha1", "bpe_sha1"):  # checked by _same_run, not settings
+        values.pop(key, None)
     # a run whose project moved (_moved_with_the_runs) finds its inputs where they moved with it (load_model)
     runs_dir = Path(path).resolve().parent
     for key in ("prepared", "checkpoint", "bpe"):

@@ -93,6 +93,10 @@ def test_a_finished_run_moved_with_its_project_is_reused(tmp_path, monkeypatch):
         return _cfg(root / prepared, root / "runs", checkpoint=str(root / "data" / "ckpt.pt"))
 
     old = cfg(tmp_path / "a")
+    for folder in ("prepared", "other"):
+        (tmp_path / "a" / "data" / folder).mkdir(parents=True)
+        (tmp_path / "a" / "data" / folder / "manifest.csv").write_text("path,dataset,split,age,gender,emotion\n")
+    (tmp_path / "a" / "data" / "ckpt.pt").write_bytes(b"weights")
     old.run_dir.mkdir(parents=True)
     (old.run_dir / "config.json").write_text(json.dumps(engine._config_dict(old)))
     (old.run_dir / "DONE").write_text("")
@@ -104,6 +108,27 @@ def test_a_finished_run_moved_with_its_project_is_reused(tmp_path, monkeypatch):
     assert engine.load_config(moved.run_dir).checkpoint == moved.checkpoint
     with pytest.raises(ValueError, match=r"different config \(\['prepared'\]\)"):
         run(cfg(tmp_path / "b", prepared="data/other"))
+
+
+def test_a_finished_run_whose_inputs_changed_is_refused(prepared, tmp_path, monkeypatch):
+    """Same paths, other contents (data generated again, weights replaced): the run is not reused."""
+    checkpoint, manifest = tmp_path / "ckpt.pt", tmp_path / "prepared" / "manifest.csv"
+    checkpoint.write_bytes(b"weights")
+    manifest.parent.mkdir()
+    manifest.write_text((prepared / "manifest.csv").read_text())
+    cfg = _cfg(manifest.parent, tmp_path / "runs", checkpoint=str(checkpoint))
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(json.dumps(engine._config_dict(cfg)))
+    (cfg.run_dir / "DONE").write_text("")
+    monkeypatch.setattr(engine, "Trainer", None)
+    assert run(cfg) == cfg.run_dir
+    checkpoint.write_bytes(b"other weights")
+    with pytest.raises(ValueError, match=r"different config \(\['checkpoint_sha1'\]\)"):
+        run(cfg)
+    checkpoint.write_bytes(b"weights")
+    manifest.write_text(manifest.read_text().replace(",train,", ",val,", 1))
+    with pytest.raises(ValueError, match=r"different config \(\['manifest_sha1'\]\)"):
+        run(cfg)
 
 
 def test_uw_log_variances_stay_out_of_weight_decay(prepared, tmp_path):
