@@ -133,7 +133,7 @@ class DoRALinear(LoRALinear):
     (not from the activations) and detached (paper §4.3). LoRA dropout acts on the low-rank branch's input,
     as in LoRA, and the magnitude rescales the whole directional output:
         y = (m/||V||) * (W0 x + s B A dropout(x)) + b
-    so a training step runs W0 once per layer, like LoRA (issue 7: DoRA at LoRA speed). In eval mode, or
+    so a training step runs W0 once per layer, like LoRA: DoRA trains at LoRA's speed. In eval mode, or
     without dropout, this is exactly y = W' x + b, which is what PEFT computes (checked in the tests). In
     training with dropout PEFT instead runs W0 a second time on the dropped-out input,
     y_peft = W0 x + b + (m/||V|| - 1) W0 dropout(x) + (m/||V||) s B A dropout(x); the two differ by
