@@ -17,11 +17,12 @@ its tiny encoder a real, if brief, pre-training of the same kind:
 * output: saved with ``save_clip_meta_layout``, in Meta's key layout, so the demo loads it through
   the same ``load_clip(path, config="demo-tiny")`` as the real checkpoint.
 
-800 steps of batch 128 (flip, colour and small affine augmentation) take about 3.5 minutes on a
-2-core CPU. Measured against 400 steps, they raise a logistic-regression probe on the frozen
-embeddings from 35 % to 53 % on the demo's emotion test set and from 31 % to 47 % on age, which is
-worth the demo's budget. Idempotent: an existing checkpoint is kept (delete it to pre-train again);
-an existing merges file is reused.
+800 steps of batch 128 (flip, colour and small affine augmentation) take 3–6 minutes on a
+2-core CPU (measured: README, "What the demo shows"). Measured against 400
+steps, they raise a logistic-regression probe on the frozen embeddings from 35 % to 53 % on the
+demo's emotion test set and from 31 % to 47 % on age, which is worth the demo's budget.
+Idempotent: an existing checkpoint is kept (delete it to pre-train again); an existing merges
+file is reused.
 """
 from __future__ import annotations
 

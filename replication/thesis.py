@@ -92,14 +92,15 @@ PARAMS = Table(
      "ft4": (64040969, 320324629, 20.13), "dora": (29352981, 346504213, 8.47),
      "mtlora": (36730901, 354093077, 10.38)},
     unit="count",
-    notes=("§3.6 also writes 8.41% for DoRA in the text that follows its 8.47% figure.",),
     cell_notes={
         ("ap", "percent"): "4.29% is 13,656,073 / 318,212,106 (Table 4.3's 'visual encoder' "
                            "figure), not / the stated total 320,324,629 (4.26%).",
         ("ft4", "percent"): "20.13% is 64,040,969 / 318,212,106 (Table 4.3's 'visual encoder' "
                             "figure), not / the stated total 320,324,629 (19.99%).",
         ("mtlora", "percent"): "36,730,901 / 354,093,077 is 10.373%, which rounds to 10.37, not "
-                               "the printed 10.38."})
+                               "the printed 10.38.",
+        # 8.47 is right (29,352,981 / 346,504,213 = 8.471%); the text contradicts it, not the counts.
+        ("dora", "percent"): "§3.6 also writes 8.41% for DoRA in the text that follows its 8.47% figure."})
 
 # --- §4.2 zero-shot baseline -----------------------------------------------------------------
 

@@ -241,6 +241,32 @@ def test_cli_names_the_absent_datasets(tmp_path, capsys):
     assert f"absent (no folder in {raw}): lagenda, fairface, celebahq, utkface\n" in capsys.readouterr().out
 
 
+def test_cli_warns_of_empty_datasets_and_a_missing_mivia_age_file(tmp_path, capsys):
+    """Both leave a dataset or test set empty without stopping the run: the console says so, not
+    only report.json."""
+    raw = _boxed_raw(tmp_path / "raw", np.full((60, 60, 3), 200, np.uint8), {"train_00001": "10 10 30 30"},
+                     "n000001/0001_01,10,10,20,20\n")  # _boxed_raw writes no MIVIA age file
+    (raw / "rafdb" / "basic" / "EmoLabel" / "list_patition_label.txt").write_text("")
+    assert prep.cli(["--data-root", str(raw), "--out", str(tmp_path / "out"), "--detector", "boxes",
+                     "--size", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: rafdb read 0 rows (empty label list or image folders?): it adds nothing to the manifest\n" in out
+    assert (f"warning: vggface2 has no MIVIA age file (expected {raw / 'vggface2'}/test.age_detected.csv): "
+            "its images have no age, so its age test set is empty\n") in out
+    assert out.count("warning:") == 2
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["datasets"]["rafdb"]["rows_read"] == 0
+    assert report["datasets"]["vggface2"]["notes"]["mivia_age_file_absent"]["count"] == 1
+
+
+def test_cli_says_when_the_data_root_does_not_exist(tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"
+    assert prep.cli(["--data-root", str(missing), "--out", str(tmp_path / "out"), "--detector", "boxes"]) == 2
+    assert f"prepare: error: data root {missing} does not exist: expected a folder holding some of" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_detector_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "raw" / "utkface" / "UTKFace").mkdir(parents=True)
     code = prep.cli(["--data-root", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),

@@ -246,6 +246,17 @@ def test_identity_meta_bad_flag_and_mivia_non_finite_age(tmp_path):
     assert _message(parse_mivia_ages, ages).startswith(f"{ages} line 2: last column is not an age")
 
 
+def test_identity_meta_empty_file_or_bad_header_names_the_expected_header(tmp_path):
+    meta = tmp_path / "identity_meta.csv"
+    meta.write_text("")
+    assert _message(parse_identity_meta, meta) == (
+        f"{meta} line 1: expected the header Class_ID, Name, Sample_Num, Flag, Gender, the file is empty")
+    meta.write_text("Class_ID,Name,Flag,Gender\nn000001,A,0,m\n")
+    assert _message(parse_identity_meta, meta) == (
+        f"{meta} line 1: expected the header Class_ID, Name, Sample_Num, Flag, Gender, "
+        "got ['Class_ID', 'Name', 'Flag', 'Gender']")
+
+
 def _vggface2_folder(root, age_lines):
     (root / "identity_meta.csv").write_text("Class_ID, Name, Sample_Num, Flag, Gender\nn000001,\"A\",2,0, f\n")
     (root / "test_list.txt").write_text("n000001/0001_01.jpg\nn000001/0002_01.jpg\n")
@@ -260,6 +271,10 @@ def test_vggface2_age_file_matching_no_image_is_an_error(tmp_path):
     assert _message(read_vggface2, folder).startswith(
         f"{folder / 'test.age_detected.csv'}: 0 of its 2 keys match the 2 images of {folder / 'test_list.txt'} "
         "(age file key e.g. 'test/n000001/0001_01.jpg', test_list.txt e.g. 'n000001/0001_01.jpg')")
+    # the message states the expected format itself (it once cited a file users do not have)
+    assert _message(read_vggface2, folder).endswith(
+        "expected column 0 to be the test_list path nXXXXXX/XXXX_XX.jpg and the last column "
+        "the age in years, as in MIVIA's test.age_detected.csv")
     res = read_vggface2(_vggface2_folder(tmp_path, ["n000001/0001_01.jpg,30.5"]))
     assert [r.age for r in res.records] == [4, MISSING]
     assert res.notes["age_missing"] == ["n000001/0002_01.jpg"]

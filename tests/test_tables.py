@@ -158,6 +158,13 @@ def test_parameter_tables_recompute_percentages():
     assert t43.at["gflops", "replicated"] == 699.76 and t43.at["gflops", "note"] == "x"
 
 
+def test_params_dora_text_note_is_on_the_dora_percent_cell():
+    """§3.6's second DoRA figure (8.41%) annotates DoRA's percentage, not the table's first cell (LP)."""
+    params = tables.parameter_tables(ACCOUNTING, "demo")["params"].set_index(["row", "column"])
+    assert "8.41%" in params.at[("DoRA", "percent"), "note"]
+    assert not params.drop(index=[("DoRA", "percent")]).note.str.contains("8.41").any()
+
+
 def test_table_4_14_sizes_and_accuracy():
     s = tables.scores(predictions())
     df = tables.table_4_14(ACCOUNTING, {"dora": s, "zs": s}, "demo").set_index(["row", "column"])

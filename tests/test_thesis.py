@@ -216,8 +216,10 @@ def test_derived_cells_disagree_exactly_where_a_cell_note_says_so():
 
 
 def test_parameter_percentages_disagree_exactly_where_a_cell_note_says_so():
+    # DoRA's 8.47 agrees with its counts; its note is about §3.6's text, which also writes 8.41%.
     for method, (trainable, total, percent) in thesis.PARAMS.rows.items():
         disagrees = round(100 * trainable / total, 2) != percent
-        assert disagrees == ((method, "percent") in thesis.PARAMS.cell_notes), method
+        assert disagrees == ((method, "percent") in thesis.PARAMS.cell_notes and method != "dora"), method
     assert thesis.PARAMS.cell_notes.keys() == {("ap", "percent"), ("ft4", "percent"),
-                                               ("mtlora", "percent")}
+                                               ("dora", "percent"), ("mtlora", "percent")}
+    assert "8.41%" in thesis.PARAMS.cell_notes["dora", "percent"]

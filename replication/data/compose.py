@@ -3,7 +3,7 @@
 Training sources are split 80/20 into train/val *per dataset* (§2.7 "for each training set
 ... an 80-20 split"), train = floor(0.8·n); the official test splits are the test sets.
 Three facts make Table 3.2's totals come out exactly (136,747 age, 168,362 gender,
-9,215 emotion), see issue 4 and formats.md §5:
+9,215 emotion):
 
 * FairFace train: all 86,744 images are kept (no-face images get a fallback crop) -> 69,395;
 * LAGENDA: persons with both labels and a face box (84,190 of them) -> 67,352;

@@ -51,7 +51,7 @@ AGE_SPANS = [(0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (
 SKINS = [(236, 206, 180), (222, 184, 150), (190, 140, 105), (141, 96, 70), (96, 64, 48)]
 HAIRS = [(30, 25, 20), (70, 45, 25), (120, 80, 40), (200, 165, 95), (150, 60, 30)]
 GREY = np.array([215.0, 215.0, 210.0])
-# Real FairFace train shares (formats.md §1) mixed with uniform: skewed, every class present.
+# Real FairFace train shares (fairface_label_train.csv) mixed with uniform: skewed, every class present.
 FAIRFACE_SHARES = np.array([1792, 10408, 9103, 25598, 19250, 10744, 6228, 2779, 842], float)
 RAFDB_SHARES = np.array([1290, 281, 717, 4772, 1982, 705, 2524], float)
 
@@ -248,7 +248,7 @@ def write_utkface(root: Path, rng, n: int) -> None:
         age = int(rng.integers(AGE_SPANS[g][0], AGE_SPANS[g][1] + 1))
         stamp = f"2017011{rng.integers(0, 10)}{rng.integers(10**8, 10**9)}"
         name = f"{age}_{sex}_{rng.integers(5)}_{stamp}.jpg.chip.jpg"
-        # the official set's odd names (formats.md §2): race-less, missing dot, a space
+        # the official set's odd names: race-less, missing dot, a space
         name = {0: f"{age}_{sex}_{stamp}.jpg.chip.jpg", 1: f"{age}_{sex}_0_{stamp}jpg.chip.jpg",
                 2: f"{age}_{sex}_1_{stamp} .jpg.chip.jpg"}.get(i, name)
         img = chip(rng, 128, Look.random(rng, g, sex), _other_emotion(rng))

@@ -28,7 +28,7 @@ from .readers import box_has_area
 
 Box = tuple[float, float, float, float]
 
-# shared/face-detector/SOURCES.md: file name -> published SHA-1.
+# File name -> published SHA-1 (where each is published: DOWNLOAD_HELP).
 PROTOTXT = "deploy.prototxt"
 PROTOTXT_SHA1 = "7e5cc2cefc23908176a73f58c9b0ea7e5c74db2d"
 CAFFEMODELS = {  # fp16 first: the thesis names the fp16 model

@@ -152,6 +152,10 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
     ``ssd`` injects a ready detector (tests use a stub net); it forces in-process work.
     """
     root, out = Path(data_root), Path(out)
+    if not root.is_dir():  # say so, rather than send the user looking for dataset folders inside it
+        problem = "is not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"data root {root} {problem}: expected a folder holding some of "
+                                f"{', '.join(datasets)} (see the README for the layout of each)")
     present = [d for d in datasets if (root / d).is_dir()]
     if not present:
         raise FileNotFoundError(f"no dataset folder in {root}: expected some of {', '.join(datasets)} "
@@ -327,6 +331,13 @@ def cli(argv: list[str] | None = None) -> int:
     for d, r in report["datasets"].items():
         skips = ", ".join(f"{k} {v['count']}" for k, v in r["skipped"].items()) or "none"
         print(f"{d:9s} read {r['rows_read']:7d}  manifest {r['manifest']}  skipped: {skips}")
+        # Neither stops the run, but each leaves a test set or a dataset empty: say so, not only in report.json.
+        if r["rows_read"] == 0:
+            print(f"warning: {d} read 0 rows (empty label list or image folders?): it adds nothing to the manifest")
+        if "mivia_age_file_absent" in r["notes"]:
+            expected = r["notes"]["mivia_age_file_absent"]["files"][0]
+            print(f"warning: {d} has no MIVIA age file (expected {expected}): its images have no age, "
+                  "so its age test set is empty")
     if report["absent_datasets"]:  # prepared without them (a subset is allowed), but never silently
         print(f"absent (no folder in {a.data_root}): {', '.join(report['absent_datasets'])}")
     print(f"wrote {Path(a.out) / 'manifest.csv'} ({report['manifest_rows']} rows) and report.json")

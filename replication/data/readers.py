@@ -8,7 +8,7 @@ silently: they are collected in ``ReadResult.skipped`` (reason -> offending name
 
 Readers only parse labels; whether an image file exists and decodes is checked when it
 is cropped (``prepare.py``), so the count tests can run on label files alone.
-Formats: shared/docs/dataset-formats.md (one section per dataset, cited below).
+Where each dataset is downloaded from: README, "Full replication, step by step", step 1.
 
 Expected layout under the raw data root (one folder per dataset id):
 
@@ -87,7 +87,7 @@ def box_has_area(box: Box) -> bool:
     return all(math.isfinite(v) for v in box) and x1 > x0 and y1 > y0
 
 
-# ---------------------------------------------------------------- FairFace (formats.md §1)
+# ---------------------------------------------------------------- FairFace
 
 # The official CSV spells the last bin "more than 70" (the thesis's 70+).
 FAIRFACE_AGES = {name: i for i, name in enumerate(AGE_GROUPS[:-1])} | {"more than 70": 8}
@@ -123,13 +123,13 @@ def read_fairface(folder: Path) -> ReadResult:
     return result
 
 
-# ---------------------------------------------------------------- UTKFace (formats.md §2)
+# ---------------------------------------------------------------- UTKFace
 
 def parse_utkface_name(name: str) -> tuple[int, int] | None:
     """(age years, gender) from ``age_gender_race_datetime.jpg.chip.jpg``, None if malformed.
 
     Only the first two fields are trusted: a few official names lack the race field or
-    have odd timestamps (formats.md §2), which must not lose the sample.
+    have odd timestamps, which must not lose the sample.
     """
     parts = name.split("_")
     try:
@@ -156,7 +156,7 @@ def read_utkface(folder: Path) -> ReadResult:
     """The in-the-wild ``part1..3`` folders if present, else the aligned ``UTKFace/`` folder.
 
     §2.7.2 counts 24,103 UTKFace images, which fits the in-the-wild release, not the 23,708
-    aligned chips (formats.md §2); reading the chips is therefore noted in the report.
+    aligned chips; reading the chips is therefore noted in the report.
     """
     result = ReadResult("utkface")
     dirs = sorted(d for d in folder.glob("part[0-9]") if d.is_dir())
@@ -173,7 +173,7 @@ def read_utkface(folder: Path) -> ReadResult:
     return result
 
 
-# ---------------------------------------------------------------- LAGENDA (formats.md §3)
+# ---------------------------------------------------------------- LAGENDA
 
 LAGENDA_GENDERS = {"M": 0, "F": 1}
 
@@ -212,7 +212,7 @@ def read_lagenda(folder: Path) -> ReadResult:
                 # Table 3.2: every LAGENDA sample has both labels (its age and gender
                 # totals both include the same 80% of LAGENDA).
                 result.skip("missing_age" if age < 0 else "missing_gender", name)
-            elif not box_has_area(box):  # -1,-1,-1,-1 = no face box (formats.md §3)
+            elif not box_has_area(box):  # -1,-1,-1,-1 is LAGENDA's "no face box"
                 result.skip("no_face_box", name)
             else:
                 stem = Path(row["img_name"]).name.split(".")[0]
@@ -222,7 +222,7 @@ def read_lagenda(folder: Path) -> ReadResult:
     return result
 
 
-# ---------------------------------------------------------------- RAF-DB basic (formats.md §4)
+# ---------------------------------------------------------------- RAF-DB basic
 
 RAFDB_LABELS = {str(i) for i in range(1, 8)}  # 1 Surprise ... 7 Neutral = thesis order + 1
 RAFDB_LIST_NAMES = ("list_patition_label.txt", "list_partition_label.txt")  # real name has the typo
@@ -237,7 +237,7 @@ def read_rafdb_manual_gender(path: Path) -> int | None:
 
 
 def parse_rafdb_box(path: Path) -> Box:
-    """``<name>_boundingbox.txt``: 4 numbers ``x0 y0 x1 y1`` (formats.md §4).
+    """``<name>_boundingbox.txt``: 4 numbers ``x0 y0 x1 y1``.
 
     A corrupt box file stops the run (as VGGFace2's ``parse_loose_boxes`` does) rather than
     silently sending its image to the SSD."""
@@ -308,7 +308,7 @@ def read_rafdb(folder: Path) -> ReadResult:
     return result
 
 
-# ---------------------------------------------------------------- CelebA-HQ (formats.md §5)
+# ---------------------------------------------------------------- CelebA-HQ
 
 def parse_celebamask_attributes(path: Path) -> dict[str, int]:
     """``CelebAMask-HQ-attribute-anno.txt`` -> {image name: gender id} from the ``Male`` column."""
@@ -354,16 +354,21 @@ def read_celebahq(folder: Path) -> ReadResult:
     return result
 
 
-# ---------------------------------------------------------------- VGGFace2 test (formats.md §6)
+# ---------------------------------------------------------------- VGGFace2 test + MIVIA ages
+
+IDENTITY_META_HEADER = ["Class_ID", "Name", "Sample_Num", "Flag", "Gender"]
+
 
 def parse_identity_meta(path: Path) -> dict[str, tuple[int, int]]:
     """``identity_meta.csv`` -> {class id: (gender id, flag)}; CRLF, spaces after commas, quoted names."""
     out = {}
     with open(_need(path, "VGGFace2 identity_meta.csv"), newline="") as f:
         rows = csv.reader(f, skipinitialspace=True)
-        header = [h.strip() for h in next(rows)]
-        if header[:5] != ["Class_ID", "Name", "Sample_Num", "Flag", "Gender"]:
-            raise ValueError(f"{path}: unexpected header {header}")
+        first = next(rows, None)  # None: an empty file has no line 1 at all
+        header = [h.strip() for h in first or []]
+        if header[:5] != IDENTITY_META_HEADER:
+            got = "the file is empty" if first is None else f"got {header}"
+            raise ValueError(f"{path} line 1: expected the header {', '.join(IDENTITY_META_HEADER)}, {got}")
         for line_no, row in enumerate(rows, start=2):
             gender = {"m": 0, "f": 1}.get(row[4].strip()) if len(row) >= 5 else None
             if gender is None:
@@ -424,7 +429,8 @@ def read_vggface2_list(test_list: Path, identities: dict[str, tuple[int, int]], 
         example = next(iter(ages), None)
         raise ValueError(f"{age_file}: 0 of its {len(ages)} keys match the {len(names)} images "
                          f"of {test_list} (age file key e.g. {example!r}, test_list.txt e.g. {names[0]!r}); "
-                         "expected column 0 to be the test_list path nXXXXXX/XXXX_XX.jpg (formats.md §6)")
+                         "expected column 0 to be the test_list path nXXXXXX/XXXX_XX.jpg and the last column "
+                         "the age in years, as in MIVIA's test.age_detected.csv")
     for name in names:
         result.rows_read += 1
         identity = identities.get(name.split("/")[0])
