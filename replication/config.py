@@ -1,7 +1,7 @@
 """Model configurations of the Perception Encoder (PE-Core) CLIP models.
 
 The numbers are those of Meta's `core/vision_encoder/config.py` (PE paper, Bolya et al. 2025,
-Table "PE-Core"; see also docs/pe-core-architecture.md §1). The thesis (§2.3) uses PE-Core-L14-336.
+Table "PE-Core"). The thesis (§2.3) uses PE-Core-L14-336.
 "demo-tiny" is this project's own small model with the same architecture, used by the demo profile
 (brief contrastive pre-training on synthetic data) and by the tests.
 """

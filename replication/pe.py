@@ -2,7 +2,7 @@
 
 PE paper: Bolya et al., "Perception Encoder: The best visual embeddings are not at the output of the
 network" (2025); thesis §2.3 (the backbone) and §3 (what gets adapted). The code mirrors Meta's
-`core/vision_encoder/pe.py`; docs/pe-core-architecture.md is the ground truth followed here.
+`core/vision_encoder/pe.py` (github.com/facebookresearch/perception_models).
 
 Module and attribute names are Meta's, so an official checkpoint maps onto this model key for key.
 The one deliberate difference: the fused q|k|v projection of each transformer block is an

@@ -2,7 +2,7 @@
 
 PE paper (Bolya et al. 2025, §2 "Robust pretraining recipe": 2D RoPE added to every attention layer
 on top of the learned absolute position embedding). This follows Meta's `core/vision_encoder/rope.py`
-after the 2025-05-01 fix (docs/pe-core-architecture.md §3):
+after its 2025-05-01 fix:
 
 * per axis, frequencies ``10000 ** (-i / (head_dim/4))`` for i = 0..head_dim/4-1, each repeated twice
   *interleaved* (f0, f0, f1, f1, ...), so channel pairs (2i, 2i+1) rotate together;

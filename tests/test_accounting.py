@@ -44,7 +44,7 @@ def test_rows_ids_and_parameter_figures(rows):
 
 
 def test_hand_counts():
-    """A few figures recomputed by hand from docs/pe-core-architecture.md §1."""
+    """A few figures recomputed by hand from the architecture (config.py, Meta's config)."""
     head = 1024 * 1024 + 1024 + 1024 * 9 + 9
     assert method_counts("lp", ("age",))[0] == head
     pool, block = 12_595_200, 12_596_224

@@ -1,6 +1,6 @@
 """`bench` on CPU: a smoke run of every method on demo-tiny, with its FLOP counts checked against formulas.
 
-The expected FLOPs are derived here by hand from the architecture (docs/pe-core-architecture.md) and the
+The expected FLOPs are derived here by hand from the architecture (replication/config.py) and the
 methods as the thesis describes them (§3.3–3.6.1), not from replication code: 2 x multiply-accumulates of
 every matmul, convolution and attention product, a training step charged 3x for the ops in the autograd
 graph and 1x for those outside it (the bench's stated convention).

@@ -1,4 +1,4 @@
-"""Readers: the real label files reproduce their published counts (formats.md), and the
+"""Readers: the real label files reproduce their published counts, and the
 native-format quirks (CRLF, quoted names, odd UTKFace names, -1 = missing) are handled."""
 from collections import Counter
 from pathlib import Path
@@ -29,7 +29,7 @@ def test_fairface_real_counts():
     train = [r for r in res.records if r.split == "train"]
     val = [r for r in res.records if r.split == "val"]
     assert len(train) == 86_744 and len(val) == 10_954
-    # formats.md §1 table (verified against the real CSVs); "more than 70" is class 8
+    # FairFace train counts per age group (verified against the real CSVs); "more than 70" is class 8
     assert _counts(train, "age", 9) == [1792, 10408, 9103, 25598, 19250, 10744, 6228, 2779, 842]
     assert _counts(train, "gender", 2) == [45_986, 40_758]
     assert _counts(val, "age", 9) == [199, 1356, 1181, 3300, 2330, 1353, 796, 321, 118]

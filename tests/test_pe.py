@@ -1,7 +1,7 @@
 """PE-Core architecture tests: RoPE by hand, a float64 re-computation of the full forward, parameter counts.
 
 The references here are written independently of replication.pe / replication.rope (explicit loops,
-math.cos/sin, plain tensor ops in float64), following docs/pe-core-architecture.md.
+math.cos/sin, plain tensor ops in float64), following Meta's core/vision_encoder/pe.py.
 """
 import math
 
