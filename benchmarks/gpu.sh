@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7 on a GPU machine: every measurement it asks for, step by step, then the full replication's
+# On a GPU machine: every measurement of benchmarks/README.md, step by step, then the full replication's
 # expected wall-clock. Each step writes its JSON and its printed output (.log; the estimate: .md) into one
 # results folder.
 #

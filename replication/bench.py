@@ -1,4 +1,4 @@
-"""`python -m replication bench`: speed and memory of every adaptation method (issue 7).
+"""`python -m replication bench`: GPU speed and memory of every adaptation method (benchmarks/README.md).
 
 For each method of thesis §3.3–3.6.1 (LP, AP, FT4, LoRA, DoRA, MTLoRA), built with the three multi-task
 heads (age 9, gender 2, emotion 7 classes; §3.7) on the chosen PE-Core architecture with *random* weights
@@ -813,6 +813,22 @@ def format_wall_clock(estimate: dict) -> str:
     return "\n".join(lines)
 
 
+def read_bench_result(path: Path) -> dict:
+    """The JSON a measuring `bench` run writes (--wall-clock's input), checked for the keys wall_clock reads,
+    so that another file is named as such instead of failing with a KeyError inside."""
+    wanted = "the JSON a GPU `bench` run writes (e.g. benchmarks/results/<date>-<gpu>/profile.json)"
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err}); expected {wanted}") from None
+    keys = ("command", "date", "device", "config", "dtype", "batch", "rows")
+    missing = [k for k in keys if k not in result] if isinstance(result, dict) else list(keys)
+    if missing:
+        raise ValueError(f"{path}: not the result of a measuring `bench` run (no {', '.join(missing)}); expected "
+                         f"{wanted}, not the output of --project, --plan-checkpointing or --wall-clock")
+    return result
+
+
 def _methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -829,7 +845,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=AMP, default=get_profile("full").amp,
                    help="autocast dtype (fp32: no autocast); default: the full profile's")
     p.add_argument("--config", default="PE-Core-L14-336")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="default: cuda (without a GPU, name the CPU explicitly: --device cpu)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
     p.add_argument("--checkpoint-blocks", type=_checkpoint_mode, default="off",
@@ -861,7 +877,7 @@ def cli(argv: list[str] | None = None) -> int:
                    help="epochs per run for --wall-clock (default: the early-stopping minimum and the cap)")
     args = p.parse_args(argv)
     if args.wall_clock:
-        estimate = wall_clock(json.loads(args.wall_clock.read_text()), tuple(args.epochs))
+        estimate = wall_clock(read_bench_result(args.wall_clock), tuple(args.epochs))
         print(format_wall_clock(estimate))
         if args.out:
             write_json(estimate, args.out)
@@ -885,6 +901,13 @@ def cli(argv: list[str] | None = None) -> int:
         return 0
     if args.steps < 1 or args.warmup < 0 or args.batch < 2:
         p.error("--steps must be >= 1, --warmup >= 0, --batch >= 2 (the heads' BatchNorm trains on batches)")
+    if args.device is None:
+        # falling back to the CPU would run PE-Core-L14-336 for 10+ minutes and file its numbers in the
+        # tracked benchmarks/results/ as if they were a GPU's
+        if not torch.cuda.is_available():
+            p.error("no GPU (CUDA is not available). On the CPU, ask for it explicitly, e.g. a smoke test: "
+                    "--device cpu --config demo-tiny --batch 4 --steps 1 --warmup 0 --dtype fp32 --out /tmp/bench.json")
+        args.device = "cuda"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available; pass --device cpu for a smoke test")
 

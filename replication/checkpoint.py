@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -25,7 +26,10 @@ from .pe import CLIP, VisionTransformer
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not match the model: names every offending key."""
+    """A checkpoint that cannot be read or does not match the model: names the file, or every offending key."""
+
+
+WEIGHTS_SOURCE = "PE-Core weights: Hugging Face facebook/PE-Core-L14-336, file PE-Core-L14-336.pt"
 
 
 # --- Meta layout <-> this model ------------------------------------------------------------------------
@@ -111,13 +115,41 @@ def timm_to_meta(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # --- reading a file --------------------------------------------------------------------------------------
+def _torch_load(path: Path, mmap: bool = False):
+    """torch.load(weights_only=True), with one error for every way the file can be unreadable.
+
+    torch's own messages do not name the file and mislead: a Git LFS pointer or an HTML page fails the
+    weights-only unpickler, whose message advises weights_only=False (running the file's code); a
+    truncated download fails in miniz ("failed finding central directory"); junk can give a bare KeyError.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except OSError:
+        raise  # missing, unreadable by permissions: the OS's message names the file
+    except Exception as err:
+        # torch's message is left out on purpose (see above); its type says which reader gave up
+        raise CheckpointError(
+            f"{path} ({path.stat().st_size:,} bytes) is not a readable PyTorch checkpoint "
+            f"(torch.load raised {type(err).__name__}). Likely a truncated or interrupted download, a Git LFS "
+            f"pointer (a ~130-byte text file) or an HTML page (a login or error page) saved instead of the "
+            f"file: download it again. {WEIGHTS_SOURCE} (about 2.5 GiB). A file holding pickled objects other "
+            f"than tensors is refused too.") from None
+
+
+def check_readable(path: str | Path) -> None:
+    """Raise CheckpointError if the torch.save file `path` cannot be loaded, without reading its tensors:
+    a zip checkpoint (torch.save's format since torch 1.6) is memory-mapped, so only its directory and the
+    pickled key list are read; an older single-stream file cannot be mapped and is loaded whole."""
+    path = Path(path)
+    _torch_load(path, mmap=zipfile.is_zipfile(path))
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint file -> flat state dict in Meta's layout (wrappers and `module.` removed,
     timm layout converted). `.safetensors` needs the `safetensors` package (timm's HF cache uses it)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (PE-Core weights: Hugging Face "
-                                f"facebook/PE-Core-L14-336, file PE-Core-L14-336.pt)")
+        raise FileNotFoundError(f"checkpoint not found: {path} ({WEIGHTS_SOURCE})")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -125,7 +157,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise ImportError(f"{path}: reading .safetensors needs `pip install safetensors`") from None
         obj = load_file(str(path))
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
     for wrapper in ("state_dict", "weights"):  # what Meta's load_ckpt unwraps
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -181,6 +181,7 @@ def ready_demo(profile, log=print) -> None:
 
 def missing_full_inputs(profile) -> list[str]:
     """What the full profile lacks, one line each (empty: all there)."""
+    from replication.checkpoint import CheckpointError, check_readable
     from replication.data.faces import DetectorFilesError, locate_ssd_files
 
     problems = []
@@ -191,6 +192,13 @@ def missing_full_inputs(profile) -> list[str]:
             problems.append(f"{what} not given")
         elif not (path.is_dir() if kind == "folder" else path.is_file()):
             problems.append(f"{what} {path}: no such {kind}")
+        elif what == "--checkpoint":
+            # a bad download would otherwise surface only after the face crops are prepared; this reads
+            # the file's directory, not its 2.5 GiB of weights
+            try:
+                check_readable(path)
+            except CheckpointError as err:
+                problems.append(f"{what} {err}")
     try:
         locate_ssd_files(profile.detector_dir)
     except DetectorFilesError as err:

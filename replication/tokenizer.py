@@ -1,6 +1,6 @@
 """The CLIP text tokenizer: byte-level BPE (Radford et al. 2021), as used by PE-Core.
 
-Meta's `core/vision_encoder/tokenizer.py` is "copied from openai/CLIP" (docs/pe-core-architecture.md §4):
+Meta's `core/vision_encoder/tokenizer.py` is "copied from openai/CLIP":
 clean the text (ftfy.fix_text, HTML-unescape twice, collapse whitespace, lower-case), split it with CLIP's
 regex into words/numbers/punctuation, map each UTF-8 byte to a printable unicode character, then apply
 the BPE merges of `bpe_simple_vocab_16e6.txt.gz` in rank order. The sequence is
@@ -79,6 +79,10 @@ def read_merges(path: str | Path, max_merges: int | None = None) -> list[tuple[s
         if len(pair) != 2:
             raise ValueError(f"{path}, line {lineno}: expected a merge 'a b', got {line!r}")
         merges.append(pair)
+    if not merges:
+        # without merges every word falls apart into bytes: a 514-token vocabulary that tokenizes silently
+        raise ValueError(f"{path}: no BPE merges after the header line (expected CLIP's "
+                         f"bpe_simple_vocab_16e6.txt.gz, or the demo's file written by train_bpe)")
     return merges[:max_merges]
 
 

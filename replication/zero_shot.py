@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .labels import AGE_GROUPS, EMOTIONS, GENDERS, TASKS
-from .tokenizer import get_tokenizer
+from .tokenizer import CLIP_VOCAB_SIZE, get_tokenizer
 
 # Age: the FairFace bin is inserted as written ("0-2", "3-9", ..., "60-69"), which fits "between ... years
 # old". The open-ended last bin "70+" does not ("between 70+ years old"), so it is given a round upper bound:
@@ -49,6 +49,12 @@ class ZeroShotClassifier(nn.Module):
         self.tasks = tuple(tasks)
         self.visual = clip.visual
         tokenizer = get_tokenizer(bpe_path, context_length=clip.text_cfg.context_length)
+        # A text tower with CLIP's vocabulary learned CLIP's merges: any other file still yields valid ids,
+        # just not the ones the embeddings were trained on. (The demo's smaller vocabulary is its own file's.)
+        if clip.text_cfg.vocab_size == CLIP_VOCAB_SIZE and tokenizer.vocab_size != CLIP_VOCAB_SIZE:
+            raise ValueError(f"{bpe_path}: a vocabulary of {tokenizer.vocab_size:,} tokens, but the text tower "
+                             f"has CLIP's {CLIP_VOCAB_SIZE:,}: expected CLIP's merges file "
+                             f"bpe_simple_vocab_16e6.txt.gz")
         was_training = clip.training
         clip.eval()
         with torch.no_grad():

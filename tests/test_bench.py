@@ -162,6 +162,23 @@ def test_unknown_method_is_rejected(capsys):
     assert "qlora" in capsys.readouterr().err
 
 
+def test_no_gpu_and_no_device_stops_before_measuring(capsys, monkeypatch, tmp_path):
+    # it used to fall back to the CPU: 10+ minutes of PE-Core-L14-336, filed in the tracked results folder
+    import replication.bench as bench
+
+    def measure(*args):
+        raise AssertionError("bench started measuring")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench, "run", measure)
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli(["--methods", "lp"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "no GPU" in err and "--device cpu --config demo-tiny" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_saved_tensors_counts_what_autograd_keeps():
     """Hand-derived: Linear(8,16) keeps its input for the weight gradient, GELU its input, Linear(16,4) its
     input; the weights are parameters (not counted) and no gradient is asked of x, so W1 is not kept. A
@@ -378,6 +395,21 @@ def test_wall_clock_sums_every_thesis_run_at_the_measured_rates(capsys, tmp_path
     del rows[4]["train"]["checkpointed_blocks"]  # a result written before the block counts existed
     with pytest.raises(ValueError, match="no checkpointed_blocks for dora: written by an older bench"):
         wall_clock(result, (1,))
+
+
+@pytest.mark.parametrize("content, says", [
+    ({"config": "PE-Core-L14-336", "dtype": "fp16", "batch": 128, "memory_gib": 44.99, "rows": []},  # a plan
+     "no command, date, device"),
+    ({"runs": [], "total_hours": {}}, "no command, date, device, config, dtype, batch, rows"),  # an estimate
+    ([1, 2], "no command"),
+    ("not json", "not JSON"),
+])
+def test_wall_clock_of_another_file_names_it(tmp_path, content, says):
+    # it used to fail with KeyError: 'rows' (or a JSONDecodeError without the file's name)
+    path = tmp_path / "other.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ValueError, match=rf"other.json: .*{says}.*the JSON a GPU `bench` run writes"):
+        cli(["--wall-clock", str(path)])
 
 
 def test_gpu_script_runs_its_steps_and_copies_the_results_to_out(tmp_path):

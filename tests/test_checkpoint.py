@@ -1,11 +1,16 @@
 """Checkpoint loading: Meta's and timm's key layouts round-trip to identical outputs; bad files fail loudly."""
+import random
+from pathlib import Path
+
 import pytest
 import torch
 
-from replication.checkpoint import (CheckpointError, load_clip, load_vision, read_state_dict,
+from replication.checkpoint import (CheckpointError, check_readable, load_clip, load_vision, read_state_dict,
                                     save_clip_meta_layout)
 from replication.config import CLIPConfig, TextConfig, VisionConfig
 from replication.pe import CLIP
+from replication.profiles import get_profile
+from replication.reproduce import missing_full_inputs
 
 CFG = CLIPConfig(
     "ckpt-test",
@@ -150,3 +155,45 @@ def test_not_a_state_dict_and_missing_file(tmp_path):
 def test_random_init_without_checkpoint():
     assert load_clip(None, config=CFG).visual.proj.shape == (32, 16)
     assert load_vision(None, config="demo-tiny").cfg.width == 64
+
+
+@pytest.mark.parametrize("damage", ["git-lfs-pointer", "html-page", "junk", "truncated", "empty"])
+def test_unreadable_checkpoint_names_the_file_causes_and_source(model, tmp_path, damage):
+    # torch alone says "Weights only load failed ... weights_only=False will likely succeed" (LFS pointer,
+    # HTML), "KeyError: 0" (these junk bytes), "failed finding central directory" (truncated): no path
+    save_clip_meta_layout(model, tmp_path / "good.pt")
+    whole = (tmp_path / "good.pt").read_bytes()
+    content = {"git-lfs-pointer": b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 2700000000\n",
+               "html-page": b"<!DOCTYPE html><html><body>Sign in to continue</body></html>",
+               "junk": random.Random(20).randbytes(4096), "truncated": whole[: len(whole) // 2],
+               "empty": b""}[damage]
+    path = tmp_path / "PE-Core-L14-336.pt"
+    path.write_bytes(content)
+    for load in (load_clip, load_vision):
+        with pytest.raises(CheckpointError) as err:
+            load(path, config=CFG)
+        message = str(err.value)
+        assert message.startswith(f"{path} ({len(content):,} bytes) is not a readable PyTorch checkpoint")
+        for cause in ("truncated", "Git LFS pointer", "HTML page", "facebook/PE-Core-L14-336"):
+            assert cause in message
+        assert "weights_only" not in message  # torch's advice to unpickle arbitrary code is not passed on
+    # reproduce --profile full reports it with the other missing inputs, before preparing any data
+    problems = missing_full_inputs(get_profile("full").with_paths(checkpoint=path))
+    assert f"--checkpoint {path} ({len(content):,} bytes) is not a readable PyTorch checkpoint" in "\n".join(problems)
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").is_file(), reason="counts bytes read with Linux's /proc/self/io")
+def test_check_readable_reads_the_directory_not_the_weights(tmp_path):
+    def bytes_read() -> int:
+        return int(next(line for line in open("/proc/self/io") if line.startswith("rchar")).split()[1])
+
+    path = tmp_path / "big.pt"
+    torch.save({f"w{i}": torch.zeros(512, 512) for i in range(16)}, path)  # 16 MiB of weights
+    before = bytes_read()
+    check_readable(path)
+    assert bytes_read() - before < path.stat().st_size / 20
+    assert not [p for p in missing_full_inputs(get_profile("full").with_paths(checkpoint=path))
+                if p.startswith("--checkpoint")]
+    # a file torch.save wrote before torch 1.6 cannot be memory-mapped: it is loaded whole, not refused
+    torch.save({"w": torch.zeros(3)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    check_readable(tmp_path / "legacy.pt")

@@ -84,7 +84,7 @@ def test_dora_matches_float64_formula_and_its_gradients():
 
 
 def test_dora_dropout_acts_on_the_low_rank_branch_only():
-    """y = (m/||V||) (W0 x + s B A dropout(x)) + b: one W0 product per step, as LoRA (issue 7)."""
+    """y = (m/||V||) (W0 x + s B A dropout(x)) + b: one W0 product per step, as LoRA."""
     _, layer = _layer(DoRALinear, torch.float64, dropout=0.5)
     _randomize(layer)
     layer.train()

@@ -158,3 +158,14 @@ def test_bad_merges_file(tmp_path):
         read_merges(tmp_path / "bad.txt")
     with pytest.raises(FileNotFoundError, match="bpe_simple_vocab_16e6"):
         tokenize("x", tmp_path / "missing.txt.gz")
+
+
+@pytest.mark.parametrize("text", ["#version: 0.2\n", "#version: 0.2\n\n\n", ""])
+def test_merges_file_without_merges_is_an_error(tmp_path, text):
+    # it used to give a 514-token vocabulary (bytes, SOT, EOT) that split every word into bytes
+    path = tmp_path / "header-only.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"header-only.txt: no BPE merges .*bpe_simple_vocab_16e6.txt.gz"):
+        read_merges(path)
+    with pytest.raises(ValueError, match="header-only.txt: no BPE merges"):
+        tokenize("a photo", path)

@@ -4,9 +4,12 @@ import torch
 
 from replication import engine
 from replication.checkpoint import load_clip
+from replication.config import CLIPConfig, TextConfig, get_config
 from replication.labels import TASKS
+from replication.pe import CLIP
 from replication.tokenizer import tokenize, train_bpe
 from replication.zero_shot import PROMPTS, ZeroShotClassifier
+from test_tokenizer import BPE, needs_bpe
 
 
 def test_prompts_follow_thesis_templates():
@@ -73,6 +76,28 @@ def test_merges_file_too_large_for_vocab_is_an_error(demo_setup, tmp_path):
     train_bpe(words + [p for task in PROMPTS.values() for p in task], num_merges=900, out_path=big)
     with pytest.raises(ValueError, match="vocab_size 1024"):
         ZeroShotClassifier(clip, big)
+
+
+def clip_vocabulary_model():
+    """demo-tiny's vision tower and a small text tower with CLIP's 49,408-token vocabulary (PE-Core-L14-336's)."""
+    torch.manual_seed(0)
+    text = TextConfig(width=16, layers=1, heads=2, mlp_dim=32, output_dim=64,
+                      vocab_size=get_config("PE-Core-L14-336").text.vocab_size)
+    return CLIP(CLIPConfig("clip-vocab", get_config("demo-tiny").vision, text)).eval()
+
+
+def test_clip_vocabulary_needs_clip_merges_file(demo_setup):
+    # the demo's merges file gives ids that all fit CLIP's vocabulary, so zero-shot used to run silently
+    # on the embeddings of other tokens
+    small_bpe = demo_setup[1]
+    with pytest.raises(ValueError, match=rf"{small_bpe.name}: a vocabulary of \d+ tokens, but the text tower has "
+                                         r"CLIP's 49,408: expected CLIP's merges file bpe_simple_vocab_16e6.txt.gz"):
+        ZeroShotClassifier(clip_vocabulary_model(), small_bpe)
+
+
+@needs_bpe
+def test_clip_merges_file_fits_clip_vocabulary():
+    assert ZeroShotClassifier(clip_vocabulary_model(), BPE, tasks=("gender",)).text_gender.shape == (2, 64)
 
 
 def test_train_command_needs_the_merges_file(capsys):
