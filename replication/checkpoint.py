@@ -25,11 +25,12 @@ from .config import CLIPConfig, get_config
 from .pe import CLIP, VisionTransformer
 
 
+# Where the full profile's weights come from (the README's download table), for every message about a missing file
+PE_CORE_WEIGHTS = "Hugging Face facebook/PE-Core-L14-336, file PE-Core-L14-336.pt"
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not match the model: names the file, or every offending key."""
-
-
-WEIGHTS_SOURCE = "PE-Core weights: Hugging Face facebook/PE-Core-L14-336, file PE-Core-L14-336.pt"
 
 
 # --- Meta layout <-> this model ------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def _torch_load(path: Path, mmap: bool = False):
             f"{path} ({path.stat().st_size:,} bytes) is not a readable PyTorch checkpoint "
             f"(torch.load raised {type(err).__name__}). Likely a truncated or interrupted download, a Git LFS "
             f"pointer (a ~130-byte text file) or an HTML page (a login or error page) saved instead of the "
-            f"file: download it again. {WEIGHTS_SOURCE} (about 2.5 GiB). A file holding pickled objects other "
+            f"file: download it again. PE-Core weights: {PE_CORE_WEIGHTS} (about 2.5 GiB). A file holding pickled objects other "
             f"than tensors is refused too.") from None
 
 
@@ -149,7 +150,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     timm layout converted). `.safetensors` needs the `safetensors` package (timm's HF cache uses it)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} ({WEIGHTS_SOURCE})")
+        raise FileNotFoundError(f"checkpoint not found: {path} (PE-Core weights: {PE_CORE_WEIGHTS})")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file

@@ -39,18 +39,22 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from replication import distributed
-from replication.checkpoint import load_clip, load_vision
+from replication.checkpoint import PE_CORE_WEIGHTS, load_clip, load_vision
 from replication.config import get_config
 from replication.data import read_manifest
 from replication.data.faces import sha1
 from replication.labels import MISSING, TASKS, TEST_SETS
 from replication.losses import make_weighting, masked_cross_entropy
-from replication.methods import build_method
+from replication.methods import METHODS, build_method
 from replication.metrics import summarize_predictions
-from replication.profiles import get_profile
+from replication.profiles import PROFILES, demo_inputs_help, get_profile
 from replication.sampling import BalancedSampler, class_balanced_weights, replicate_emotion
+from replication.tokenizer import CLIP_MERGES
 from replication.transforms import eval_transform, train_transform
 from replication.zero_shot import ZeroShotClassifier
+
+RUN_METHODS = ("zero_shot", *METHODS)  # §4.2 baseline + the adaptation methods of §3.3-3.6.1
+_PATH_FIELDS = ("prepared", "runs_dir", "checkpoint", "bpe")  # TrainConfig's files and folders
 
 
 @dataclass
@@ -83,20 +87,30 @@ class TrainConfig:
     run_name: str | None = None              # folder name; default derived from the fields above
 
     def __post_init__(self):
+        # an unknown method would otherwise surface after the model is built, a run folder already written
+        if self.method not in RUN_METHODS:
+            raise ValueError(f"method must be one of {', '.join(RUN_METHODS)}, got {self.method!r}")
         if isinstance(self.tasks, str):
             self.tasks = tuple(t for t in self.tasks.split(",") if t)
         self.tasks = tuple(self.tasks)
         unknown = [t for t in self.tasks if t not in TASKS]
-        if not self.tasks or unknown:
-            raise ValueError(f"tasks must be a non-empty subset of {list(TASKS)}, got {list(self.tasks)}")
+        if not self.tasks or unknown or len(set(self.tasks)) < len(self.tasks):
+            raise ValueError(f"tasks must be a non-empty subset of {', '.join(TASKS)}, each once, "
+                             f"got {','.join(self.tasks)!r}")
         if self.weighting not in ("uw", "ema", "none"):
             raise ValueError(f"weighting must be uw, ema or none, got {self.weighting!r}")
         if len(self.tasks) == 1 and self.weighting != "none":
-            raise ValueError("a single-task run uses the plain cross-entropy (§3.1): weighting must be 'none'")
+            raise ValueError(f"weighting must be 'none' for a single-task run (plain cross-entropy, §3.1), got "
+                             f"{self.weighting!r}: uw and ema weight the losses of several tasks (§3.7.3)")
         if self.amp not in ("bf16", "fp16", "none"):
             raise ValueError(f"amp must be bf16, fp16 or none, got {self.amp!r}")
         if self.checkpoint_blocks < 0:
             raise ValueError(f"checkpoint_blocks must be >= 0 (0: none), got {self.checkpoint_blocks}")
+        # absolute against the working directory: config.json then names the same files whichever folder a
+        # later command (or a notebook, run in the repository root) starts from, relative or absolute flags alike
+        for name in _PATH_FIELDS:
+            if getattr(self, name) is not None:
+                setattr(self, name, os.path.abspath(getattr(self, name)))
 
     @property
     def multi_task(self) -> bool:
@@ -148,18 +162,38 @@ def _save(path: Path, obj) -> None:
     _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+# a run's input files: what each is called in an error, and where the full profile gets it from
+_INPUTS = {"manifest_sha1": ("prepared manifest", "make it with `python -m replication prepare --data-root RAW --out "
+                             "PREPARED --detector ssd --detector-dir DETECTOR`: README, 'Full replication', step 2"),
+           "checkpoint_sha1": ("checkpoint", f"PE-Core weights: {PE_CORE_WEIGHTS}"),
+           "bpe_sha1": ("BPE merges file", CLIP_MERGES)}
+
+
 def _config_dict(cfg: TrainConfig) -> dict:
     """config.json: the settings, and the SHA-1 of the files a run's numbers depend on beyond them (the
     manifest's labels and splits, the encoder's weights, the merges). A path can stay while its contents
     change (data/demo generated again, a checkpoint replaced): a finished run is then refused, never reused."""
-    inputs = {"manifest_sha1": Path(cfg.prepared) / "manifest.csv", "checkpoint_sha1": cfg.checkpoint,
-              "bpe_sha1": cfg.bpe}
+    paths = {"manifest_sha1": Path(cfg.prepared) / "manifest.csv", "checkpoint_sha1": cfg.checkpoint,
+             "bpe_sha1": cfg.bpe if cfg.method == "zero_shot" else None}  # only §4.2's prompts are tokenized
+    paths = {key: Path(path) for key, path in paths.items() if path is not None}
+    missing = [key for key, path in paths.items() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(_missing_inputs(cfg, {key: paths[key] for key in missing}))
     return {**json.loads(json.dumps(dataclasses.asdict(cfg))),  # tuples -> lists, as read back
-            **{key: _sha1(Path(path)) for key, path in inputs.items() if path is not None}}
+            **{key: _sha1(path) for key, path in paths.items()}}
+
+
+def _missing_inputs(cfg: TrainConfig, missing: dict[str, Path]) -> str:
+    """One line per missing input, then how to get it: the demo makes all of its own (pretrain writes its
+    encoder: Hugging Face's weights are the full profile's), the full profile's come from the README's table."""
+    if cfg.profile == "demo":
+        return "\n".join([f"{_INPUTS[key][0]} not found: {path}" for key, path in missing.items()]
+                         + [demo_inputs_help()])
+    return "\n".join(f"{_INPUTS[key][0]} not found: {path} ({_INPUTS[key][1]})" for key, path in missing.items())
 
 
 def _sha1(path: Path) -> str:
-    stat = path.stat()  # a missing input fails here, naming its path
+    stat = path.stat()
     return _sha1_of_version(str(path), stat.st_size, stat.st_mtime_ns)
 
 
@@ -684,18 +718,20 @@ def _image_size(cfg: TrainConfig) -> int:
 
 
 # --- runs ---------------------------------------------------------------------------------------------
-def _same_run(cfg: TrainConfig) -> bool:
-    """True if the run folder exists with this config; raises if it holds a different run."""
+def _same_run(cfg: TrainConfig, new: dict) -> bool:
+    """True if the run folder exists with config.json ``new`` (_config_dict); raises if it holds a different run."""
     path = cfg.run_dir / "config.json"
     if not path.exists():
         return False
-    old, new = json.loads(path.read_text()), _config_dict(cfg)
-    ignored = _EXECUTION_ONLY | (_ZERO_SHOT_IGNORES if cfg.method == "zero_shot" else set())
+    old = json.loads(path.read_text())
+    # a trained run never reads the merges file (only the zero-shot prompts are tokenized)
+    ignored = _EXECUTION_ONLY | (_ZERO_SHOT_IGNORES if cfg.method == "zero_shot" else {"bpe"})
     diff = {k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k)
             and not _moved_with_the_runs(old, new, k)}
     if diff:
-        raise ValueError(f"{cfg.run_dir} holds a run with a different config ({sorted(diff)}); "
-                         f"choose another --run-name or remove the folder")
+        raise ValueError(f"{cfg.run_dir} holds a run with a different config ({sorted(diff)}); remove that "
+                         f"folder, or write this run elsewhere: another --runs-dir (train and reproduce) or "
+                         f"--run-name (train)")
     return True
 
 
@@ -708,11 +744,11 @@ def _moved_with_the_runs(old: dict, new: dict, key: str) -> bool:
     return os.path.relpath(old[key], old["runs_dir"]) == os.path.relpath(new[key], new["runs_dir"])
 
 
-def _prepare_dir(cfg: TrainConfig, d: distributed.Dist) -> None:
-    """Create the run folder with config.json, or check that an existing one is the same run."""
-    if not _same_run(cfg) and d.is_main:
+def _prepare_dir(cfg: TrainConfig, config: dict, fresh: bool, d: distributed.Dist) -> None:
+    """Create the run folder with config.json (``config``) if it does not hold this run yet (``fresh``)."""
+    if fresh and d.is_main:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(cfg.run_dir / "config.json", json.dumps(_config_dict(cfg), indent=2) + "\n")
+        _write_text(cfg.run_dir / "config.json", json.dumps(config, indent=2) + "\n")
     distributed.barrier(d)
 
 
@@ -744,15 +780,21 @@ def run(cfg: TrainConfig) -> Path:
 
     ``method="zero_shot"`` trains nothing: the §4.2 baseline predicts the test sets. A folder with DONE
     is returned as is. Under torchrun every rank calls this; rank 0 writes."""
-    if (cfg.run_dir / "DONE").exists() and _same_run(cfg):
+    config = _config_dict(cfg)  # a missing input is named, with how to get it, before anything loads
+    if (cfg.run_dir / "DONE").exists() and _same_run(cfg, config):
         return cfg.run_dir
     d = distributed.setup(cfg.device)
     try:
-        _prepare_dir(cfg, d)
+        fresh = not _same_run(cfg, config)  # a folder holding another run is refused before anything loads
+        # config.json only once the model and data are built from the inputs: a first try that fails on one
+        # (an unreadable checkpoint, a split without labels) leaves no folder to refuse the corrected command
         if cfg.method == "zero_shot":
-            _test(cfg, _zero_shot_model(cfg).to(d.device), d, {})
+            model = _zero_shot_model(cfg).to(d.device)
+            _prepare_dir(cfg, config, fresh, d)
+            _test(cfg, model, d, {})
         else:
             trainer = Trainer(cfg, d)
+            _prepare_dir(cfg, config, fresh, d)
             trainer.fit()
             distributed.barrier(d)  # rank 0 commits best.pt after the last collective of fit()
             best = torch.load(cfg.run_dir / "best.pt", map_location=d.device, weights_only=False)
@@ -812,7 +854,7 @@ def parse_config(argv: list[str]) -> TrainConfig:
     [--profile demo|full] [--<field> value ...]``: the profile's settings, every TrainConfig field
     overridable by its flag."""
     parser = argparse.ArgumentParser(prog="python -m replication train", description=parse_config.__doc__)
-    parser.add_argument("--profile", default="demo", help="demo | full: default folders and settings")
+    parser.add_argument("--profile", default="demo", choices=sorted(PROFILES), help="default folders and settings")
     for f in fields(TrainConfig):
         if f.name == "profile":
             continue
@@ -829,23 +871,30 @@ def parse_config(argv: list[str]) -> TrainConfig:
     optional = {f.name for f in fields(TrainConfig) if "None" in str(f.type)}
     # given flags override the profile; an empty value clears an optional one (--checkpoint "" = random init)
     values.update({k: (None if v == "" and k in optional else v) for k, v in args.items() if v is not None})
-    tasks = values["tasks"].split(",")
+    tasks = [t for t in values["tasks"].split(",") if t]  # as TrainConfig reads them ("age," is one task)
     values.setdefault("weighting", "uw" if len(tasks) > 1 else "none")
-    cfg = TrainConfig(profile=profile.name, **values)
+    try:  # a bad method, task list, weighting or amp: one line naming the valid values, before any work
+        cfg = TrainConfig(profile=profile.name, **values)
+    except ValueError as err:
+        parser.error(str(err))
     if cfg.profile == "full" and cfg.checkpoint is None:
-        parser.error("the full profile needs --checkpoint (PE-Core weights); random weights are for tests only")
+        parser.error(f"the full profile needs --checkpoint (PE-Core weights: {PE_CORE_WEIGHTS}); random weights "
+                     f"are for tests only")
     if cfg.method == "zero_shot" and cfg.bpe is None:  # §4.2: the prompts go through the text tower
-        parser.error("zero_shot needs --bpe (the text tower's merges file, CLIP's bpe_simple_vocab_16e6.txt.gz)")
+        parser.error(f"zero_shot needs --bpe (the text tower's merges file: {CLIP_MERGES})")
     return cfg
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``python -m replication train ...`` (see parse_config): one run, then its overall average accuracy."""
+    """``python -m replication train ...`` (see parse_config): one run, then its §4 average test accuracy per
+    task (and over the three tasks when it learns all three)."""
     cfg = parse_config(sys.argv[1:] if argv is None else argv)
     folder = run(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"run": str(folder), **{k: v for k, v in load_run(folder).results.items()
-                                                   if k == "overall_average_accuracy"}}))
+        results = load_run(folder).results
+        print(json.dumps({"run": str(folder),
+                          "average_accuracy": {t: r["average_accuracy"] for t, r in results["tasks"].items()},
+                          **{k: v for k, v in results.items() if k == "overall_average_accuracy"}}))
     return 0
 
 

@@ -42,7 +42,7 @@ from replication.checkpoint import load_clip, save_clip_meta_layout
 from replication.config import get_config
 from replication.data import read_manifest
 from replication.labels import MISSING, TASKS
-from replication.profiles import PROFILES
+from replication.profiles import PROFILES, demo_inputs_help
 from replication.tokenizer import get_tokenizer, train_bpe
 from replication.zero_shot import PROMPTS, ZeroShotClassifier
 
@@ -243,8 +243,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not (args.prepared / "manifest.csv").exists():
-        parser.error(f"{args.prepared / 'manifest.csv'} not found: run `python -m replication "
-                     f"demo-data` and `python -m replication prepare` first")
+        parser.error(f"{args.prepared / 'manifest.csv'} not found. {demo_inputs_help()}")
     pretrain(args.prepared, args.checkpoint, args.bpe, config=args.config, steps=args.steps,
              batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     return 0

@@ -123,6 +123,18 @@ PROFILES = {
 }
 
 
+def demo_inputs_help() -> str:
+    """How to make the demo's inputs (datasets, face crops, encoder and merges), for the errors of the commands
+    that need them: the steps `reproduce --profile demo` takes before its notebooks (reproduce.ready_demo)."""
+    d = PROFILES["demo"]
+    return ("`python -m replication reproduce --profile demo` makes the demo's data and encoder (then runs the "
+            "notebooks); step by step, in the demo's folders:\n"
+            f"  python -m replication demo-data --out {d.raw_data}\n"
+            f"  python -m replication prepare --data-root {d.raw_data} --out {d.prepared} --detector {d.detector} "
+            f"--size {d.image_size}\n"
+            "  python -m replication pretrain")
+
+
 def get_profile(name: str) -> Profile:
     try:
         return PROFILES[name]

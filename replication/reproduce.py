@@ -31,10 +31,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from replication.checkpoint import PE_CORE_WEIGHTS
 from replication.engine import TrainConfig
 from replication.labels import TASKS
 from replication.methods import METHODS
 from replication.profiles import REPO, RUN_FIELDS, get_profile
+from replication.tokenizer import CLIP_MERGES
 
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = ("02_datasets", "03_methodology", "04_2_zero_shot", "04_3_single_task",
@@ -180,18 +182,19 @@ def ready_demo(profile, log=print) -> None:
 
 
 def missing_full_inputs(profile) -> list[str]:
-    """What the full profile lacks, one line each (empty: all there)."""
+    """What the full profile lacks, one line each with where to get it (empty: all there)."""
     from replication.checkpoint import CheckpointError, check_readable
     from replication.data.faces import DetectorFilesError, locate_ssd_files
 
     problems = []
-    for what, path, kind in (("--raw-data", profile.raw_data, "folder"),
-                             ("--checkpoint", profile.checkpoint, "file"),
-                             ("--bpe", profile.bpe, "file")):
+    for what, path, kind, source in (
+            ("--raw-data", profile.raw_data, "folder", "the six datasets in their native layouts"),
+            ("--checkpoint", profile.checkpoint, "file", f"PE-Core weights: {PE_CORE_WEIGHTS}"),
+            ("--bpe", profile.bpe, "file", CLIP_MERGES)):
         if path is None:
-            problems.append(f"{what} not given")
+            problems.append(f"{what} not given ({source})")
         elif not (path.is_dir() if kind == "folder" else path.is_file()):
-            problems.append(f"{what} {path}: no such {kind}")
+            problems.append(f"{what} {path}: no such {kind} ({source})")
         elif what == "--checkpoint":
             # a bad download would otherwise surface only after the face crops are prepared; this reads
             # the file's directory, not its 2.5 GiB of weights
@@ -199,8 +202,8 @@ def missing_full_inputs(profile) -> list[str]:
                 check_readable(path)
             except CheckpointError as err:
                 problems.append(f"{what} {err}")
-    try:
-        locate_ssd_files(profile.detector_dir)
+    try:  # the full profile crops with the thesis's SSD (§2.7); only `prepare` offers other detectors
+        locate_ssd_files(profile.detector_dir, options="Pass that folder with --detector-dir.")
     except DetectorFilesError as err:
         problems.append(f"--detector-dir: {err}")
     return problems
@@ -287,6 +290,7 @@ def cli(argv: list[str] | None = None) -> int:
                              + ",".join(f"{m}={n}" for m, n in get_profile("full").checkpoint_blocks.items())
                              + " for a 48 GB card; bench --plan-checkpointing gives another card's)")
     args = parser.parse_args(argv)
+    notebooks = select(args.only)  # a wrong name must not wait for the data and the pre-training
     try:
         checkpoint_blocks = None if args.checkpoint_blocks is None else checkpoint_blocks_override(
             args.checkpoint_blocks)
@@ -308,7 +312,7 @@ def cli(argv: list[str] | None = None) -> int:
                   "device": args.device, "checkpoint_blocks": checkpoint_blocks}
     parameters = {k: v for k, v in parameters.items() if v is not None}
     out_dir = args.out or profile.executed_notebooks
-    for name in select(args.only):
+    for name in notebooks:
         execute(name, out_dir, parameters)
     print(f"reproduce: {args.profile} profile finished in {time.time() - start:.0f}s; executed "
           f"notebooks in {out_dir}")

@@ -32,6 +32,9 @@ SOT, EOT = "<start_of_text>", "<end_of_text>"
 _PATTERN = regex.compile(
     rf"{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+", regex.IGNORECASE
 )
+# CLIP's merges file and where to get it (the README's download table), for every message about a missing one
+CLIP_MERGES = ("CLIP's bpe_simple_vocab_16e6.txt.gz, from facebookresearch/perception_models (core/vision_encoder/), "
+               "OpenAI CLIP's clip/ folder or an installed clip/open_clip package")
 NUM_BASE_SYMBOLS = 512  # 256 bytes + 256 bytes with `</w>`
 CLIP_VOCAB_SIZE = 49408
 
@@ -67,7 +70,7 @@ def read_merges(path: str | Path, max_merges: int | None = None) -> list[tuple[s
     """Merges of a BPE file (gzip or plain text): a header line, then one 'a b' pair per line, by rank."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"BPE merges file not found: {path} (CLIP's bpe_simple_vocab_16e6.txt.gz)")
+        raise FileNotFoundError(f"BPE merges file not found: {path} ({CLIP_MERGES})")
     raw = path.read_bytes()
     text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
     lines = text.split("\n")[1:]  # line 0 is the '#version: 0.2' header
@@ -169,7 +172,7 @@ def get_tokenizer(bpe_path: str | Path, context_length: int = 32, vocab_size: in
     """The Tokenizer of a merges file, built once per (path, settings, file version)."""
     path = Path(bpe_path).resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"BPE merges file not found: {path} (CLIP's bpe_simple_vocab_16e6.txt.gz)")
+        raise FileNotFoundError(f"BPE merges file not found: {path} ({CLIP_MERGES})")
     return _cached_tokenizer(str(path), context_length, vocab_size, path.stat().st_mtime)
 
 

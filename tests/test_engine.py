@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from replication import engine
+from replication.checkpoint import CheckpointError
 from replication.engine import TrainConfig, load_run, run
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -129,6 +130,97 @@ def test_a_finished_run_whose_inputs_changed_is_refused(prepared, tmp_path, monk
     manifest.write_text(manifest.read_text().replace(",train,", ",val,", 1))
     with pytest.raises(ValueError, match=r"different config \(\['manifest_sha1'\]\)"):
         run(cfg)
+    # the merges file counts only for the zero-shot baseline: a trained run needs none, and ignores a new one
+    assert "bpe_sha1" not in engine._config_dict(replace(cfg, bpe=str(tmp_path / "absent.txt.gz")))
+    with pytest.raises(FileNotFoundError, match="BPE merges file not found"):
+        engine._config_dict(replace(cfg, method="zero_shot", bpe=str(tmp_path / "absent.txt.gz")))
+
+
+def test_paths_are_absolute_so_a_finished_run_is_found_from_any_folder(prepared, tmp_path, monkeypatch):
+    """`train --prepared data/demo/prepared` names the folder the cwd gives it, once: config.json holds it
+    absolute, so the run is the same for a later command with absolute paths started elsewhere (a notebook)."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "manifest.csv").write_text((prepared / "manifest.csv").read_text())
+    monkeypatch.chdir(project)
+    relative = _cfg("data", "runs", method="lp", tasks=("age",), weighting="none", checkpoint="ckpt.pt",
+                    bpe="bpe.txt")
+    assert [relative.prepared, relative.runs_dir, relative.checkpoint, relative.bpe] == [
+        str(project / name) for name in ("data", "runs", "ckpt.pt", "bpe.txt")]
+    # as `train --prepared data` beside the profile's absolute runs folder
+    relative = _cfg("data", project / "runs", method="lp", tasks=("age",), weighting="none")
+    relative.run_dir.mkdir(parents=True)
+    (relative.run_dir / "config.json").write_text(json.dumps(engine._config_dict(relative)))
+    (relative.run_dir / "DONE").write_text("")
+    monkeypatch.setattr(engine, "Trainer", None)
+    monkeypatch.chdir(tmp_path)
+    absolute = _cfg(project / "data", project / "runs", method="lp", tasks=("age",), weighting="none")
+    assert run(absolute) == absolute.run_dir
+    assert engine.load_config(absolute.run_dir) == absolute
+
+
+def test_train_command_reports_a_bad_value_in_one_line_naming_the_valid_ones(capsys):
+    """Refused before any model is built or folder written, by argparse's one-line error, not a traceback."""
+    for argv, expected in (
+            (["--method", "foo", "--tasks", "age"], "method must be one of zero_shot, lp, ap, ft4, lora, dora, "
+                                                    "mtlora, got 'foo'"),
+            (["--method", "lp", "--tasks", "age,nose"], "tasks must be a non-empty subset of age, gender, emotion"),
+            (["--method", "lp", "--tasks", "age,age"], "each once"),
+            (["--method", "lp", "--tasks", "age", "--weighting", "uw"], "weighting must be 'none' for a single-task"),
+            (["--method", "ft4", "--tasks", "age,gender", "--weighting", "sum"], "weighting must be uw, ema or none"),
+            (["--method", "lp", "--tasks", "age", "--amp", "fp8"], "amp must be bf16, fp16 or none, got 'fp8'"),
+            (["--method", "lp", "--tasks", "age", "--profile", "thesis"], "invalid choice: 'thesis'")):
+        with pytest.raises(SystemExit):
+            engine.parse_config(argv)
+        assert expected in capsys.readouterr().err.splitlines()[-1], argv
+
+
+def test_a_first_try_that_fails_on_its_inputs_leaves_no_run_folder(prepared, tmp_path):
+    """A run folder's config.json refuses every other config: a first try that fails on a bad input must not
+    write it, or the corrected command is refused. Missing inputs are named with how to get them: the demo's
+    are made by its own commands (its tiny encoder is no Hugging Face download), the full profile's are not."""
+    with pytest.raises(ValueError, match="method must be one of zero_shot, lp"):
+        _cfg(prepared, tmp_path, method="qlora")
+    with pytest.raises(FileNotFoundError) as err:
+        run(_cfg(tmp_path / "nowhere", tmp_path, checkpoint=str(tmp_path / "demo.pt")))
+    message = str(err.value)
+    assert f"prepared manifest not found: {tmp_path / 'nowhere' / 'manifest.csv'}\n" in message
+    assert f"checkpoint not found: {tmp_path / 'demo.pt'}\n" in message
+    assert "python -m replication reproduce --profile demo" in message and "--detector boxes --size 64" in message
+    assert "Hugging Face" not in message
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*PE-Core-L14-336.pt \(PE-Core weights: "
+                                                r"Hugging Face facebook/PE-Core-L14-336"):
+        run(_cfg(prepared, tmp_path, profile="full", checkpoint=str(tmp_path / "PE-Core-L14-336.pt")))
+    # a checkpoint of another model fails only as the model is built: still before config.json
+    torch.save({"proj": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        run(_cfg(prepared, tmp_path, checkpoint=str(tmp_path / "other.pt")))
+    assert [p.name for p in tmp_path.iterdir()] == ["other.pt"]
+
+
+def test_a_folder_holding_another_run_says_how_to_keep_both(prepared, tmp_path):
+    """`reproduce` has no --run-name: the way out must be one that both commands have."""
+    cfg = _cfg(prepared, tmp_path)
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(json.dumps(engine._config_dict(replace(cfg, max_epochs=5))))
+    with pytest.raises(ValueError, match=r"different config \(\['max_epochs'\]\); remove that folder, or write "
+                                         r"this run elsewhere: another --runs-dir \(train and reproduce\) or "
+                                         r"--run-name \(train\)"):
+        run(cfg)
+
+
+def test_train_command_prints_the_average_accuracy_of_a_single_task_run(prepared, tmp_path, monkeypatch, capsys):
+    argv = ["--method", "lp", "--tasks", "gender", "--prepared", str(prepared), "--runs-dir", str(tmp_path),
+            "--checkpoint", ""]
+    cfg = engine.parse_config(argv)
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(json.dumps(engine._config_dict(cfg)))
+    (cfg.run_dir / "results.json").write_text(json.dumps({"tasks": {"gender": {"average_accuracy": 0.75}}}))
+    (cfg.run_dir / "predictions.csv").write_text("path,dataset,task,label,pred\n")
+    (cfg.run_dir / "DONE").write_text("")
+    monkeypatch.setattr(engine, "Trainer", None)
+    assert engine.cli(argv) == 0
+    assert json.loads(capsys.readouterr().out) == {"run": str(cfg.run_dir), "average_accuracy": {"gender": 0.75}}
 
 
 def test_uw_log_variances_stay_out_of_weight_decay(prepared, tmp_path):

@@ -264,6 +264,27 @@ def test_full_profile_names_everything_missing(tmp_path, capsys):
         assert expected in message
 
 
+def test_only_is_checked_before_the_data_is_made(monkeypatch):
+    """A wrong --only must not first wait for the demo's data generation and pre-training."""
+    monkeypatch.setattr(reproduce, "ready_demo", lambda profile: pytest.fail("data made before --only was checked"))
+    with pytest.raises(SystemExit, match="--only '99' matches no notebook"):
+        reproduce.cli(["--only", "99"])
+
+
+def test_full_profile_says_where_to_get_each_missing_input(tmp_path):
+    """Each line says where its file comes from, and the detector's names what `reproduce` accepts (it has no
+    --detector: the full profile crops with the thesis's SSD)."""
+    with pytest.raises(SystemExit) as err:
+        reproduce.cli(["--profile", "full", "--raw-data", str(tmp_path),
+                       "--checkpoint", str(tmp_path / "PE-Core-L14-336.pt")])
+    message = str(err.value)
+    lines = {line.split()[0]: line for line in message.splitlines() if line.startswith("  --")}
+    assert set(lines) == {"--checkpoint", "--bpe", "--detector-dir:"}
+    assert "(PE-Core weights: Hugging Face facebook/PE-Core-L14-336, file PE-Core-L14-336.pt)" in lines["--checkpoint"]
+    assert "bpe_simple_vocab_16e6.txt.gz, from facebookresearch/perception_models" in lines["--bpe"]
+    assert "--detector boxes" not in message and "Pass that folder with --detector-dir." in message
+
+
 @pytest.mark.parametrize("profile", ["demo", "full"])
 @pytest.mark.parametrize("method", ["lp", "ap", "ft4", "lora", "dora", "mtlora"])
 def test_train_command_and_notebooks_take_the_same_config_from_a_profile(profile, method):

@@ -8,6 +8,7 @@ from PIL import Image
 from replication import pretrain
 from replication.checkpoint import load_clip
 from replication.labels import MISSING, TASKS
+from replication.profiles import PROFILES
 from replication.tokenizer import get_tokenizer
 from replication.zero_shot import PROMPTS
 
@@ -80,3 +81,14 @@ def test_cli_names_the_missing_manifest(tmp_path, capsys):
     with pytest.raises(SystemExit):
         pretrain.cli(["--prepared", str(tmp_path)])
     assert "manifest.csv" in capsys.readouterr().err
+
+
+def test_cli_gives_the_exact_commands_that_make_the_demo_data(tmp_path, capsys):
+    """`prepare` alone defaults to the SSD at 336 px: the demo's data needs the arguments reproduce passes."""
+    with pytest.raises(SystemExit):
+        pretrain.cli(["--prepared", str(tmp_path)])
+    err, demo = capsys.readouterr().err, PROFILES["demo"]
+    assert "`python -m replication reproduce --profile demo` makes the demo's data and encoder" in err
+    assert f"\n  python -m replication demo-data --out {demo.raw_data}\n" in err
+    assert (f"\n  python -m replication prepare --data-root {demo.raw_data} --out {demo.prepared} --detector boxes "
+            f"--size 64\n") in err

@@ -1,4 +1,6 @@
 """Zero-shot baseline (thesis §4.2): the exact prompts, and logits = cosine similarities."""
+import os
+
 import pytest
 import torch
 
@@ -108,4 +110,4 @@ def test_train_command_needs_the_merges_file(capsys):
             engine.parse_config(argv + extra)
         assert "zero_shot needs --bpe" in capsys.readouterr().err
     cfg = engine.parse_config(argv + ["--profile", "full", "--checkpoint", "x.pt", "--bpe", "bpe.txt.gz"])
-    assert cfg.bpe == "bpe.txt.gz"
+    assert cfg.bpe == os.path.abspath("bpe.txt.gz")

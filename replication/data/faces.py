@@ -44,7 +44,9 @@ The OpenCV DNN face detector (thesis §2.7) needs two files in {folder}:
       https://raw.githubusercontent.com/opencv/opencv_3rdparty/dnn_samples_face_detector_20180205_fp16/res10_300x300_ssd_iter_140000_fp16.caffemodel
   res10_300x300_ssd_iter_140000.caffemodel  (fp32, SHA-1 15aa726b..., 10.1 MB)
       https://github.com/opencv/opencv_3rdparty/raw/dnn_samples_face_detector_20170830/res10_300x300_ssd_iter_140000.caffemodel
-Pass the folder with --detector-dir, or use --detector boxes|none (no silent fallback)."""
+{options}"""
+# DOWNLOAD_HELP's last line: what `prepare` takes instead (`reproduce` passes its own)
+PREPARE_OPTIONS = "Pass the folder with --detector-dir, or use --detector boxes|none (no silent fallback)."
 
 SSD_SIZE = 300
 SSD_MEAN = (104.0, 177.0, 123.0)  # BGR means, scale 1.0, no channel swap (opencv models.yml `opencv_fd`)
@@ -62,12 +64,14 @@ def sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def locate_ssd_files(folder: str | Path | None) -> tuple[Path, Path]:
-    """(prototxt, caffemodel) in ``folder``, each checked against its published SHA-1."""
+def locate_ssd_files(folder: str | Path | None, options: str = PREPARE_OPTIONS) -> tuple[Path, Path]:
+    """(prototxt, caffemodel) in ``folder``, each checked against its published SHA-1; an error ends with
+    ``options``, what the caller's command accepts."""
     if folder is None:
-        raise DetectorFilesError("--detector ssd needs --detector-dir.\n" + DOWNLOAD_HELP.format(folder="DIR"))
+        raise DetectorFilesError("the SSD face detector needs --detector-dir.\n"
+                                 + DOWNLOAD_HELP.format(folder="DIR", options=options))
     folder = Path(folder)
-    help_text = DOWNLOAD_HELP.format(folder=folder)
+    help_text = DOWNLOAD_HELP.format(folder=folder, options=options)
     prototxt = folder / PROTOTXT
     model = next((folder / n for n in CAFFEMODELS if (folder / n).is_file()), None)
     if not prototxt.is_file() or model is None:
