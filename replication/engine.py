@@ -47,7 +47,7 @@ from replication.labels import MISSING, TASKS, TEST_SETS
 from replication.losses import make_weighting, masked_cross_entropy
 from replication.methods import METHODS, build_method
 from replication.metrics import summarize_predictions
-from replication.profiles import PROFILES, demo_inputs_help, get_profile
+from replication.profiles import PROFILES, RUN_FIELDS, demo_inputs_help, get_profile
 from replication.sampling import BalancedSampler, class_balanced_weights, replicate_emotion
 from replication.tokenizer import CLIP_MERGES
 from replication.transforms import eval_transform, train_transform
@@ -178,9 +178,13 @@ def _config_dict(cfg: TrainConfig) -> dict:
     paths = {key: Path(path) for key, path in paths.items() if path is not None}
     missing = [key for key, path in paths.items() if not path.is_file()]
     if missing:
-        raise FileNotFoundError(_missing_inputs(cfg, {key: paths[key] for key in missing}))
+        raise MissingInputError(_missing_inputs(cfg, {key: paths[key] for key in missing}))
     return {**json.loads(json.dumps(dataclasses.asdict(cfg))),  # tuples -> lists, as read back
             **{key: _sha1(path) for key, path in paths.items()}}
+
+
+class MissingInputError(FileNotFoundError):
+    """A run's manifest, checkpoint or merges file is not there; the message says how to get each."""
 
 
 def _missing_inputs(cfg: TrainConfig, missing: dict[str, Path]) -> str:
@@ -849,6 +853,20 @@ def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
 
 
 # --- command line -------------------------------------------------------------------------------------
+def _flag_help(f: dataclasses.Field) -> str:
+    """`train --help` for a TrainConfig field: its values, or its default in each profile."""
+    def shown(v):
+        return "not set" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+    if f.name in RUN_FIELDS:  # the profile's value is the default (README, "Two profiles")
+        return "; ".join(f"{name}: {shown(getattr(p, f.name))}" for name, p in PROFILES.items())
+    full_blocks = ", ".join(f"{m} {n}" for m, n in PROFILES["full"].checkpoint_blocks.items())
+    return {"method": ", ".join(RUN_METHODS), "tasks": "comma list of " + ", ".join(TASKS),
+            "weighting": "uw | ema (multi-task, default uw) | none (single-task)",
+            "checkpoint_blocks": f"first N blocks activation-checkpointed; default: the profile's for the method "
+                                 f"(full: {full_blocks}), else 0"}.get(f.name, f"default: {shown(f.default)}")
+
+
 def parse_config(argv: list[str]) -> TrainConfig:
     """``python -m replication train --method M --tasks age,gender,emotion [--weighting uw|ema]
     [--profile demo|full] [--<field> value ...]``: the profile's settings, every TrainConfig field
@@ -859,11 +877,12 @@ def parse_config(argv: list[str]) -> TrainConfig:
         if f.name == "profile":
             continue
         flag = "--" + f.name.replace("_", "-")
+        help_ = _flag_help(f)
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
             kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=None, required=f.name in ("method", "tasks"))
+            parser.add_argument(flag, type=kind, default=None, required=f.name in ("method", "tasks"), help=help_)
     args = vars(parser.parse_args(argv))
     profile = get_profile(args.pop("profile"))
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in profile.run_settings().items()}
@@ -889,7 +908,11 @@ def cli(argv: list[str] | None = None) -> int:
     """``python -m replication train ...`` (see parse_config): one run, then its §4 average test accuracy per
     task (and over the three tasks when it learns all three)."""
     cfg = parse_config(sys.argv[1:] if argv is None else argv)
-    folder = run(cfg)
+    try:
+        folder = run(cfg)
+    except MissingInputError as err:  # the user's to fix, not a bug: the message without a traceback
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         results = load_run(folder).results
         print(json.dumps({"run": str(folder),

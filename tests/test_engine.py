@@ -175,6 +175,23 @@ def test_train_command_reports_a_bad_value_in_one_line_naming_the_valid_ones(cap
         assert expected in capsys.readouterr().err.splitlines()[-1], argv
 
 
+def test_train_command_reports_a_missing_input_without_a_traceback(tmp_path, capsys):
+    code = engine.cli(["--method", "lp", "--tasks", "age", "--prepared", str(tmp_path / "nowhere"),
+                       "--runs-dir", str(tmp_path / "runs"), "--checkpoint", ""])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"train: error: prepared manifest not found: {tmp_path / 'nowhere'}")
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+def test_train_help_gives_each_profiles_default(capsys):
+    with pytest.raises(SystemExit):
+        engine.parse_config(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size BATCH_SIZE demo: 64; full: 128" in out
+    assert "--checkpoint-blocks CHECKPOINT_BLOCKS first N blocks activation-checkpointed; default: the profile's " \
+           "for the method (full: lora 16, dora 18, mtlora 19), else 0" in out
+
+
 def test_a_first_try_that_fails_on_its_inputs_leaves_no_run_folder(prepared, tmp_path):
     """A run folder's config.json refuses every other config: a first try that fails on a bad input must not
     write it, or the corrected command is refused. Missing inputs are named with how to get them: the demo's
