@@ -133,8 +133,8 @@ def _torch_load(path: Path, mmap: bool = False):
             f"{path} ({path.stat().st_size:,} bytes) is not a readable PyTorch checkpoint "
             f"(torch.load raised {type(err).__name__}). Likely a truncated or interrupted download, a Git LFS "
             f"pointer (a ~130-byte text file) or an HTML page (a login or error page) saved instead of the "
-            f"file: download it again. PE-Core weights: {PE_CORE_WEIGHTS} (about 2.5 GiB). A file holding pickled objects other "
-            f"than tensors is refused too.") from None
+            f"file: download it again. PE-Core weights: {PE_CORE_WEIGHTS} (about 2.5 GiB). A file holding "
+            f"pickled objects other than tensors is refused too.") from None
 
 
 def check_readable(path: str | Path) -> None:

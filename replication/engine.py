@@ -54,7 +54,7 @@ from replication.transforms import eval_transform, train_transform
 from replication.zero_shot import ZeroShotClassifier
 
 RUN_METHODS = ("zero_shot", *METHODS)  # §4.2 baseline + the adaptation methods of §3.3-3.6.1
-_PATH_FIELDS = ("prepared", "runs_dir", "checkpoint", "bpe")  # TrainConfig's files and folders
+_INPUT_FIELDS = ("prepared", "checkpoint", "bpe")  # TrainConfig's inputs; runs_dir is its output
 
 
 @dataclass
@@ -108,7 +108,7 @@ class TrainConfig:
             raise ValueError(f"checkpoint_blocks must be >= 0 (0: none), got {self.checkpoint_blocks}")
         # absolute against the working directory: config.json then names the same files whichever folder a
         # later command (or a notebook, run in the repository root) starts from, relative or absolute flags alike
-        for name in _PATH_FIELDS:
+        for name in (*_INPUT_FIELDS, "runs_dir"):
             if getattr(self, name) is not None:
                 setattr(self, name, os.path.abspath(getattr(self, name)))
 
@@ -743,7 +743,7 @@ def _moved_with_the_runs(old: dict, new: dict, key: str) -> bool:
     """True if input file/folder ``key`` differs only as the whole project moved: it lies where it lay relative
     to the runs folder (another mount point, a copied clone). Absolute paths are what config.json holds, so
     without this every finished run of a moved project would be refused, and only retraining would follow."""
-    if key not in ("prepared", "checkpoint", "bpe") or old.get(key) is None or new.get(key) is None:
+    if key not in _INPUT_FIELDS or old.get(key) is None or new.get(key) is None:
         return False
     return os.path.relpath(old[key], old["runs_dir"]) == os.path.relpath(new[key], new["runs_dir"])
 
@@ -821,11 +821,11 @@ class RunResult:
 def load_config(path: str | Path) -> TrainConfig:
     values = json.loads((Path(path) / "config.json").read_text())
     values.pop("grad_checkpointing", None)  # execution only, and replaced by checkpoint_blocks (_EXECUTION_ONLY)
-    for key in ("manifest_sha1", "checkpoint_sha1", "bpe_sha1"):  # checked by _same_run, not settings
+    for key in _INPUTS:  # the inputs' SHA-1s, checked by _same_run, are not settings
         values.pop(key, None)
     # a run whose project moved (_moved_with_the_runs) finds its inputs where they moved with it (load_model)
     runs_dir = Path(path).resolve().parent
-    for key in ("prepared", "checkpoint", "bpe"):
+    for key in _INPUT_FIELDS:
         if values[key] is not None and not Path(values[key]).exists():
             values[key] = os.path.normpath(runs_dir / os.path.relpath(values[key], values["runs_dir"]))
     return TrainConfig(**values)

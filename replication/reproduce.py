@@ -225,8 +225,9 @@ def ready_full(profile, log=print) -> None:
 
 def _absolute(text: str) -> Path:
     """A path option, absolute against the caller's working directory: the notebooks run in the repository
-    root (papermill's cwd), where a relative path would name another file than the one checked here."""
-    return Path(text).resolve()
+    root (papermill's cwd), where a relative path would name another file than the one checked here. Symbolic
+    links are kept, as in engine.TrainConfig, so config.json records the same path either way."""
+    return Path(os.path.abspath(text))
 
 
 def _check(code: int, step: str) -> None:
