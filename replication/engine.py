@@ -192,7 +192,7 @@ def _missing_inputs(cfg: TrainConfig, missing: dict[str, Path]) -> str:
     encoder: Hugging Face's weights are the full profile's), the full profile's come from the README's table."""
     if cfg.profile == "demo":
         return "\n".join([f"{_INPUTS[key][0]} not found: {path}" for key, path in missing.items()]
-                         + [demo_inputs_help()])
+                         + [demo_inputs_help(cfg.prepared, cfg.checkpoint, cfg.bpe)])
     return "\n".join(f"{_INPUTS[key][0]} not found: {path} ({_INPUTS[key][1]})" for key, path in missing.items())
 
 
@@ -426,7 +426,11 @@ def evaluation_frame(cfg: TrainConfig) -> pd.DataFrame:
     """Test rows of the datasets that test at least one of the run's tasks (§3.1 Table 3.1)."""
     frame = read_split(cfg, "test")
     wanted = {ds for t in cfg.tasks for ds in TEST_SETS[t]}
-    return frame[frame["dataset"].isin(wanted)].reset_index(drop=True)
+    frame = frame[frame["dataset"].isin(wanted)].reset_index(drop=True)
+    if frame.empty:
+        raise ValueError(f"{Path(cfg.prepared) / 'manifest.csv'}: no test rows of {sorted(wanted)}, the test sets "
+                         f"of {list(cfg.tasks)}")
+    return frame
 
 
 def predictions_table(logits: dict, frame: pd.DataFrame, tasks) -> pd.DataFrame:
@@ -770,9 +774,8 @@ def _zero_shot_model(cfg: TrainConfig) -> ZeroShotClassifier:
     return ZeroShotClassifier(load_clip(cfg.checkpoint, config=cfg.model_config), cfg.bpe, cfg.tasks).eval()
 
 
-def _test(cfg: TrainConfig, model: nn.Module, d: distributed.Dist, extra: dict) -> None:
-    """Predict the test sets with ``model`` and write predictions.csv, results.json and DONE."""
-    frame = evaluation_frame(cfg)
+def _test(cfg: TrainConfig, model: nn.Module, frame: pd.DataFrame, d: distributed.Dist, extra: dict) -> None:
+    """Predict the test rows ``frame`` with ``model`` and write predictions.csv, results.json and DONE."""
     dataset = FaceDataset(Path(cfg.prepared), frame, cfg.tasks, eval_transform(_image_size(cfg)))
     logits = predict_logits(model, dataset, cfg, d)
     if d.is_main:
@@ -792,10 +795,11 @@ def run(cfg: TrainConfig) -> Path:
         fresh = not _same_run(cfg, config)  # a folder holding another run is refused before anything loads
         # config.json only once the model and data are built from the inputs: a first try that fails on one
         # (an unreadable checkpoint, a split without labels) leaves no folder to refuse the corrected command
+        test = evaluation_frame(cfg)
         if cfg.method == "zero_shot":
             model = _zero_shot_model(cfg).to(d.device)
             _prepare_dir(cfg, config, fresh, d)
-            _test(cfg, model, d, {})
+            _test(cfg, model, test, d, {})
         else:
             trainer = Trainer(cfg, d)
             _prepare_dir(cfg, config, fresh, d)
@@ -803,7 +807,7 @@ def run(cfg: TrainConfig) -> Path:
             distributed.barrier(d)  # rank 0 commits best.pt after the last collective of fit()
             best = torch.load(cfg.run_dir / "best.pt", map_location=d.device, weights_only=False)
             trainer.model.load_trainable_state_dict(best["model"])
-            _test(cfg, trainer.model, d, {"best_epoch": best["epoch"], "epochs": trainer.progress.epoch})
+            _test(cfg, trainer.model, test, d, {"best_epoch": best["epoch"], "epochs": trainer.progress.epoch})
         distributed.barrier(d)
     finally:
         distributed.teardown(d)

@@ -12,6 +12,7 @@ model configuration, where the data and weights come from, and how long training
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -123,16 +124,24 @@ PROFILES = {
 }
 
 
-def demo_inputs_help() -> str:
+def demo_inputs_help(prepared=None, checkpoint=None, bpe=None) -> str:
     """How to make the demo's inputs (datasets, face crops, encoder and merges), for the errors of the commands
-    that need them: the steps `reproduce --profile demo` takes before its notebooks (reproduce.ready_demo)."""
+    that need them: the steps `reproduce --profile demo` takes before its notebooks (reproduce.ready_demo),
+    writing to the folders and files the failed command was given (None: the demo's own)."""
     d = PROFILES["demo"]
-    return ("`python -m replication reproduce --profile demo` makes the demo's data and encoder (then runs the "
-            "notebooks); step by step, in the demo's folders:\n"
-            f"  python -m replication demo-data --out {d.raw_data}\n"
-            f"  python -m replication prepare --data-root {d.raw_data} --out {d.prepared} --detector {d.detector} "
-            f"--size {d.image_size}\n"
-            "  python -m replication pretrain")
+    given = {"--prepared": prepared, "--checkpoint": checkpoint, "--bpe": bpe}
+    own = {"--prepared": d.prepared, "--checkpoint": d.checkpoint, "--bpe": d.bpe}
+    other = {flag: Path(os.path.abspath(path)) for flag, path in given.items()
+             if path not in (None, "") and Path(os.path.abspath(path)) != own[flag]}
+    prepared = other.get("--prepared", d.prepared)
+    steps = [f"python -m replication demo-data --out {d.raw_data}",
+             f"python -m replication prepare --data-root {d.raw_data} --out {prepared} --detector {d.detector} "
+             f"--size {d.image_size}",
+             " ".join(["python -m replication pretrain"] + [f"{flag} {path}" for flag, path in other.items()])]
+    intro = ("`python -m replication reproduce --profile demo` makes the demo's data and encoder (then runs the "
+             "notebooks); step by step, in the demo's folders:" if not other else
+             "Make the demo's data and encoder in the folders given:")
+    return "\n  ".join([intro] + steps)
 
 
 def get_profile(name: str) -> Profile:

@@ -203,7 +203,8 @@ def test_a_first_try_that_fails_on_its_inputs_leaves_no_run_folder(prepared, tmp
     message = str(err.value)
     assert f"prepared manifest not found: {tmp_path / 'nowhere' / 'manifest.csv'}\n" in message
     assert f"checkpoint not found: {tmp_path / 'demo.pt'}\n" in message
-    assert "python -m replication reproduce --profile demo" in message and "--detector boxes --size 64" in message
+    assert (f"--out {tmp_path / 'nowhere'} --detector boxes --size 64\n  python -m replication pretrain --prepared "
+            f"{tmp_path / 'nowhere'} --checkpoint {tmp_path / 'demo.pt'}") in message  # the folders it was given
     assert "Hugging Face" not in message
     with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*PE-Core-L14-336.pt \(PE-Core weights: "
                                                 r"Hugging Face facebook/PE-Core-L14-336"):
@@ -442,6 +443,32 @@ def test_zero_shot_run_writes_predictions_without_training(prepared, tmp_path, m
     with pytest.raises(ValueError, match="different config"):  # what it predicts with still counts
         run(replace(cfg, amp="bf16"))
 
+
+def test_a_run_without_test_rows_stops_before_its_folder_is_written(prepared, tmp_path):
+    """The test sets are read before config.json: a manifest without any (or with emotion test rows only from
+    datasets that are no emotion test set) stops the zero-shot baseline and a trained run before their folders
+    exist, instead of after a whole training."""
+    from replication.tokenizer import train_bpe
+    from replication.zero_shot import PROMPTS
+
+    bpe = tmp_path / "bpe.txt"
+    train_bpe([p for ps in PROMPTS.values() for p in ps], 50, bpe)
+    frame = pd.read_csv(prepared / "manifest.csv")
+    frame["path"] = [str(prepared / p) for p in frame["path"]]  # crops stay where they are
+    rafdb_test = (frame["dataset"] == "rafdb") & (frame["split"] == "test")
+    for name, manifest, message in (
+            ("none", frame[~rafdb_test], "no test rows labelled for ['emotion']"),
+            ("other", frame.assign(dataset=frame["dataset"].mask(rafdb_test, "celebahq")),
+             "no test rows of ['rafdb'], the test sets of ['emotion']")):
+        (tmp_path / name).mkdir()
+        manifest.to_csv(tmp_path / name / "manifest.csv", index=False)
+        for cfg in (_cfg(tmp_path / name, tmp_path / "runs", tasks=("emotion",), weighting="none"),
+                    TrainConfig(method="zero_shot", tasks=("emotion",), weighting="none", prepared=str(tmp_path / name),
+                                runs_dir=str(tmp_path / "runs"), bpe=str(bpe))):
+            with pytest.raises(ValueError) as err:
+                run(cfg)
+            assert str(err.value) == f"{tmp_path / name / 'manifest.csv'}: {message}"
+    assert not (tmp_path / "runs").exists()
 
 def test_single_task_sampling_weights_average_every_label_a_row_has():
     """§3.2: a row's weight is the mean of the class weights of its available age, emotion and gender labels,

@@ -8,7 +8,7 @@ from PIL import Image
 from replication import pretrain
 from replication.checkpoint import load_clip
 from replication.labels import MISSING, TASKS
-from replication.profiles import PROFILES
+from replication.profiles import PROFILES, demo_inputs_help
 from replication.tokenizer import get_tokenizer
 from replication.zero_shot import PROMPTS
 
@@ -83,12 +83,22 @@ def test_cli_names_the_missing_manifest(tmp_path, capsys):
     assert "manifest.csv" in capsys.readouterr().err
 
 
-def test_cli_gives_the_exact_commands_that_make_the_demo_data(tmp_path, capsys):
-    """`prepare` alone defaults to the SSD at 336 px: the demo's data needs the arguments reproduce passes."""
+def test_cli_gives_the_exact_commands_that_make_the_demo_data(tmp_path, capsys, monkeypatch):
+    """`prepare` alone defaults to the SSD at 336 px: the demo's data needs the arguments reproduce passes, and
+    the commands write where the failed one looked (the demo's own folders, or the ones it was given)."""
+    demo = PROFILES["demo"]
+    prepare = f"python -m replication prepare --data-root {demo.raw_data} --out {{}} --detector boxes --size 64"
+    assert demo_inputs_help().splitlines() == [
+        "`python -m replication reproduce --profile demo` makes the demo's data and encoder (then runs the "
+        "notebooks); step by step, in the demo's folders:",
+        f"  python -m replication demo-data --out {demo.raw_data}",
+        "  " + prepare.format(demo.prepared),
+        "  python -m replication pretrain"]
+    monkeypatch.chdir(tmp_path)  # a relative --prepared is shown absolute, as the commands take it
     with pytest.raises(SystemExit):
-        pretrain.cli(["--prepared", str(tmp_path)])
-    err, demo = capsys.readouterr().err, PROFILES["demo"]
-    assert "`python -m replication reproduce --profile demo` makes the demo's data and encoder" in err
-    assert f"\n  python -m replication demo-data --out {demo.raw_data}\n" in err
-    assert (f"\n  python -m replication prepare --data-root {demo.raw_data} --out {demo.prepared} --detector boxes "
-            f"--size 64\n") in err
+        pretrain.cli(["--prepared", "crops", "--checkpoint", str(demo.checkpoint)])
+    assert capsys.readouterr().err.splitlines()[-4:] == [
+        "Make the demo's data and encoder in the folders given:",
+        f"  python -m replication demo-data --out {demo.raw_data}",
+        "  " + prepare.format(tmp_path / "crops"),
+        f"  python -m replication pretrain --prepared {tmp_path / 'crops'}"]
