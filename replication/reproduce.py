@@ -11,8 +11,9 @@ figures/<profile>/ unless given). Before the notebooks, the data is made ready:
 
 * demo: ``demo-data`` (generated faces in the six native layouts), ``prepare`` (crops + manifest)
   and ``pretrain`` (the tiny encoder's CLIP-style pre-training), each only if its output is missing;
-* full: the four inputs are checked at once (a clear error names everything missing), then
-  ``prepare`` with the SSD face detector if the prepared manifest is missing.
+* full: the inputs are checked at once (a clear error names everything missing): the checkpoint and
+  the merges, and while the prepared manifest is missing the datasets and the SSD face detector
+  that ``prepare`` then crops with.
 
 Interrupted? Run the same command again: finished runs are reused by the engine (a run folder
 with DONE is never retrained, an unfinished one resumes), so the batch continues where it stopped.
@@ -182,15 +183,20 @@ def ready_demo(profile, log=print) -> None:
 
 
 def missing_full_inputs(profile) -> list[str]:
-    """What the full profile lacks, one line each with where to get it (empty: all there)."""
+    """What the full profile lacks, one line each with where to get it (empty: all there). The datasets and the
+    face detector count only while the face crops are still to be made: crops prepared elsewhere (`prepare` on
+    another machine, README step 2) are trained on without them."""
     from replication.checkpoint import CheckpointError, check_readable
     from replication.data.faces import DetectorFilesError, locate_ssd_files
 
+    to_prepare = not (profile.prepared / "manifest.csv").exists()
+    inputs = [("--checkpoint", profile.checkpoint, "file", f"PE-Core weights: {PE_CORE_WEIGHTS}"),
+              ("--bpe", profile.bpe, "file", CLIP_MERGES)]
+    if to_prepare:
+        inputs.insert(0, ("--raw-data", profile.raw_data, "folder", "the six datasets in their native layouts, "
+                          f"to prepare {profile.prepared}"))
     problems = []
-    for what, path, kind, source in (
-            ("--raw-data", profile.raw_data, "folder", "the six datasets in their native layouts"),
-            ("--checkpoint", profile.checkpoint, "file", f"PE-Core weights: {PE_CORE_WEIGHTS}"),
-            ("--bpe", profile.bpe, "file", CLIP_MERGES)):
+    for what, path, kind, source in inputs:
         if path is None:
             problems.append(f"{what} not given ({source})")
         elif not (path.is_dir() if kind == "folder" else path.is_file()):
@@ -202,10 +208,11 @@ def missing_full_inputs(profile) -> list[str]:
                 check_readable(path)
             except CheckpointError as err:
                 problems.append(f"{what} {err}")
-    try:  # the full profile crops with the thesis's SSD (§2.7); only `prepare` offers other detectors
-        locate_ssd_files(profile.detector_dir, options="Pass that folder with --detector-dir.")
-    except DetectorFilesError as err:
-        problems.append(f"--detector-dir: {err}")
+    if to_prepare:
+        try:  # the full profile crops with the thesis's SSD (§2.7); only `prepare` offers other detectors
+            locate_ssd_files(profile.detector_dir, options="Pass that folder with --detector-dir.")
+        except DetectorFilesError as err:
+            problems.append(f"--detector-dir: {err}")
     return problems
 
 

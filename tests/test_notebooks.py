@@ -285,6 +285,27 @@ def test_full_profile_says_where_to_get_each_missing_input(tmp_path):
     assert "--detector boxes" not in message and "Pass that folder with --detector-dir." in message
 
 
+
+def test_full_profile_trains_on_crops_prepared_elsewhere_without_the_datasets(monkeypatch, tmp_path):
+    """The datasets and the detector only make the crops: once PREPARED/manifest.csv is there (prepared on
+    another machine, or by `prepare` by hand), the notebooks run with the checkpoint and the merges alone."""
+    import torch
+
+    torch.save({"proj": torch.zeros(2)}, tmp_path / "PE-Core-L14-336.pt")
+    (tmp_path / "bpe.txt.gz").write_bytes(b"")
+    argv = ["--profile", "full", "--only", "02", "--prepared", str(tmp_path / "prepared"), "--checkpoint",
+            str(tmp_path / "PE-Core-L14-336.pt"), "--bpe", str(tmp_path / "bpe.txt.gz")]
+    with pytest.raises(SystemExit) as err:  # nothing prepared yet: both are needed, and named
+        reproduce.cli(argv)
+    assert [line.split()[0] for line in str(err.value).splitlines() if line.startswith("  --")] == [
+        "--raw-data", "--detector-dir:"]
+    assert f"to prepare {tmp_path / 'prepared'})" in str(err.value)
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "manifest.csv").write_text("path,dataset,split,age,gender,emotion\n")
+    seen = []
+    monkeypatch.setattr(reproduce, "execute", lambda name, out, parameters: seen.append(name))
+    assert reproduce.cli(argv) == 0 and seen == ["02_datasets"]
+
 @pytest.mark.parametrize("profile", ["demo", "full"])
 @pytest.mark.parametrize("method", ["lp", "ap", "ft4", "lora", "dora", "mtlora"])
 def test_train_command_and_notebooks_take_the_same_config_from_a_profile(profile, method):
