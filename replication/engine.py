@@ -54,6 +54,7 @@ from replication.transforms import eval_transform, train_transform
 from replication.zero_shot import ZeroShotClassifier
 
 RUN_METHODS = ("zero_shot", *METHODS)  # §4.2 baseline + the adaptation methods of §3.3-3.6.1
+AMP_MODES = ("bf16", "fp16", "none")  # autocast dtype (fp16 with a GradScaler, §3.1), or fp32
 _INPUT_FIELDS = ("prepared", "checkpoint", "bpe")  # TrainConfig's inputs; runs_dir is its output
 
 
@@ -102,8 +103,8 @@ class TrainConfig:
         if len(self.tasks) == 1 and self.weighting != "none":
             raise ValueError(f"weighting must be 'none' for a single-task run (plain cross-entropy, §3.1), got "
                              f"{self.weighting!r}: uw and ema weight the losses of several tasks (§3.7.3)")
-        if self.amp not in ("bf16", "fp16", "none"):
-            raise ValueError(f"amp must be bf16, fp16 or none, got {self.amp!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be {', '.join(AMP_MODES[:-1])} or {AMP_MODES[-1]}, got {self.amp!r}")
         if self.checkpoint_blocks < 0:
             raise ValueError(f"checkpoint_blocks must be >= 0 (0: none), got {self.checkpoint_blocks}")
         # absolute against the working directory: config.json then names the same files whichever folder a

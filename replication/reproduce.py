@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from replication.checkpoint import PE_CORE_WEIGHTS
-from replication.engine import TrainConfig
+from replication.engine import AMP_MODES, TrainConfig
 from replication.labels import TASKS
 from replication.methods import METHODS
 from replication.profiles import REPO, RUN_FIELDS, get_profile
@@ -293,6 +293,8 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-samples", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--device")
+    parser.add_argument("--amp", choices=AMP_MODES, help="autocast dtype (default: the profile's; full: fp16 "
+                        "with a GradScaler, §3.1)")
     parser.add_argument("--checkpoint-blocks", metavar="METHOD=N[,METHOD=N...]",
                         help="first N blocks each named method activation-checkpoints, over the profile's (full: "
                              + ",".join(f"{m}={n}" for m, n in get_profile("full").checkpoint_blocks.items())
@@ -317,7 +319,7 @@ def cli(argv: list[str] | None = None) -> int:
                   "bpe": _str(profile.bpe), "tables_dir": _str(args.tables_dir),
                   "figures_dir": _str(args.figures_dir), "max_epochs": args.max_epochs,
                   "max_train_samples": args.max_train_samples, "batch_size": args.batch_size,
-                  "device": args.device, "checkpoint_blocks": checkpoint_blocks}
+                  "device": args.device, "amp": args.amp, "checkpoint_blocks": checkpoint_blocks}
     parameters = {k: v for k, v in parameters.items() if v is not None}
     out_dir = args.out or profile.executed_notebooks
     for name in notebooks:

@@ -158,13 +158,15 @@ def test_reproduce_hands_its_overrides_to_every_notebook(monkeypatch, tmp_path, 
     monkeypatch.setattr(reproduce, "ready_demo", lambda profile: None)
     monkeypatch.setattr(reproduce, "execute", lambda name, out, parameters: seen.update({name: parameters}))
     assert reproduce.cli(["--out", str(tmp_path), "--checkpoint-blocks", "lora=8", "--batch-size", "32",
-                          "--max-epochs", "2", "--max-train-samples", "9", "--device", "cpu", "--tables-dir", "t",
+                          "--max-epochs", "2", "--max-train-samples", "9", "--device", "cpu", "--amp", "bf16", "--tables-dir", "t",
                           "--figures-dir", "f"]) == 0
     assert list(seen) == list(reproduce.NOTEBOOKS)
     parameters = seen[reproduce.NOTEBOOKS[0]]
     assert parameters["checkpoint_blocks"] == {"lora": 8} and parameters["batch_size"] == 32
+    assert parameters["amp"] == "bf16"
     assert set(parameters) == {"profile", "prepared", "runs_dir", "checkpoint", "bpe", "tables_dir", "figures_dir",
-                               "max_epochs", "max_train_samples", "batch_size", "device", "checkpoint_blocks"}
+                               "max_epochs", "max_train_samples", "batch_size", "device", "amp",
+                               "checkpoint_blocks"}
     for name in reproduce.NOTEBOOKS:
         nb = nbformat.read(reproduce.NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
         declared = {t.id for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])
