@@ -243,7 +243,8 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not (args.prepared / "manifest.csv").exists():
-        parser.error(f"{args.prepared / 'manifest.csv'} not found.\n{demo_inputs_help(args.prepared, args.checkpoint, args.bpe)}")
+        parser.error(f"{args.prepared / 'manifest.csv'} not found.\n"
+                     + demo_inputs_help(args.prepared, args.checkpoint, args.bpe))
     pretrain(args.prepared, args.checkpoint, args.bpe, config=args.config, steps=args.steps,
              batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     return 0
