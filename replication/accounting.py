@@ -241,8 +241,8 @@ def rows(config: str = "PE-Core-L14-336") -> list[dict]:
          f"the single-task age model's total as every thesis total is counted: vision tower "
          f"({clip['vision']:,}) + BN deeper age head + {single_log_variances} uncertainty log-variance (every "
          f"thesis total includes one per task; our single-task runs have none) = {counts['ap', 'single'][1]:,} + "
-         f"{single_log_variances}; our reading: the thesis's code holds three log-variances whatever the tasks "
-         f"(+2). The vision tower alone is {clip['vision']:,}, which is what the thesis's own "
+         f"{single_log_variances}, as printed (the thesis's code creates three log-variances whatever the tasks, "
+         f"which would count 2 more). The vision tower alone is {clip['vision']:,}, which is what the thesis's own "
          f"Total row adds up ({clip['total']:,} = text + tower). The thesis's own AP and FT4 percentages "
          f"({thesis.PARAMS.value('ap', 'percent')} %, {thesis.PARAMS.value('ft4', 'percent')} %) are their "
          f"trainable counts divided by this same figure"),

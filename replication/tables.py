@@ -80,17 +80,20 @@ def write(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> tuple[Path,
     """Write ``df`` to <out_dir>/<name>.csv and .md atomically; returns both paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table_id = df["table"].iloc[0]
-    stem = out_dir / filename(table_id)
-    label = df["label"].iloc[0]
-    header = [f"# {title or table_id}", ""]
-    if label:
-        header += [f"**{label}**", ""]
-    markdown = "\n".join(header + [to_markdown(df.drop(columns=["table", "label"])), ""])
+    stem = out_dir / filename(df["table"].iloc[0])
     paths = stem.with_suffix(".csv"), stem.with_suffix(".md")
     _atomic_write(paths[0], df.map(_csv_number).to_csv(index=False))
-    _atomic_write(paths[1], markdown)
+    _atomic_write(paths[1], markdown(df, title))
     return paths
+
+
+def markdown(df: pd.DataFrame, title: str = "") -> str:
+    """The .md file's text: the title, the profile's label (demo) and every cell with its note."""
+    header = [f"# {title or df['table'].iloc[0]}", ""]
+    label = df["label"].iloc[0]
+    if label:
+        header += [f"**{label}**", ""]
+    return "\n".join(header + [to_markdown(df.drop(columns=["table", "label"])), ""])
 
 
 def _csv_number(v):
@@ -101,19 +104,35 @@ def _csv_number(v):
     return v
 
 
-def publish(df: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
-    """Write ``df`` (titled after its thesis table); return its wide view for a notebook."""
+def heading(table_id: str) -> str:
+    """How the thesis names a table: '4.5' -> 'Table 4.5', '3.2/age' -> 'Table 3.2 (age)', 'fig4.2' -> 'Fig. 4.2',
+    'params' (the figures of §3.3-3.6.1's text) -> '§3.3–3.6.1'."""
+    if table_id == "params":
+        return "§3.3–3.6.1"
+    if table_id.startswith("fig"):
+        return f"Fig. {table_id[3:]}"
+    number, _, part = table_id.partition("/")
+    return f"Table {number}" + (f" ({part})" if part else "")
+
+
+class Published:
+    """A table as a notebook shows it: the text of its .md file, so the demo label and the notes (a thesis
+    inconsistency, a counting convention, a literature citation) are read beside the numbers; ``frame``
+    holds the cells."""
+
+    def __init__(self, frame: pd.DataFrame, text: str):
+        self.frame, self.text = frame, text
+
+    def _repr_markdown_(self) -> str:
+        return self.text
+
+
+def publish(df: pd.DataFrame, out_dir: str | Path) -> Published:
+    """Write ``df`` (titled after its thesis table); return it as the notebook shows it."""
     table_id = df["table"].iloc[0]
-    write(df, out_dir, f"Table {table_id} — {thesis.TABLES[table_id].title}")
-    return wide(df)
-
-
-def wide(df: pd.DataFrame) -> pd.DataFrame:
-    """One line per thesis row; for each thesis column its thesis / replicated / difference."""
-    out = df.pivot(index="row", columns="column", values=["thesis", "replicated", "difference"])
-    out = out.swaplevel(axis=1).reindex(columns=pd.unique(df["column"]), level=0)
-    out = out.reindex(columns=["thesis", "replicated", "difference"], level=1)
-    return out.reindex(pd.unique(df["row"]))
+    title = f"{heading(table_id)} — {thesis.TABLES[table_id].title}"
+    write(df, out_dir, title)
+    return Published(df, markdown(df, title))
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -270,7 +289,8 @@ def table_4_14(rows: Iterable[Mapping], scores_by_row: Mapping[str, Mapping[str,
 
 def table_3_1(manifest: pd.DataFrame, profile: str) -> pd.DataFrame:
     """Dataset usage (Table 3.1): the thesis's checkmarks beside the manifest's image counts and
-    the tasks each dataset carries labels for; ``difference`` says "differs" where usage differs."""
+    the tasks each dataset carries labels for; ``difference`` says "differs" where a split's usage
+    differs or a task of the thesis's is missing, and a note names the tasks used beyond it."""
     def value(dataset, column):
         rows = manifest[manifest["dataset"] == dataset]
         if column == "tasks":
@@ -282,6 +302,14 @@ def table_3_1(manifest: pd.DataFrame, profile: str) -> pd.DataFrame:
     agrees = [(set(t.split(", ")) <= set(str(r).split(", "))) if c == "tasks" else (r > 0) == u
               for c, t, r, u in zip(df["column"], df["thesis"], df["replicated"], used)]
     df["difference"] = ["" if a else "differs" for a in agrees]
+    # RAF-DB is "also labeled for gender" (§2.7.4) and Table 3.2a counts those labels in training, though
+    # Table 3.1 lists Emotion only: a dataset's extra labels are used, noted rather than marked as differing
+    for i in df.index[df["column"] == "tasks"]:
+        extra = set(str(df.at[i, "replicated"]).split(", ")) - set(df.at[i, "thesis"].split(", "))
+        if extra:
+            df.at[i, "note"] = " ".join(filter(None, [df.at[i, "note"], (
+                f"labels used beyond Table 3.1's: {', '.join(sorted(extra))} (§2.7.4 and Table 3.2a use RAF-DB's "
+                f"genders)")]))
     return df
 
 

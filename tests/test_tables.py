@@ -198,10 +198,16 @@ def test_table_3_2_counts_and_exact_weighted_shares():
 
 
 def test_table_3_1_checks_usage():
-    df = tables.table_3_1(manifest(), "demo").set_index(["row", "column"])
+    rows = manifest()
+    rows.loc[(rows["dataset"] == "rafdb").idxmax(), "gender"] = 1
+    df = tables.table_3_1(rows, "demo").set_index(["row", "column"])
     assert df.at[("fairface", "train"), "replicated"] == 40
     assert df.at[("fairface", "test"), "difference"] == "differs"  # thesis tests on FairFace val
     assert df.at[("utkface", "test"), "difference"] == ""
+    # RAF-DB's genders are used beyond Table 3.1's "Emotion" (§2.7.4, Table 3.2a): said, not hidden
+    assert df.at[("rafdb", "tasks"), "replicated"] == "Gender, Emotion"
+    assert df.at[("rafdb", "tasks"), "note"].startswith("labels used beyond Table 3.1's: Gender")
+    assert df.at[("fairface", "tasks"), "note"] == ""
 
 
 def test_write_is_atomic_and_labelled(tmp_path):
@@ -217,6 +223,17 @@ def test_write_is_atomic_and_labelled(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_notebook_shows_the_markdown_file_with_its_label_and_notes(tmp_path):
+    """publish() gives the notebook the .md file's text: the demo label and the cell notes are read beside the
+    numbers there too, and every column is shown (a wide DataFrame hid both, and was cut at 20 columns)."""
+    df = tables.accuracy_table("4.1", {"zs": tables.scores(predictions())}, "demo")
+    shown = tables.publish(df, tmp_path)._repr_markdown_()
+    assert shown == (tmp_path / "table_4_1.md").read_text()
+    assert shown.splitlines()[0] == "# Table 4.1 — " + thesis.TABLES["4.1"].title
+    assert shown.splitlines()[2] == f"**{DEMO_LABEL}**"
+    assert len(shown.splitlines()) == 4 + 2 + len(df)
+
+
 def test_csv_writes_counts_as_integers(tmp_path):
     out = tables.parameter_tables(ACCOUNTING, "demo")
     csv, md = tables.write(out["4.3"], tmp_path)
@@ -227,6 +244,11 @@ def test_csv_writes_counts_as_integers(tmp_path):
     csv, _ = tables.write(out["params"], tmp_path)
     percent = pd.read_csv(csv).set_index(["row", "column"]).at[("FT4", "percent"), "replicated"]
     assert percent == pytest.approx(100 * 64040969 / 320324629, abs=1e-6)
+
+
+def test_headings_name_tables_as_the_thesis_does():
+    assert [tables.heading(t) for t in ("4.5", "3.2/age", "3.2a", "fig4.3", "params")] == [
+        "Table 4.5", "Table 3.2 (age)", "Table 3.2a", "Fig. 4.3", "§3.3–3.6.1"]
 
 
 def test_filenames_are_unique():
