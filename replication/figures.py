@@ -31,6 +31,7 @@ from sklearn.manifold import TSNE  # noqa: E402
 from replication.data import class_counts  # noqa: E402
 from replication.labels import MISSING, TASKS  # noqa: E402
 from replication.profiles import DEMO_LABEL  # noqa: E402
+from replication.thesis import DATASET_NAMES  # noqa: E402
 
 # Figs 2.8–2.13: figure id -> dataset (the thesis draws VGGFace2's ages on a log scale)
 DATASET_FIGURES = {"2.8": "fairface", "2.9": "utkface", "2.10": "lagenda", "2.11": "rafdb",
@@ -78,11 +79,12 @@ def dataset_distribution(manifest: pd.DataFrame, fig_id: str, out_dir, profile: 
         sns.barplot(data=data, x="class_name", y="count", hue="split", ax=ax,
                     order=list(TASKS[task]),
                     hue_order=[s for s in ("train", "val", "test") if s in set(data["split"])])
-        ax.set(title=f"{dataset}: {task}", xlabel="", ylabel="images")
+        ax.set(title=f"{DATASET_NAMES[dataset]}: {task}", xlabel="", ylabel="images")
         if task == "age" and dataset in LOG_SCALE_AGE:
             ax.set_yscale("log")
         ax.tick_params(axis="x", rotation=45)
-    fig.suptitle(f"Fig. {fig_id} — {dataset} class distribution")
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title="split")  # beside the bars, not on them
+    fig.suptitle(f"Fig. {fig_id} — {DATASET_NAMES[dataset]} class distribution")
     fig.tight_layout()
     return save(fig, out_dir, fig_id, profile)
 
@@ -201,7 +203,7 @@ def feature_maps(panels: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[st
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"Fig. {fig_id} — {title}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # 0.3 in. for the heading, off the panels
     return save(fig, out_dir, fig_id, profile)
 
 

@@ -97,3 +97,27 @@ def test_feature_maps(tmp_path, monkeypatch):
     assert sum(len(c.get_offsets()) for c in ax.collections) == 54
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "c"]
     plt.close(fig)
+    # the heading stays above the panels' titles, however many rows (Fig. 4.5 has four)
+    figures.feature_maps(panels[1:] * 4, "4.5", "UTKFace", tmp_path, "demo")
+    fig = drawn[1]
+    renderer = fig.canvas.get_renderer()
+    heading = fig._suptitle.get_window_extent(renderer)
+    assert all(heading.y0 > ax.title.get_window_extent(renderer).y1 for ax in fig.axes)
+    plt.close(fig)
+
+
+def test_class_distribution_legend_is_beside_the_bars(tmp_path, monkeypatch):
+    """Figs 2.8-2.13 name the dataset as the thesis does, and the split legend does not cover a bar."""
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, *args: drawn.append(fig))
+    manifest = pd.DataFrame({"path": "x.jpg", "dataset": "utkface", "split": "test", "age": [0, 1, 1, 8],
+                             "gender": [0, 0, 0, 1], "emotion": MISSING})
+    figures.dataset_distribution(manifest, "2.9", tmp_path, "demo")
+    fig = drawn[0]
+    renderer = fig.canvas.get_renderer()
+    assert fig._suptitle.get_text() == "Fig. 2.9 — UTKFace class distribution"
+    for ax in fig.axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        bars = [bar.get_window_extent(renderer) for bar in ax.patches if bar.get_height() > 0]
+        assert bars and not any(legend.overlaps(bar) for bar in bars)
+    plt.close(fig)

@@ -91,6 +91,12 @@ def test_notebook_writes_its_tables_and_figures(executed, name):
         assert DEMO_LABEL in (root / "tables" / f"{stem}.md").read_text()
     for stem in figure_names:
         assert (root / "figures" / f"figure_{stem}.png").stat().st_size > 1000, stem
+    # the notebook shows each table as its .md file (title, demo label, notes), and no cell warns
+    outputs = [o for c in nbformat.read(outputs[name], as_version=4).cells for o in c.get("outputs", [])]
+    shown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})
+             and o["data"]["text/markdown"].startswith("# ")]
+    assert len(shown) == len(table_names) and all(t.splitlines()[2] == f"**{DEMO_LABEL}**" for t in shown)
+    assert not [o["text"] for o in outputs if o.get("name") == "stderr" and "Warning" in o["text"]]
 
 
 def test_replicated_values_are_filled(executed):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import cv2
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook kernel without ipywidgets (not a dependency)
 
 from replication.labels import DATASETS, NUM_CLASSES, TASKS
 
