@@ -209,6 +209,21 @@ def feature_maps(panels: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[st
 
 # --- §5.1 -----------------------------------------------------------------------------------
 
+@torch.no_grad()
+def example_predictions(model, prepared: str | Path, manifest: pd.DataFrame, datasets: Sequence[str], n: int,
+                        image_size: int, device: str = "cpu") -> list[tuple[Path, dict, dict]]:
+    """Fig. 5.1's examples: ``n`` test images of each dataset (sample_test_images), each with the multi-task
+    ``model``'s class per task and the true class of each task it is labelled for."""
+    examples = []
+    for dataset in datasets:
+        rows, images = sample_test_images(prepared, manifest, dataset, n, image_size)
+        predicted = {t: logits.argmax(-1).tolist() for t, logits in model(images.to(device)).items()}
+        for i, row in rows.iterrows():
+            examples.append((Path(prepared) / row["path"], {t: TASKS[t][predicted[t][i]] for t in predicted},
+                             {t: TASKS[t][row[t]] for t in predicted if row[t] != MISSING}))
+    return examples
+
+
 def prediction_examples(examples: Sequence[tuple[str | Path, Mapping[str, str], Mapping[str, str]]],
                         out_dir, profile: str, columns: int = 4) -> Path:
     """Fig 5.1: each (image path, predicted class per task, true class per task where labelled)."""

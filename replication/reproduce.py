@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from replication import engine, tables
 from replication.checkpoint import PE_CORE_WEIGHTS
 from replication.engine import AMP_MODES, TrainConfig
 from replication.labels import TASKS
@@ -112,6 +113,15 @@ class Settings:
             max_train_samples=self.max_train_samples,
             checkpoint_blocks=self.checkpoint_blocks.get(method, 0),
             **{f: _str(getattr(self, f)) if f in _PATHS else getattr(self, f) for f in RUN_FIELDS})
+
+    def run(self, method: str, tasks=tuple(TASKS), weighting: str | None = None) -> engine.RunResult:
+        """The finished run of ``method`` on ``tasks``: trained (or resumed) if it is not finished yet,
+        read back as it is if it is (a notebook run again recomputes nothing)."""
+        return engine.load_run(engine.run(self.train_config(method, tasks, weighting)))
+
+    def single_task_predictions(self, method: str):
+        """§4.3: the method's three single-task runs, one per task, as one model's test predictions."""
+        return tables.combined_predictions(self.run(method, task).predictions for task in TASKS)
 
 
 def _str(path: Path | None) -> str | None:

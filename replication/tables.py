@@ -126,6 +126,8 @@ class Published:
     def _repr_markdown_(self) -> str:
         return self.text
 
+    __repr__ = _repr_markdown_  # a plain-text view (console, nbconvert to text) shows the same table
+
 
 def publish(df: pd.DataFrame, out_dir: str | Path) -> Published:
     """Write ``df`` (titled after its thesis table); return it as the notebook shows it."""

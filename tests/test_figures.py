@@ -121,3 +121,26 @@ def test_class_distribution_legend_is_beside_the_bars(tmp_path, monkeypatch):
         bars = [bar.get_window_extent(renderer) for bar in ax.patches if bar.get_height() > 0]
         assert bars and not any(legend.overlaps(bar) for bar in bars)
     plt.close(fig)
+
+
+def test_example_predictions_name_each_tasks_class_and_the_true_one_where_labelled(tmp_path):
+    """Fig. 5.1's examples: the class names of the model's argmax per task, and the true class only of the
+    tasks an image is labelled for (a RAF-DB test image has no age)."""
+    import torch
+    from replication.labels import TASKS
+
+    for i in range(2):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / f"{i}.jpg")
+    manifest = pd.DataFrame({"path": ["0.jpg", "1.jpg"], "dataset": "rafdb", "split": "test", "age": MISSING,
+                             "gender": [1, MISSING], "emotion": [2, 5]})
+
+    def model(images):  # class 3 of age, 0 of gender, 4 of emotion for every image
+        n = len(images)
+        return {t: torch.nn.functional.one_hot(torch.full((n,), c), len(TASKS[t])).float()
+                for t, c in (("age", 3), ("gender", 0), ("emotion", 4))}
+
+    examples = figures.example_predictions(model, tmp_path, manifest, ["rafdb"], 2, 16)
+    predicted = {"age": TASKS["age"][3], "gender": TASKS["gender"][0], "emotion": TASKS["emotion"][4]}
+    assert sorted((p.name, pred, truth["emotion"], "gender" in truth) for p, pred, truth in examples) == [
+        ("0.jpg", predicted, TASKS["emotion"][2], True), ("1.jpg", predicted, TASKS["emotion"][5], False)]
+    assert all("age" not in truth for _, _, truth in examples)

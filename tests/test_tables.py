@@ -227,8 +227,9 @@ def test_a_notebook_shows_the_markdown_file_with_its_label_and_notes(tmp_path):
     """publish() gives the notebook the .md file's text: the demo label and the cell notes are read beside the
     numbers there too, and every column is shown (a wide DataFrame hid both, and was cut at 20 columns)."""
     df = tables.accuracy_table("4.1", {"zs": tables.scores(predictions())}, "demo")
-    shown = tables.publish(df, tmp_path)._repr_markdown_()
-    assert shown == (tmp_path / "table_4_1.md").read_text()
+    published = tables.publish(df, tmp_path)
+    shown = published._repr_markdown_()
+    assert shown == (tmp_path / "table_4_1.md").read_text() == repr(published)
     assert shown.splitlines()[0] == "# Table 4.1 — " + thesis.TABLES["4.1"].title
     assert shown.splitlines()[2] == f"**{DEMO_LABEL}**"
     assert len(shown.splitlines()) == 4 + 2 + len(df)
