@@ -16,6 +16,7 @@ parameter and GFLOPs figures of §3.3–3.6.1, Tables 4.3 and 4.14). No result n
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -68,10 +69,14 @@ def _difference(published, ours) -> float:
 
 # --- writing -----------------------------------------------------------------------------------
 
+# tables the thesis gives in its text, not as numbered tables: id -> (heading, file name)
+_TEXT_TABLES = {"params": ("§3.3–3.6.1", "parameters_3_3-3_6_1"), "sizes": ("§2.7", "dataset_sizes_2_7")}
+
+
 def filename(table_id: str) -> str:
     """'4.5' -> 'table_4_5', '3.2/age' -> 'table_3_2_age', 'fig4.3' -> 'figure_4_3'."""
-    if table_id == "params":
-        return "parameters_3_3-3_6_1"
+    if table_id in _TEXT_TABLES:
+        return _TEXT_TABLES[table_id][1]
     stem = table_id.replace(".", "_").replace("/", "_")
     return f"figure_{stem[3:]}" if table_id.startswith("fig") else f"table_{stem}"
 
@@ -106,9 +111,9 @@ def _csv_number(v):
 
 def heading(table_id: str) -> str:
     """How the thesis names a table: '4.5' -> 'Table 4.5', '3.2/age' -> 'Table 3.2 (age)', 'fig4.2' -> 'Fig. 4.2',
-    'params' (the figures of §3.3-3.6.1's text) -> '§3.3–3.6.1'."""
-    if table_id == "params":
-        return "§3.3–3.6.1"
+    'params' (the figures of §3.3-3.6.1's text) -> '§3.3–3.6.1', 'sizes' -> '§2.7'."""
+    if table_id in _TEXT_TABLES:
+        return _TEXT_TABLES[table_id][0]
     if table_id.startswith("fig"):
         return f"Fig. {table_id[3:]}"
     number, _, part = table_id.partition("/")
@@ -288,6 +293,14 @@ def table_4_14(rows: Iterable[Mapping], scores_by_row: Mapping[str, Mapping[str,
 
 
 # --- data (§3.1 Table 3.1, §3.2 Table 3.2) ---------------------------------------------------
+
+def dataset_sizes(prepared: str | Path, profile: str) -> pd.DataFrame:
+    """§2.7's dataset sizes beside the records `prepare` read from each dataset's files (report.json's
+    rows_read, before any was skipped); a dataset absent from the raw data has no value."""
+    report = json.loads((Path(prepared) / "report.json").read_text())["datasets"]
+    return compare(thesis.SECTION_2_7, lambda row, column: report[row]["rows_read"] if row in report else None,
+                   profile)
+
 
 def table_3_1(manifest: pd.DataFrame, profile: str) -> pd.DataFrame:
     """Dataset usage (Table 3.1): the thesis's checkmarks beside the manifest's image counts and

@@ -45,6 +45,19 @@ class Table:
 METHOD_NAMES = {"zs": "ZS", "lp": "LP", "ap": "AP", "ft4": "FT4", "lora": "LoRA", "dora": "DoRA",
                 "mtlora": "MTLoRA", "dora_merged": "DoRA (merged)"}
 
+# --- Chapter 2 -------------------------------------------------------------------------------
+
+# §2.7 gives each dataset's size in its text (RAF-DB's it does not); rows are replication.labels.DATASETS ids.
+SECTION_2_7 = Table(
+    "sizes", "Dataset sizes given in the text", "§2.7", ("images",),
+    {"fairface": (108501,), "utkface": (24103,), "lagenda": (67159,), "vggface2": (3310000,),
+     "celebahq": (30000,)},
+    unit="count",
+    cell_notes={("fairface", "images"): "the FairFace paper's total; its released train and val label files "
+                                        "list 86,744 + 10,954 = 97,698 images (no test set is released)",
+                ("vggface2", "images"): "'3.31 million images of 9131 subjects': the whole dataset, of which "
+                                        "the thesis tests on the test part only (Fig. 2.12)"})
+
 # --- Chapter 3 -------------------------------------------------------------------------------
 
 # Table 3.1 is checkmarks, stored as printed ("✓" / "-"); rows are replication.labels.DATASETS ids.
@@ -287,7 +300,7 @@ TABLE_4_16 = Table(
     {"lora": (63.45, 97.52, 90.44), "dora": (63.53, 97.49, 91.21)})
 
 TABLES: dict[str, Table] = {t.id: t for t in (
-    TABLE_3_1, TABLE_3_2_AGE, TABLE_3_2_GENDER, TABLE_3_2_EMOTION, TABLE_3_2_TASKS, PARAMS,
+    SECTION_2_7, TABLE_3_1, TABLE_3_2_AGE, TABLE_3_2_GENDER, TABLE_3_2_EMOTION, TABLE_3_2_TASKS, PARAMS,
     TABLE_4_1, TABLE_4_2, TABLE_4_3, TABLE_4_4, TABLE_4_5, TABLE_4_6, TABLE_4_7, TABLE_4_8,
     TABLE_4_9, TABLE_4_10, TABLE_4_11, TABLE_4_12, TABLE_4_13, TABLE_4_14, FIG_4_2, FIG_4_3,
     TABLE_4_15, TABLE_4_16)}

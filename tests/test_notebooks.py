@@ -22,7 +22,7 @@ ROWS_PER_SPLIT = 16
 
 # notebook -> (tables it writes, figures it writes)
 EXPECTED = {
-    "02_datasets": ([], ["2_8", "2_9", "2_10", "2_11", "2_12", "2_13"]),
+    "02_datasets": (["dataset_sizes_2_7"], ["2_8", "2_9", "2_10", "2_11", "2_12", "2_13"]),
     "03_methodology": (["table_3_1", "table_3_2_age", "table_3_2_gender", "table_3_2_emotion",
                         "table_3_2a", "parameters_3_3-3_6_1"], ["3_1"]),
     "04_2_zero_shot": (["table_4_1", "table_4_2", "table_4_3"], []),
@@ -47,6 +47,7 @@ def tiny_demo(tmp_path_factory):
     small = manifest.groupby(["dataset", "split"]).head(ROWS_PER_SPLIT)
     (root / "prepared").mkdir()
     small.to_csv(root / "prepared" / "manifest.csv", index=False)
+    os.symlink(root / "full" / "report.json", root / "prepared" / "report.json")  # what prepare read (§2.7 sizes)
     for entry in (root / "full").iterdir():      # the crops, shared
         if entry.is_dir():
             os.symlink(entry, root / "prepared" / entry.name)

@@ -248,8 +248,21 @@ def test_csv_writes_counts_as_integers(tmp_path):
 
 
 def test_headings_name_tables_as_the_thesis_does():
-    assert [tables.heading(t) for t in ("4.5", "3.2/age", "3.2a", "fig4.3", "params")] == [
-        "Table 4.5", "Table 3.2 (age)", "Table 3.2a", "Fig. 4.3", "§3.3–3.6.1"]
+    assert [tables.heading(t) for t in ("4.5", "3.2/age", "3.2a", "fig4.3", "params", "sizes")] == [
+        "Table 4.5", "Table 3.2 (age)", "Table 3.2a", "Fig. 4.3", "§3.3–3.6.1", "§2.7"]
+
+
+def test_dataset_sizes_compare_the_records_prepare_read(tmp_path):
+    """§2.7's sizes beside report.json's rows_read; a dataset prepare did not find has no value."""
+    import json
+
+    report = {"datasets": {"utkface": {"rows_read": 24103}, "fairface": {"rows_read": 97698}}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    df = tables.dataset_sizes(tmp_path, "full").set_index("row")
+    assert df.at["utkface", "difference"] == 0 and df.at["fairface", "difference"] == 97698 - 108501
+    assert np.isnan(df.at["lagenda", "replicated"]) and df.at["vggface2", "thesis"] == 3310000
+    assert "97,698" in df.at["fairface", "note"] and list(df.index) == ["fairface", "utkface", "lagenda",
+                                                                          "vggface2", "celebahq"]
 
 
 def test_filenames_are_unique():

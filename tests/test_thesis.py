@@ -127,7 +127,7 @@ def test_table_3_1_matches_text(text):
 
 
 def test_every_table_is_checked():
-    assert set(thesis.TABLES) == set(ANCHORS) | {"params", "fig4.2", "fig4.3", "3.1"}
+    assert set(thesis.TABLES) == set(ANCHORS) | {"params", "fig4.2", "fig4.3", "3.1", "sizes"}
 
 
 def test_literature_rows_are_cited_and_ours_are_not():
@@ -223,3 +223,17 @@ def test_parameter_percentages_disagree_exactly_where_a_cell_note_says_so():
     assert thesis.PARAMS.cell_notes.keys() == {("ap", "percent"), ("ft4", "percent"),
                                                ("dora", "percent"), ("mtlora", "percent")}
     assert "8.41%" in thesis.PARAMS.cell_notes["dora", "percent"]
+
+
+def test_section_2_7_sizes_are_the_texts(text):
+    """§2.7 gives the sizes in prose, not in a table: each stored value is read back from its sentence."""
+    section = block(text, "2.7.1 FairFace\n", "Figure 2.13: CelebA-HQ")
+    stated = {"fairface": "contains 108,501 images", "utkface": "contains 24,103 images",
+              "lagenda": "contains 67,159 samples", "vggface2": "contains 3.31 million images",
+              "celebahq": "provides 30,000 high-quality images"}
+    for dataset, phrase in stated.items():
+        assert phrase in section, dataset
+        number = phrase.split()[1]
+        expected = 3.31e6 if "million" in phrase else int(number.replace(",", ""))
+        assert thesis.SECTION_2_7.value(dataset, "images") == expected, dataset
+    assert set(thesis.SECTION_2_7.rows) == set(stated)
