@@ -122,11 +122,10 @@ def heading(table_id: str) -> str:
 
 class Published:
     """A table as a notebook shows it: the text of its .md file, so the demo label and the notes (a thesis
-    inconsistency, a counting convention, a literature citation) are read beside the numbers; ``frame``
-    holds the cells."""
+    inconsistency, a counting convention, a literature citation) are read beside the numbers."""
 
-    def __init__(self, frame: pd.DataFrame, text: str):
-        self.frame, self.text = frame, text
+    def __init__(self, text: str):
+        self.text = text
 
     def _repr_markdown_(self) -> str:
         return self.text
@@ -139,7 +138,7 @@ def publish(df: pd.DataFrame, out_dir: str | Path) -> Published:
     table_id = df["table"].iloc[0]
     title = f"{heading(table_id)} — {thesis.TABLES[table_id].title}"
     write(df, out_dir, title)
-    return Published(df, markdown(df, title))
+    return Published(markdown(df, title))
 
 
 def _atomic_write(path: Path, text: str) -> None:
