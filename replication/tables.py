@@ -316,14 +316,13 @@ def table_3_1(manifest: pd.DataFrame, profile: str) -> pd.DataFrame:
     agrees = [(set(t.split(", ")) <= set(str(r).split(", "))) if c == "tasks" else (r > 0) == u
               for c, t, r, u in zip(df["column"], df["thesis"], df["replicated"], used)]
     df["difference"] = ["" if a else "differs" for a in agrees]
-    # RAF-DB is "also labeled for gender" (§2.7.4) and Table 3.2a counts those labels in training, though
-    # Table 3.1 lists Emotion only: a dataset's extra labels are used, noted rather than marked as differing
+    # a dataset's labels beyond Table 3.1's are used (RAF-DB's genders, thesis.TABLE_3_1's cell note): said, not
+    # marked as differing
     for i in df.index[df["column"] == "tasks"]:
         extra = set(str(df.at[i, "replicated"]).split(", ")) - set(df.at[i, "thesis"].split(", "))
         if extra:
-            df.at[i, "note"] = " ".join(filter(None, [df.at[i, "note"], (
-                f"labels used beyond Table 3.1's: {', '.join(sorted(extra))} (§2.7.4 and Table 3.2a use RAF-DB's "
-                f"genders)")]))
+            df.at[i, "note"] = " ".join(filter(None, [df.at[i, "note"],
+                                                      f"Labels used beyond Table 3.1's: {', '.join(sorted(extra))}."]))
     return df
 
 

@@ -67,7 +67,9 @@ TABLE_3_1 = Table(
     {"lagenda": ("✓", "✓", "-", "Gender, Age"), "fairface": ("✓", "✓", "✓", "Gender, Age"),
      "rafdb": ("✓", "✓", "✓", "Emotion"), "celebahq": ("✓", "✓", "-", "Gender"),
      "utkface": ("-", "-", "✓", "Gender, Age"), "vggface2": ("-", "-", "✓", "Gender, Age")},
-    unit="usage")
+    unit="usage",
+    cell_notes={("rafdb", "tasks"): "§2.7.4: RAF-DB is 'also labeled for gender', and Table 3.2a counts those "
+                                    "labels in training."})
 DATASET_NAMES = {"lagenda": "LAGENDA", "fairface": "FairFace", "rafdb": "RAF-DB",
                  "celebahq": "CelebA-HQ", "utkface": "UTKFace", "vggface2": "VGGFace2"}
 

@@ -206,7 +206,7 @@ def test_table_3_1_checks_usage():
     assert df.at[("utkface", "test"), "difference"] == ""
     # RAF-DB's genders are used beyond Table 3.1's "Emotion" (§2.7.4, Table 3.2a): said, not hidden
     assert df.at[("rafdb", "tasks"), "replicated"] == "Gender, Emotion"
-    assert df.at[("rafdb", "tasks"), "note"].startswith("labels used beyond Table 3.1's: Gender")
+    assert df.at[("rafdb", "tasks"), "note"].endswith(" Labels used beyond Table 3.1's: Gender.")
     assert df.at[("fairface", "tasks"), "note"] == ""
 
 
