@@ -98,7 +98,18 @@ def markdown(df: pd.DataFrame, title: str = "") -> str:
     label = df["label"].iloc[0]
     if label:
         header += [f"**{label}**", ""]
-    return "\n".join(header + [to_markdown(df.drop(columns=["table", "label"])), ""])
+    counts = _count_cells(df["table"].iloc[0])
+    return "\n".join(header + [to_markdown(df.drop(columns=["table", "label"]), counts), ""])
+
+
+def _count_cells(table_id: str) -> set[tuple[str, str]]:
+    """The (row, column) cells the thesis publishes as counts (an int in replication.thesis): samples,
+    images, parameters."""
+    table = thesis.TABLES.get(table_id)
+    if table is None:
+        return set()
+    return {(thesis.METHOD_NAMES.get(row, row), column) for row, values in table.rows.items()
+            for column, v in zip(table.columns, values) if type(v) is int}
 
 
 def _csv_number(v):
@@ -147,14 +158,20 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (numbers with two decimals, NaN as '—')."""
-    def cell(v):
+def to_markdown(df: pd.DataFrame, counts: set[tuple[str, str]] = frozenset()) -> str:
+    """A GitHub-flavoured Markdown table: numbers with two decimals, NaN as '—', and integers, or the
+    whole numbers of a count row (``counts`` holds (row, column) pairs), with thousands separators, so
+    a sample count reads 2,935 beside 54 rather than 2935.00 beside 54.00."""
+    def cell(v, count):
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            return f"{v:,}"
         if isinstance(v, float):
-            return "—" if math.isnan(v) else (f"{v:,.0f}" if abs(v) >= 1e5 else f"{v:.2f}")
+            return "—" if math.isnan(v) else (f"{v:,.0f}" if count and v.is_integer() else f"{v:.2f}")
         return "—" if v is None else str(v).replace("|", "\\|")
+    records = df.to_dict("records")
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v, (r.get("row"), r.get("column")) in counts) for v in r.values()) + " |"
+              for r in records]
     return "\n".join(lines)
 
 

@@ -80,6 +80,17 @@ def test_every_notebook_is_listed_and_has_a_parameters_cell():
         assert len(tagged) == 1 and 'profile = "demo"' in tagged[0].source, name
 
 
+def test_notebooks_import_only_what_they_use():
+    """A thin notebook's import cell names the library modules it calls, and no others."""
+    for name in reproduce.NOTEBOOKS:
+        nb = nbformat.read(reproduce.NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+        trees = [ast.parse(c.source) for c in nb.cells if c.cell_type == "code"]
+        imported = {alias.asname or alias.name for tree in trees for node in ast.walk(tree)
+                    if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+        used = {node.id for tree in trees for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        assert imported <= used, (name, imported - used)
+
+
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_notebook_writes_its_tables_and_figures(executed, name):
     root, outputs = executed

@@ -247,6 +247,17 @@ def test_csv_writes_counts_as_integers(tmp_path):
     assert percent == pytest.approx(100 * 64040969 / 320324629, abs=1e-6)
 
 
+def test_markdown_writes_count_rows_as_integers_and_shares_with_two_decimals():
+    """A count cell of the thesis (an int in replication.thesis) reads 2,935 beside 54 in every column, while a
+    percentage keeps two decimals even when it is a whole number."""
+    text = tables.markdown(tables.tables_3_2(manifest(), "demo")["3.2a"])
+    assert "| total | samples | 168,362 | 50 | -168,312 |" in text
+    assert "| gender | percent | 100.00 | " in text and "| emotion | percent | 5.47 | 20.00 | 14.53 |" in text
+    s = tables.scores(predictions())
+    text = tables.markdown(tables.table_4_14(ACCOUNTING, {"dora": s, "zs": s}, "demo"))
+    assert "| ZS | params_m | 671 | 671 | 0 |" in text and "| ZS | gflops | 699.76 | 699.76 | 0.00 |" in text
+
+
 def test_headings_name_tables_as_the_thesis_does():
     assert [tables.heading(t) for t in ("4.5", "3.2/age", "3.2a", "fig4.3", "params", "sizes")] == [
         "Table 4.5", "Table 3.2 (age)", "Table 3.2a", "Fig. 4.3", "§3.3–3.6.1", "§2.7"]
