@@ -269,13 +269,17 @@ def execute(name: str, out_dir: Path, parameters: dict, log=print) -> Path:
     cell ran: a failed or killed notebook leaves the last complete copy in place, and the partial one (with
     papermill's error cell) beside it."""
     import papermill
+    from traitlets.config import Config
 
     out_dir.mkdir(parents=True, exist_ok=True)
     output, partial = out_dir / f"{name}.ipynb", out_dir / f"{name}.partial.ipynb"
     start = time.time()
+    # the kernel is local: over IPC sockets, not TCP ports, which ipykernel warns are unencrypted (Windows has
+    # no IPC transport and keeps TCP)
+    local = {"config": Config({"KernelManager": {"transport": "ipc"}})} if os.name == "posix" else {}
     papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(partial),
                                parameters=parameters, kernel_name="python3", cwd=str(REPO),
-                               progress_bar=False)
+                               progress_bar=False, **local)
     os.replace(partial, output)
     log(f"reproduce: {name} done in {time.time() - start:.0f}s -> {output}")
     return output

@@ -248,6 +248,17 @@ def test_full_profile_notebooks_refuse_to_run_without_weights(tmp_path):
     reproduce.settings("full", prepared=tmp_path, checkpoint="PE-Core-L14-336.pt", bpe="bpe.txt.gz").ensure_data()
 
 
+def test_the_kernel_runs_without_a_transport_warning(monkeypatch, tmp_path, capfd):
+    """reproduce's kernel talks over local IPC sockets: ipykernel (7.x) printed a warning that TCP without
+    CurveZMQ keys is unencrypted, once per notebook, into reproduce's output."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    nbformat.write(nb, tmp_path / "tiny.ipynb")
+    monkeypatch.setattr(reproduce, "NOTEBOOK_DIR", tmp_path)
+    out = reproduce.execute("tiny", tmp_path / "executed", {}, log=lambda text: None)
+    assert nbformat.read(out, as_version=4).cells[0].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in capfd.readouterr().err
+
+
 def test_a_failed_notebook_leaves_the_last_complete_copy(monkeypatch, tmp_path):
     """papermill saves cell by cell: the executed copy is renamed into place only when every cell ran."""
     import papermill
