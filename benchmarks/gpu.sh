@@ -4,7 +4,7 @@
 # results folder.
 #
 #   bash benchmarks/gpu.sh [STEP ...]      steps: profile all-blocks no-checkpointing compile wall-clock
-#                                          (default: all)
+#                                          cuda-tests (default: all)
 #
 # Environment: PYTHON is the interpreter (default python3). RESULTS names the folder (default
 # benchmarks/results/<date>-<gpu name>; give the same one when the steps run in separate calls). BENCH_ARGS
@@ -36,12 +36,15 @@ compile() {  # torch.compile and the fused AdamW kernel, same terms as `profile`
   bench --methods ap,ft4,lora,dora,mtlora --checkpoint-blocks profile --compile --fused-adamw \
     --out "$RESULTS/compile-fused-adamw.json" | tee "$RESULTS/compile-fused-adamw.log"
 }
+cuda-tests() {  # the tests that need a GPU (CI has none): a CUDA fp16 run killed mid-epoch resumes
+  "$PYTHON" -m pytest -q -rs tests/test_engine.py -k cuda 2>&1 | tee "$RESULTS/cuda-tests.log"
+}
 wall-clock() {  # the 19 training runs at the rates of `profile`
   PYTHONUNBUFFERED=1 "$PYTHON" -m replication bench --wall-clock "$RESULTS/profile.json" --out "$RESULTS/wall-clock.json" \
     | tee "$RESULTS/wall-clock.md"
 }
 
-for step in "${@:-profile all-blocks no-checkpointing compile wall-clock}"; do
+for step in "${@:-profile all-blocks no-checkpointing compile wall-clock cuda-tests}"; do
   for s in $step; do
     echo "== $s -> $RESULTS"
     "$s"

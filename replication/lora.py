@@ -58,8 +58,9 @@ def add_low_rank(out: torch.Tensor, z: torch.Tensor, a: torch.Tensor, b: torch.T
 class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable low-rank update (Hu et al. 2021, §4.1).
 
-    A is initialised like nn.Linear's weight (kaiming-uniform, a=sqrt(5)) and B to zeros, so the layer is
-    exactly the base layer at initialisation. Dropout acts on the adapter's input only.
+    A is initialised like nn.Linear's weight (kaiming-uniform, a=sqrt(5)), as PEFT (the thesis's code) does,
+    not as §2.6's illustrative Listing 2.3 (normal, std 1/rank); B is zeros, so the layer is exactly the base
+    layer at initialisation. Dropout acts on the adapter's input only.
     """
 
     def __init__(self, base: nn.Linear, rank: int = 64, alpha: float | None = None, dropout: float = 0.0):

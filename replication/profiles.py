@@ -8,7 +8,8 @@ model configuration, where the data and weights come from, and how long training
   written in the six datasets' native formats. Runs on a 2-core CPU in minutes. It proves the
   pipeline, never the thesis's numbers, and every table and figure it produces says so.
 * ``full``: PE-Core-L14-336 with Meta's official weights and the real datasets on a GPU, with the
-  thesis's training settings (§3.1): batch 128, early stopping after 10 epochs, fp16 AMP with GradScaler.
+  thesis's training settings: batch 128 (§3.7.2), early stopping after 10 epochs and fp16 AMP with
+  GradScaler (§3.1); at most 100 epochs, a cap of ours (the thesis gives none).
 """
 from __future__ import annotations
 
@@ -82,8 +83,8 @@ PROFILES = {
         batch_size=64,
         max_epochs=4,
         patience=10,
-        # The thesis's rates (1e-4 / 1e-5) are for up to 100 epochs over 168k faces; the demo's few
-        # short epochs over ~1.2k generated faces need them 30x larger (same ratio between groups).
+        # The thesis's rates (1e-4 / 1e-5) are for runs over 168k faces that early stopping ends; the demo's
+        # few short epochs over ~1.2k generated faces need them 30x larger (same ratio between groups).
         lr_head=3e-3,
         lr_backbone=3e-4,
         amp="none",

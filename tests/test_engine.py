@@ -253,6 +253,22 @@ def test_uw_log_variances_stay_out_of_weight_decay(prepared, tmp_path):
     assert len(params) == len({id(p) for p in params}) and {id(p) for p in params} == {id(p) for p in trainable}
 
 
+def test_the_lr_schedule_floors_each_group_at_0_009_of_its_starting_rate(prepared, tmp_path):
+    """ReduceLROnPlateau (factor 0.1, patience 5, §3.1) with the thesis's code's floor: 30 epochs without
+    improvement take each group from its rate to 0.009 x it (two cuts of 10x, then the floor), no lower."""
+    trainer = engine.Trainer(_cfg(prepared, tmp_path, lr_head=1e-4, lr_backbone=1e-5))
+    start = [g["lr"] for g in trainer.optimizer.param_groups]
+    lrs = []
+    for _ in range(30):
+        trainer.scheduler.step(0.5)  # the multi-task monitor (average accuracy) never improves
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+    # the first epoch sets the best value; the 6th epoch after it without improvement cuts the rate
+    assert lrs[5:7] == pytest.approx([start[0], 0.1 * start[0]])
+    assert lrs[11:13] == pytest.approx([0.1 * start[0], 0.01 * start[0]])
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([0.009 * lr for lr in start])
+    assert sorted(set(start)) == [1e-5, 1e-4]
+
+
 def test_single_task_selects_on_accuracy_and_stops_on_loss(prepared, tmp_path):
     cfg = _cfg(prepared, tmp_path, tasks=("gender",), weighting="none", max_epochs=4, patience=1, lr_head=1.0,
                lr_backbone=1.0)
@@ -287,19 +303,19 @@ sys.exit(engine.cli(sys.argv[1:]))
 """
 
 
-def _cli_args(cfg: TrainConfig) -> list[str]:
+def _cli_args(cfg: TrainConfig, device: str = "cpu", amp: str = "none") -> list[str]:
     return ["--method", cfg.method, "--tasks", ",".join(cfg.tasks), "--weighting", cfg.weighting,
             "--prepared", cfg.prepared, "--runs-dir", cfg.runs_dir, "--batch-size", str(cfg.batch_size),
             "--max-epochs", str(cfg.max_epochs), "--lr-head", str(cfg.lr_head), "--lr-backbone",
             str(cfg.lr_backbone), "--seed", str(cfg.seed), "--checkpoint-every", str(cfg.checkpoint_every),
-            "--model-config", cfg.model_config, "--amp", "none", "--device", "cpu", "--num-workers", "0",
+            "--model-config", cfg.model_config, "--amp", amp, "--device", device, "--num-workers", "0",
             "--patience", str(cfg.patience), "--checkpoint", ""]
 
 
-def _run_cli(cfg, kill_after):
+def _run_cli(cfg, kill_after, **device):
     script = _KILLER.format(tests=str(Path(__file__).parent), kill_after=kill_after)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-c", script, *_cli_args(cfg)], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", script, *_cli_args(cfg, **device)], env=env, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -330,6 +346,32 @@ def test_kill9_mid_epoch_then_resume_is_bit_identical(prepared, tmp_path):
         sa = torch.load(cfg.run_dir / name, weights_only=False)["model"]
         sb = torch.load(killed_cfg.run_dir / name, weights_only=False)["model"]
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_last_pt_is_read_onto_the_cpu_whatever_the_run_s_device(prepared, tmp_path):
+    """A GPU run's resume: torch.set_rng_state takes only a CPU tensor, so last.pt mapped onto the run's
+    device failed there (CI has no GPU: the meta device stands in for cuda, which fails the same way)."""
+    cfg = _cfg(prepared, tmp_path, max_epochs=1)
+    engine.Trainer(cfg).fit()
+    resumed = engine.Trainer(cfg)
+    resumed.d = replace(resumed.d, device=torch.device("meta"))
+    assert resumed._load_last() and resumed.progress.epoch == 1
+    saved = torch.load(cfg.run_dir / "last.pt", weights_only=False)["rng"][0]["torch"]
+    assert torch.equal(torch.get_rng_state(), saved)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh's cuda-tests step)")
+def test_a_cuda_fp16_run_killed_mid_epoch_resumes_and_finishes(prepared, tmp_path):
+    """The full profile's device and precision: a run killed with SIGKILL mid-epoch resumes from last.pt (its
+    CUDA generator state included) and finishes. Not compared bit for bit: CUDA kernels need not be
+    deterministic between two runs."""
+    cfg = _cfg(prepared, tmp_path, method="dora", max_epochs=3)
+    first = _run_cli(cfg, kill_after=7 + 5, device="cuda", amp="fp16")
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    assert torch.load(cfg.run_dir / "last.pt", weights_only=False)["rng"][0]["cuda"].device.type == "cpu"
+    second = _run_cli(cfg, kill_after=10**9, device="cuda", amp="fp16")
+    assert second.returncode == 0, second.stderr
+    assert "resuming" in second.stdout and len(load_run(cfg.run_dir).epochs) == 3
 
 
 @pytest.mark.parametrize("killed_in", ["_write_metrics", "_save_last", "_commit_best"])
