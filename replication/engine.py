@@ -240,7 +240,8 @@ class FaceDataset(Dataset):
             with Image.open(path) as image:
                 image = image.convert("RGB")
         except (OSError, ValueError) as e:
-            raise RuntimeError(f"cannot read image {path} (manifest row {row}): {e}") from e
+            # named by its manifest path: `row` counts within this split's filtered frame, not manifest.csv's lines
+            raise RuntimeError(f"cannot read image {path} (manifest.csv path {self.paths[row]!r}): {e}") from e
         if seed is None:
             return self.transform(image), self.labels[row]
         # Only the CPU generator (same images): torch.manual_seed also queues a CUDA reseed that records a

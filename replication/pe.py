@@ -213,9 +213,11 @@ class VisionTransformer(nn.Module):
         x = self.conv1(x)  # (B, w, gh, gw)
         grid_h, grid_w = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, w), row-major: y outer, x inner
+        # no cast to the patches' dtype: under fp16 autocast the CLS token and the positional embedding join
+        # the half-precision patches in fp32, as in Meta's forward (torch.cat and + promote)
         if self.cfg.use_cls_token:
-            x = torch.cat([self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
-        x = x + self._positional_embedding(grid_h, grid_w).to(x.dtype)
+            x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
+        x = x + self._positional_embedding(grid_h, grid_w)
         self.rope.update_grid(grid_h, grid_w, x.device)
         x = self.ln_pre(x)
         x = self.transformer(x, layer_idx=layer_idx)

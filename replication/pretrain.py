@@ -161,9 +161,11 @@ def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo
     images, labels = load_split(prepared, "train", cfg.vision.image_size)
     print(f"pretrain: {len(images)} training-split crops from {prepared}")
 
+    # the corpus is drawn from rng even when the merges file exists: the batches below draw from rng after
+    # it, so a rerun that reuses the merges file (after an interruption) trains the same encoder
+    corpus = [caption(dict(zip(TASKS, row)), rng) for row in labels for _ in range(4)]
+    corpus += [p for prompts in PROMPTS.values() for p in prompts]
     if not bpe.exists():
-        corpus = [caption(dict(zip(TASKS, row)), rng) for row in labels for _ in range(4)]
-        corpus += [p for prompts in PROMPTS.values() for p in prompts]
         bpe.parent.mkdir(parents=True, exist_ok=True)
         tmp = bpe.with_name("tmp-" + bpe.name)  # same suffix: train_bpe gzips a *.gz name
         # the vocabulary is 256 bytes x 2 (word-final or not) + sot/eot + one token per merge

@@ -119,7 +119,7 @@ PROFILES = {
         # its forward again in backward, so each method checkpoints the fewest first blocks that fit:
         # `bench --plan-checkpointing` on the L14-336 activation counts (benchmarks/results/cpu-counts/
         # checkpointing-plan-l40s.json, tested to match; README, Performance).
-        checkpoint_blocks=MappingProxyType({"lora": 16, "dora": 18, "mtlora": 19}),
+        checkpoint_blocks=MappingProxyType({"lora": 18, "dora": 19, "mtlora": 21}),
         executed_notebooks=REPO / "notebooks" / "executed" / "full",
     ),
 }

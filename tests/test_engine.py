@@ -189,7 +189,7 @@ def test_train_help_gives_each_profiles_default(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--batch-size BATCH_SIZE demo: 64; full: 128" in out
     assert "--checkpoint-blocks CHECKPOINT_BLOCKS first N blocks activation-checkpointed; default: the profile's " \
-           "for the method (full: lora 16, dora 18, mtlora 19), else 0" in out
+           "for the method (full: lora 18, dora 19, mtlora 21), else 0" in out
 
 
 def test_a_first_try_that_fails_on_its_inputs_leaves_no_run_folder(prepared, tmp_path):
@@ -544,3 +544,14 @@ def test_a_task_without_validation_labels_is_an_error(prepared, tmp_path):
     frame.to_csv(tmp_path / "p" / "manifest.csv", index=False)
     with pytest.raises(ValueError, match=r"no val rows labelled for \['emotion'\]"):
         engine.Trainer(_cfg(tmp_path / "p", tmp_path / "runs"))
+
+
+def test_an_unreadable_image_is_named_by_its_manifest_path(tmp_path):
+    """The error names the crop as manifest.csv lists it (the item number counts within a filtered split)."""
+    frame = pd.DataFrame({"path": ["rafdb/ok.jpg", "rafdb/missing.jpg"], "emotion": [1, 2]})
+    (tmp_path / "rafdb").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "rafdb" / "ok.jpg")
+    data = engine.FaceDataset(tmp_path, frame, ("emotion",), lambda image: image)
+    assert data[0][1].tolist() == [1]
+    with pytest.raises(RuntimeError, match=r"missing\.jpg \(manifest\.csv path 'rafdb/missing\.jpg'\)"):
+        data[1]

@@ -155,9 +155,9 @@ def test_settings_resolve_profile_defaults_and_overrides(tmp_path):
     # a checkpoint_blocks override updates the profile's per method; the profile itself is read-only
     for given in ("lora=8, ft4=21", {"lora": 8, "ft4": 21}):  # reproduce's flag; a notebook parameter
         blocks = reproduce.settings("full", checkpoint_blocks=given)
-        assert blocks.checkpoint_blocks == {"lora": 8, "dora": 18, "mtlora": 19, "ft4": 21}
+        assert blocks.checkpoint_blocks == {"lora": 8, "dora": 19, "mtlora": 21, "ft4": 21}
     assert blocks.train_config("lora").checkpoint_blocks == 8 and blocks.train_config("ap", "age").checkpoint_blocks == 0
-    assert dict(get_profile("full").checkpoint_blocks) == {"lora": 16, "dora": 18, "mtlora": 19}
+    assert dict(get_profile("full").checkpoint_blocks) == {"lora": 18, "dora": 19, "mtlora": 21}
     with pytest.raises(TypeError):
         get_profile("full").checkpoint_blocks["lora"] = 8
     for bad, why in (("lora", "expected METHOD=N"), ("lora=-1", "expected METHOD=N"), ("lora=²", "expected METHOD=N"),

@@ -221,6 +221,23 @@ def test_vision_forward_matches_float64_reference(size, cls_token):
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
 
 
+def test_embeddings_join_half_precision_patches_in_fp32_under_autocast():
+    """As Meta's forward: under autocast the patch embedding is half precision, and the CLS token and
+    positional embedding are added to it in fp32 (not rounded to half first)."""
+    torch.manual_seed(1)
+    cfg = VisionConfig(24, 8, 32, 2, 2, 48, 16, pool_heads=4)
+    model = VisionTransformer(cfg).eval()
+    img = torch.randn(2, 3, 24, 24)
+    seen = []
+    model.ln_pre.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(img)
+        patches = model.conv1(img).flatten(2).transpose(1, 2)
+    assert patches.dtype == torch.bfloat16 and seen[0].dtype == torch.float32
+    expected = torch.cat([model.class_embedding.expand(2, 1, -1), patches.float()], dim=1) + model.positional_embedding
+    torch.testing.assert_close(seen[0], expected, rtol=0, atol=0)
+
+
 def test_text_forward_matches_float64_reference():
     torch.manual_seed(2)
     model = CLIP(TINY).eval()

@@ -1,4 +1,6 @@
 """replication.pretrain: captions, multi-positive targets, and a tiny end-to-end pre-training."""
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,6 +77,18 @@ def test_pretrain_writes_a_loadable_checkpoint_once(prepared, tmp_path):
     pretrain.pretrain(prepared, ckpt, bpe, steps=2, batch_size=8)   # idempotent
     assert ckpt.stat().st_mtime_ns == stamp
     assert not list(ckpt.parent.glob("*tmp*"))
+
+
+def test_a_rerun_that_reuses_the_merges_file_trains_the_same_encoder(prepared, tmp_path):
+    """An interrupted pretrain leaves the merges file and no checkpoint; the rerun reuses the file and must
+    still draw what a fresh run draws (the corpus's captions came from the training rng)."""
+    fresh, again = tmp_path / "fresh", tmp_path / "again"
+    pretrain.pretrain(prepared, fresh / "demo.pt", fresh / "bpe.txt.gz", steps=2, batch_size=8)
+    again.mkdir()
+    shutil.copy(fresh / "bpe.txt.gz", again / "bpe.txt.gz")  # what the interrupted run left
+    pretrain.pretrain(prepared, again / "demo.pt", again / "bpe.txt.gz", steps=2, batch_size=8)
+    a, b = (torch.load(d / "demo.pt", weights_only=True) for d in (fresh, again))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_cli_names_the_missing_manifest(tmp_path, capsys):
