@@ -493,7 +493,7 @@ class Trainer:
         # the thesis's code (src/train.py) steps it on the early-stopping quantity, accuracy included,
         # and so does this. torch's patience=5 lowers the LR on the 6th epoch without improvement. The text
         # gives no floor; the thesis's code floors each group at 0.1 x 0.09 of its starting rate, so two cuts
-        # (1e-4 -> 1e-5 -> 1e-6) and a last small step to 9e-7 are all a run can take, and so does this.
+        # and a last small step (heads: 1e-4 -> 1e-5 -> 1e-6 -> 9e-7) are all a run can take; so does this.
         self.monitor_mode = "max" if cfg.multi_task else "min"
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode=self.monitor_mode, factor=0.1, patience=5,
