@@ -312,11 +312,11 @@ def _cli_args(cfg: TrainConfig, device: str = "cpu", amp: str = "none") -> list[
             "--patience", str(cfg.patience), "--checkpoint", ""]
 
 
-def _run_cli(cfg, kill_after, **device):
+def _run_cli(cfg, kill_after, **device_and_amp):
     script = _KILLER.format(tests=str(Path(__file__).parent), kill_after=kill_after)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-c", script, *_cli_args(cfg, **device)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-c", script, *_cli_args(cfg, **device_and_amp)], env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_kill9_mid_epoch_then_resume_is_bit_identical(prepared, tmp_path):
