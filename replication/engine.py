@@ -41,7 +41,7 @@ from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook kernel without
 from replication import distributed
 from replication.checkpoint import PE_CORE_WEIGHTS, load_clip, load_vision
 from replication.config import get_config
-from replication.data import read_manifest
+from replication.data import ManifestError, read_manifest
 from replication.data.faces import sha1
 from replication.labels import MISSING, TASKS, TEST_SETS
 from replication.losses import make_weighting, masked_cross_entropy
@@ -215,7 +215,7 @@ def read_split(cfg: TrainConfig, split: str) -> pd.DataFrame:
     frame = frame[frame["split"] == split]
     frame = frame[(frame[list(cfg.tasks)] != MISSING).any(axis=1)].reset_index(drop=True)
     if frame.empty:
-        raise ValueError(f"{Path(cfg.prepared) / 'manifest.csv'}: no {split} rows labelled for {list(cfg.tasks)}")
+        raise ManifestError(f"{Path(cfg.prepared) / 'manifest.csv'}: no {split} rows labelled for {list(cfg.tasks)}")
     return frame
 
 
@@ -430,7 +430,7 @@ def evaluation_frame(cfg: TrainConfig) -> pd.DataFrame:
     wanted = {ds for t in cfg.tasks for ds in TEST_SETS[t]}
     frame = frame[frame["dataset"].isin(wanted)].reset_index(drop=True)
     if frame.empty:
-        raise ValueError(f"{Path(cfg.prepared) / 'manifest.csv'}: no test rows of {sorted(wanted)}, the test sets "
+        raise ManifestError(f"{Path(cfg.prepared) / 'manifest.csv'}: no test rows of {sorted(wanted)}, the test sets "
                          f"of {list(cfg.tasks)}")
     return frame
 
@@ -689,8 +689,11 @@ class Trainer:
         self._save_last()
         self._commit_best()
         fmt = lambda d: " ".join(f"{t} {v:.4f}" for t, v in d.items())  # noqa: E731
-        self._log(f"epoch {p.epoch} ({seconds:.1f}s): train loss {fmt(record['train_loss'])} | val acc "
-                  f"{fmt(record['val_accuracy'])} | {'best' if improved else f'{p.bad_epochs} without improvement'}")
+        watched = "val average accuracy" if cfg.multi_task else "val loss"  # §3.1 early stopping's quantity
+        self._log(f"epoch {p.epoch} ({seconds:.1f}s): train loss {fmt(record['train_loss'])} | val loss "
+                  f"{fmt(record['val_loss'])} | val acc {fmt(record['val_accuracy'])} | "
+                  f"{'new best' if improved else f'best epoch {p.best_epoch}'} | {watched}: {p.bad_epochs}/"
+                  f"{cfg.patience} epochs without improvement")
         if record["nonfinite_batches"]:
             self._log(f"epoch {p.epoch}: batches skipped for a non-finite loss (fp16 overflow): "
                       f"{record['nonfinite_batches']}")
@@ -923,7 +926,7 @@ def cli(argv: list[str] | None = None) -> int:
     cfg = parse_config(sys.argv[1:] if argv is None else argv)
     try:
         folder = run(cfg)
-    except MissingInputError as err:  # the user's to fix, not a bug: the message without a traceback
+    except (MissingInputError, ManifestError) as err:  # the user's to fix, not a bug: the message, no traceback
         print(f"train: error: {err}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:

@@ -37,6 +37,7 @@ from replication.thesis import DATASET_NAMES  # noqa: E402
 DATASET_FIGURES = {"2.8": "fairface", "2.9": "utkface", "2.10": "lagenda", "2.11": "rafdb",
                    "2.12": "vggface2", "2.13": "celebahq"}
 LOG_SCALE_AGE = {"vggface2"}
+PROJECTIONS = {"pca": "PCA", "tsne": "t-SNE"}  # §4.8's 2-D maps, as the thesis names them
 
 
 def draw_label(fig: plt.Figure, profile: str) -> None:
@@ -130,19 +131,30 @@ def learned_variances(histories: Mapping[str, Sequence[Mapping[str, float]]], ou
 
 # --- §4.7 -----------------------------------------------------------------------------------
 
-def confusion_matrices(panels: Sequence[tuple[str, np.ndarray, Sequence[str]]], fig_id: str,
-                       out_dir, profile: str) -> Path:
-    """Figs 4.2/4.3: row-normalised confusion matrices (true class per row), one per panel.
+def confusion_matrices(panels: Sequence[tuple[str, np.ndarray, Sequence[str]]], fig_id: str, title: str,
+                       out_dir, profile: str, columns: int = 2) -> Path:
+    """Figs 4.2/4.3: confusion matrices (true class per row), ``columns`` panels per row as the thesis lays
+    them out. ``panels``: (title, counts (C, C), class names); titles carry the (balanced) accuracies.
 
-    ``panels``: (title, counts (C, C), class names); titles carry the (balanced) accuracies."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
-    for ax, (title, counts, names) in zip(axes[0], panels):
+    Each cell prints its count and is shaded by its share of the true class (row-normalised: the
+    diagonal is the class's recall, whose mean is the balanced accuracy of §4.7), so classes of very
+    different sizes read on one scale; the colour bar says so."""
+    rows = -(-len(panels) // columns)
+    columns = min(columns, len(panels))
+    fig, axes = plt.subplots(rows, columns, figsize=(5.6 * columns, 5 * rows), squeeze=False,
+                             layout="constrained")
+    for ax, (panel_title, counts, names) in zip(axes.flat, panels):
         totals = counts.sum(axis=1, keepdims=True)
         recall = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
         sns.heatmap(recall, annot=counts, fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=False,
                     xticklabels=names, yticklabels=names, ax=ax, annot_kws={"fontsize": 7})
-        ax.set(title=title, xlabel="predicted", ylabel="true")
-    fig.tight_layout()
+        ax.set(title=panel_title, xlabel="predicted", ylabel="true")
+        ax.tick_params(axis="y", rotation=0)  # "10-19" under "20-29", not run together
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    fig.colorbar(axes.flat[0].collections[0], ax=axes, shrink=0.8,
+                 label="share of the true class (diagonal: recall)")
+    fig.suptitle(f"Fig. {fig_id} — {title}")
     return save(fig, out_dir, fig_id, profile)
 
 
@@ -175,7 +187,7 @@ def project(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     features = np.asarray(features, dtype=np.float64)
     if method == "pca":
         return PCA(n_components=2, random_state=seed).fit_transform(features)
-    if method != "tsne":
+    if method not in PROJECTIONS:
         raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
     reduced = PCA(n_components=min(50, *features.shape), random_state=seed).fit_transform(features)
     perplexity = min(30.0, (len(features) - 1) / 3)
@@ -188,18 +200,20 @@ def feature_maps(panels: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[st
     """Figs 4.4–4.6: scatter of each panel (title, features, labels, class names, 'pca'|'tsne').
 
     ``title`` names what the thesis's caption names (dataset, model), which the panels do not.
-    Samples without the task's label (MISSING) have no class to colour and are left out."""
+    Samples without the task's label (MISSING) have no class to colour and are left out. A class
+    has one colour in every panel, and each legend stands beside its panel, clear of the points."""
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.9 * columns, 4.2 * rows), squeeze=False)
     for ax, (panel_title, features, labels, names, method) in zip(axes.flat, panels):
         labelled = np.asarray(labels) != MISSING
         features, labels = np.asarray(features)[labelled], np.asarray(labels)[labelled]
         xy = project(features, method)
+        colours = dict(zip(names, sns.color_palette("tab10", len(names))))
         sns.scatterplot(x=xy[:, 0], y=xy[:, 1], hue=[names[i] for i in labels], ax=ax, s=14,
                         hue_order=[n for i, n in enumerate(names) if i in set(labels)],
-                        palette="tab10", linewidth=0)
+                        palette=colours, linewidth=0)
         ax.set(title=panel_title, xticks=[], yticks=[])
-        ax.legend(fontsize=7, markerscale=0.8)
+        ax.legend(fontsize=7, markerscale=0.8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"Fig. {fig_id} — {title}")

@@ -42,23 +42,31 @@ def compare(table: thesis.Table, replicated: Callable[[str, str], float | None],
     """One row per published cell of ``table``; ``replicated(row, column)`` gives our value or None.
 
     ``notes`` maps a row key, or a (row, column) pair, to a note on our value of those cells; it
-    follows the thesis's own note on the cell (``table.cell_notes``)."""
+    follows the thesis's own note on the cell (``table.cell_notes``). A literature row cites its source
+    on its first cell; remarks on the whole table (``table.notes``) are printed under the .md's title."""
     notes = dict(notes or {})
     records = []
     for row, values in table.rows.items():
         for column, published in zip(table.columns, values):
-            ours = None if row in table.literature else replicated(row, column)
-            note = (f"literature: {table.literature[row]}" if row in table.literature
-                    else " ".join(filter(None, [table.cell_notes.get((row, column)),
-                                                notes.get((row, column), notes.get(row))])))
-            if not records and table.notes:  # the thesis's own remarks go with the first cell
-                note = " ".join(filter(None, [note, *table.notes]))
+            if row in table.literature:
+                ours = None
+                note = _join_notes(f"Literature: {table.literature[row]}") if column == table.columns[0] else ""
+            else:
+                ours = replicated(row, column)
+                note = _join_notes(table.cell_notes.get((row, column)), notes.get((row, column), notes.get(row)))
             records.append({
                 "table": table.id, "row": thesis.METHOD_NAMES.get(row, row), "column": column,
                 "thesis": published, "replicated": np.nan if ours is None else ours,
                 "difference": _difference(published, ours), "profile": profile, "note": note,
                 "label": profile_label(profile)})
     return pd.DataFrame.from_records(records, columns=COLUMNS)
+
+
+def _join_notes(*parts: str | None) -> str:
+    """The non-empty ``parts`` as one note, each ending with a full stop, so a fragment such as
+    "vision tower + text tower" does not run into the next remark."""
+    return " ".join(p if p.endswith((".", "!", "?")) else p + "."
+                    for p in (p.strip() for p in parts if p) if p)
 
 
 def _difference(published, ours) -> float:
@@ -92,14 +100,45 @@ def write(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> tuple[Path,
     return paths
 
 
+# Tables counted on the PE-Core-L14-336 architecture (built on the meta device, no weights): their counts are
+# the full model's whatever the profile, which the demo label must not hide
+_ARCHITECTURE_TABLES = {
+    "params": "The counts are of the PE-Core-L14-336 architecture (no weights needed), the same in every profile.",
+    "4.3": "The counts are of the PE-Core-L14-336 architecture (no weights needed), the same in every profile.",
+    "4.14": "Params (M) and GFLOPs are of the PE-Core-L14-336 architecture (no weights needed), the same in "
+            "every profile; only the average accuracy comes from this profile's runs."}
+
+
 def markdown(df: pd.DataFrame, title: str = "") -> str:
-    """The .md file's text: the title, the profile's label (demo) and every cell with its note."""
-    header = [f"# {title or df['table'].iloc[0]}", ""]
+    """The .md file's text: the title, the profile's label (demo), the remarks on the whole table, then
+    every cell with its note, rows and columns named as the thesis names them (display_name)."""
+    table_id = df["table"].iloc[0]
+    header = [f"# {title or table_id}", ""]
     label = df["label"].iloc[0]
     if label:
-        header += [f"**{label}**", ""]
-    counts = _count_cells(df["table"].iloc[0])
+        header += [" ".join(filter(None, [f"**{label}**", _ARCHITECTURE_TABLES.get(table_id)])), ""]
+    table = thesis.TABLES.get(table_id)
+    if table is not None and table.notes:
+        header += [f"Notes: {_join_notes(*table.notes)}", ""]
+    counts = _count_cells(table_id)
     return "\n".join(header + [to_markdown(df.drop(columns=["table", "label"]), counts), ""])
+
+
+# words of the row and column ids, as the thesis's tables print them
+_DISPLAY = {**thesis.METHOD_NAMES, **thesis.DATASET_NAMES, "uw": "UW", "ema": "EMA", "gflops": "GFLOPs",
+            "params_m": "Params (M)", "avg_acc": "Avg. acc.", "percent": "%", "weighted_percent": "Weighted %",
+            "balanced_accuracy": "Balanced acc.", "accuracy": "Acc.", "text_encoder": "Text encoder",
+            "visual_encoder": "Visual encoder", "vs": "vs."}
+
+
+def display_name(key: str) -> str:
+    """A row or column id as the thesis prints it: 'fairface/age' -> 'FairFace Age', 'ft4/ema' -> 'FT4 EMA',
+    'lp_vs_zs' -> 'LP vs. ZS', 'weighted_percent' -> 'Weighted %'; other lowercase words are capitalised, and a
+    key with a space ('CLIP ViT-L/14 336px') is a name already."""
+    if key in _DISPLAY or " " in key:
+        return _DISPLAY.get(key, key)
+    words = key.replace("_vs_", "/vs/").split("/")
+    return " ".join(_DISPLAY.get(w, w.capitalize() if w.isalpha() and w.islower() else w) for w in words)
 
 
 def _count_cells(table_id: str) -> set[tuple[str, str]]:
@@ -161,8 +200,11 @@ def _atomic_write(path: Path, text: str) -> None:
 def to_markdown(df: pd.DataFrame, counts: set[tuple[str, str]] = frozenset()) -> str:
     """A GitHub-flavoured Markdown table: numbers with two decimals, NaN as '—', and integers, or the
     whole numbers of a count row (``counts`` holds (row, column) pairs), with thousands separators, so
-    a sample count reads 2,935 beside 54 rather than 2935.00 beside 54.00."""
-    def cell(v, count):
+    a sample count reads 2,935 beside 54 rather than 2935.00 beside 54.00; row and column ids by their
+    display_name."""
+    def cell(key, v, count):
+        if key in ("row", "column"):
+            return display_name(str(v))
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             return f"{v:,}"
         if isinstance(v, float):
@@ -170,7 +212,7 @@ def to_markdown(df: pd.DataFrame, counts: set[tuple[str, str]] = frozenset()) ->
         return "—" if v is None else str(v).replace("|", "\\|")
     records = df.to_dict("records")
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v, (r.get("row"), r.get("column")) in counts) for v in r.values()) + " |"
+    lines += ["| " + " | ".join(cell(k, v, (r.get("row"), r.get("column")) in counts) for k, v in r.items()) + " |"
               for r in records]
     return "\n".join(lines)
 
@@ -305,6 +347,7 @@ def table_4_14(rows: Iterable[Mapping], scores_by_row: Mapping[str, Mapping[str,
         return run_scores(row).get("overall")
     notes = {(row, "avg_acc"): _missing_test_sets(run_scores(row), "overall")
              for row in thesis.TABLE_4_14.rows}
+    notes.update({(row, "gflops"): by_id[key]["note"] for row, key in gflops.items()})  # how each was counted
     return compare(thesis.TABLE_4_14, value, profile, notes)
 
 
@@ -338,8 +381,8 @@ def table_3_1(manifest: pd.DataFrame, profile: str) -> pd.DataFrame:
     for i in df.index[df["column"] == "tasks"]:
         extra = set(str(df.at[i, "replicated"]).split(", ")) - set(df.at[i, "thesis"].split(", "))
         if extra:
-            df.at[i, "note"] = " ".join(filter(None, [df.at[i, "note"],
-                                                      f"Labels used beyond Table 3.1's: {', '.join(sorted(extra))}."]))
+            df.at[i, "note"] = _join_notes(df.at[i, "note"],
+                                          f"Labels used beyond Table 3.1's: {', '.join(sorted(extra))}.")
     return df
 
 

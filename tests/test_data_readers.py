@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from replication.data.readers import (ReadResult, parse_celebamask_attributes, parse_identity_meta,
+from replication.data.readers import (ReadResult, parse_celebamask_attributes, parse_identity_meta, read_celebahq,
                                       parse_loose_boxes, parse_mivia_ages, parse_utkface_name, read_fairface,
                                       read_lagenda, read_rafdb, read_rafdb_list, read_utkface,
                                       read_utkface_names, read_vggface2, read_vggface2_list)
@@ -100,37 +100,44 @@ def test_lagenda_rows(tmp_path):
         "lag_benchmark/b.jpg.jpg,2,F,1,2,3,4,-1,-1,-1,-1\n"
         "lag_benchmark/c.jpg.jpg,40,X,1,2,3,4,-1,-1,-1,-1\n"
         "lag_benchmark/c.jpg.jpg,-1,M,1,2,3,4,-1,-1,-1,-1\n"
-        "lag_benchmark/d.jpg.jpg,25,F,1,2\n")  # truncated row: DictReader fills None
+        "\n"  # a blank line: DictReader skips it, the line numbers below must not
+        "lag_benchmark/d.jpg.jpg,25,F,1,2\n"  # truncated row: DictReader fills None
+        "lag_benchmark/e.jpg.jpg,abc,F,1,2,3,4\n")
     res = read_lagenda(tmp_path)
-    assert res.rows_read == 7
+    assert res.rows_read == 8
     assert [(r.age, r.gender, r.box, r.key) for r in res.records] == [
         (4, 0, (10.0, 20.0, 50.0, 70.0), "a_2"), (0, 1, (1.0, 2.0, 3.0, 4.0), "b_5")]
     assert {k: len(v) for k, v in res.skipped.items()} == {
-        "not_annotated": 1, "no_face_box": 1, "unknown_label": 2, "missing_age": 1}
+        "not_annotated": 1, "no_face_box": 1, "unknown_label": 3, "missing_age": 1}
     assert res.skipped["unknown_label"] == ["lag_benchmark/c.jpg.jpg (line 6) gender='X'",
-                                            "lag_benchmark/d.jpg.jpg (line 8)"]
+                                            "lag_benchmark/d.jpg.jpg (line 9) age='25' box=('1', '2', None, None)",
+                                            "lag_benchmark/e.jpg.jpg (line 10) age='abc' box=('1', '2', '3', '4')"]
 
 
 def test_rafdb_manual_gender_and_boxes(tmp_path):
     basic = tmp_path / "basic"
     (basic / "EmoLabel").mkdir(parents=True)
     (basic / "EmoLabel" / "list_patition_label.txt").write_text(
-        "train_00001.jpg 4\ntrain_00002.jpg 7\ntrain_00003.jpg 1\ntest_0001.jpg 2\ntest_0002.jpg 9")
+        "train_00001.jpg 4\ntrain_00002.jpg 7\ntrain_00003.jpg 1\ntrain_00004.jpg 5\ntest_0001.jpg 2\ntest_0002.jpg 9")
     manual, boxes = basic / "Annotation" / "manual", basic / "Annotation" / "boundingbox"
     manual.mkdir(parents=True)
     boxes.mkdir(parents=True)
     marks = "1.0\t2.0\n" * 5
     for stem, gender in (("train_00001", 1), ("train_00002", 2), ("test_0001", 0)):
         (manual / f"{stem}_manu_attri.txt").write_text(f"{marks}{gender}\n0\n2\n")
+    (manual / "train_00004_manu_attri.txt").write_text(f"{marks}female\n0\n2\n")  # not 0/1/2
     (boxes / "train_00001_boundingbox.txt").write_text("10.5 20 30 40.25\n")
     res = read_rafdb(tmp_path)
     got = {r.key: (r.split, r.emotion, r.gender, r.box) for r in res.records}
     assert got == {"train_00001": ("train", 3, 1, (10.5, 20.0, 30.0, 40.25)),
                    "train_00002": ("train", 6, MISSING, None),
                    "train_00003": ("train", 0, MISSING, None),
+                   "train_00004": ("train", 4, MISSING, None),
                    "test_0001": ("test", 1, 0, None)}
     assert res.notes["gender_unsure"] == ["train_00002.jpg"]
     assert res.notes["gender_annotation_missing"] == ["train_00003.jpg"]
+    assert res.notes["gender_annotation_malformed"] == [f"{manual / 'train_00004_manu_attri.txt'}: line 6 is not 0, 1 "
+                                                        "or 2"]
     assert res.skipped["unknown_label"] == ["test_0002.jpg 9"]
 
 
@@ -286,3 +293,11 @@ def test_celebamask_header_errors_name_the_line(tmp_path):
     assert _message(parse_celebamask_attributes, path) == f"{path} line 1: expected the number of images, got 'two'"
     path.write_text("1\nSmiling Young\n0.jpg  1 -1\n")
     assert _message(parse_celebamask_attributes, path) == f"{path} line 2: expected the attribute names, including Male"
+
+
+def test_celebahq_without_either_layout_names_both(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        read_celebahq(tmp_path)
+    assert str(e.value) == (f"CelebA-HQ not found: expected {tmp_path / 'celeba_hq'}/{{train,val}}/{{male,female}}/ "
+                            f"(StarGAN v2, the split Table 3.2 fits) or "
+                            f"{tmp_path / 'CelebAMask-HQ' / 'CelebAMask-HQ-attribute-anno.txt'}")

@@ -183,6 +183,18 @@ def test_train_command_reports_a_missing_input_without_a_traceback(tmp_path, cap
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
 
 
+def test_train_command_reports_a_bad_manifest_value_without_a_traceback(tmp_path, capsys):
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "manifest.csv").write_text("path,dataset,split,age,gender,emotion\n"
+                                                      "crops/a.jpg,fairface,train,9,0,-1\n")
+    code = engine.cli(["--method", "lp", "--tasks", "age", "--prepared", str(tmp_path / "prepared"),
+                       "--runs-dir", str(tmp_path / "runs"), "--checkpoint", ""])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"train: error: {tmp_path / 'prepared' / 'manifest.csv'} row 1 (line 2): age='9', "
+                                 "expected an integer in -1..8\n")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_help_gives_each_profiles_default(capsys):
     with pytest.raises(SystemExit):
         engine.parse_config(["--help"])
@@ -269,12 +281,18 @@ def test_the_lr_schedule_floors_each_group_at_0_009_of_its_starting_rate(prepare
     assert sorted(set(start)) == [1e-5, 1e-4]
 
 
-def test_single_task_selects_on_accuracy_and_stops_on_loss(prepared, tmp_path):
+def test_single_task_selects_on_accuracy_and_stops_on_loss(prepared, tmp_path, capsys):
     cfg = _cfg(prepared, tmp_path, tasks=("gender",), weighting="none", max_epochs=4, patience=1, lr_head=1.0,
                lr_backbone=1.0)
     result = load_run(run(cfg))
     epochs = result.epochs
     losses = [e["val_loss"]["gender"] for e in epochs]
+    # each epoch's line shows the quantity early stopping watches and its count against the patience
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == len(epochs)
+    for line, e, bad in zip(lines, epochs, [0] + [int(x >= min(losses[:i + 1])) for i, x in enumerate(losses[1:])]):
+        assert f"| val loss gender {e['val_loss']['gender']:.4f} |" in line
+        assert line.endswith(f"| val loss: {bad}/1 epochs without improvement")
     # §3.1 early stopping on validation loss: stop one epoch after the loss fails to improve
     stopped = len(epochs) < 4
     if stopped:

@@ -54,11 +54,32 @@ def test_learned_variances_confusion_and_predictions(tmp_path):
     assert is_png(figures.learned_variances({"MTLoRA": history, "DoRA": history}, tmp_path, "demo"))
     cm = np.array([[5, 1], [0, 4]])
     assert is_png(figures.confusion_matrices([("a", cm, ["m", "f"]), ("b", cm, ["m", "f"])],
-                                             "4.2", tmp_path, "full"))
+                                             "4.2", "emotion on RAF-DB", tmp_path, "full"))
     crop = tmp_path / "c.jpg"
     Image.new("RGB", (64, 64), "gray").save(crop)
     ex = [(crop, {"age": "20-29", "gender": "male"}, {"age": "30-39"})] * 3
     assert is_png(figures.prediction_examples(ex, tmp_path, "demo", columns=2))
+
+
+def test_confusion_matrices_print_counts_shade_recall_and_say_so(tmp_path, monkeypatch):
+    """Figs 4.2/4.3: each cell prints its count and is shaded by its share of the true class (a class of
+    3 images reads on the scale of one of 300); a colour bar says so, the heading names the figure, and
+    four panels stand two by two as the thesis's (a)-(d)."""
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, *args: drawn.append(fig))
+    cm = np.array([[297, 3, 0], [1, 2, 0], [0, 0, 0]])  # the third class has no test image
+    figures.confusion_matrices([(f"p{i}", cm, ["a", "b", "c"]) for i in range(4)], "4.3",
+                               "age on FairFace and UTKFace", tmp_path, "demo")
+    fig = drawn[0]
+    assert fig._suptitle.get_text() == "Fig. 4.3 — age on FairFace and UTKFace"
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("p")]
+    assert len({ax.get_position().x0 for ax in panels}) == 2 and len({ax.get_position().y0 for ax in panels}) == 2
+    shading = np.asarray(panels[0].collections[0].get_array()).reshape(3, 3)
+    np.testing.assert_allclose(shading, [[0.99, 0.01, 0], [1 / 3, 2 / 3, 0], [0, 0, 0]])
+    assert [t.get_text() for t in panels[0].texts] == [str(v) for v in cm.flat]
+    colour_bars = [ax for ax in fig.axes if ax not in panels]
+    assert [ax.get_ylabel() for ax in colour_bars] == ["share of the true class (diagonal: recall)"]
+    plt.close(fig)
 
 
 def clusters(n=90, dim=20, seed=0):
@@ -97,9 +118,22 @@ def test_feature_maps(tmp_path, monkeypatch):
     assert sum(len(c.get_offsets()) for c in ax.collections) == 54
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "c"]
     plt.close(fig)
+    # a class keeps its colour in a panel that lacks another class, and no legend covers a point
+    figures.feature_maps([("PCA", x, y, ["a", "b", "c"], "pca"), ("PCA", x[y > 0], y[y > 0], ["a", "b", "c"], "pca")],
+                         "4.5", "UTKFace", tmp_path, "demo")
+    fig = drawn[1]
+    renderer = fig.canvas.get_renderer()
+    colours = [{t.get_text(): matplotlib.colors.to_rgba(h.get_markerfacecolor()) for t, h in
+                zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)} for ax in fig.axes]
+    assert colours[1] == {k: colours[0][k] for k in ("b", "c")}
+    for ax in fig.axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        points = ax.transData.transform(np.concatenate([c.get_offsets() for c in ax.collections]))
+        assert not any(legend.contains(*p) for p in points)
+    plt.close(fig)
     # the heading stays above the panels' titles, however many rows (Fig. 4.5 has four)
     figures.feature_maps(panels[1:] * 4, "4.5", "UTKFace", tmp_path, "demo")
-    fig = drawn[1]
+    fig = drawn[2]
     renderer = fig.canvas.get_renderer()
     heading = fig._suptitle.get_window_extent(renderer)
     assert all(heading.y0 > ax.title.get_window_extent(renderer).y1 for ax in fig.axes)

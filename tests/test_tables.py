@@ -63,9 +63,20 @@ def test_thesis_cell_notes_go_on_their_cells():
     assert "(61.56 + 61.00) / 2 = 61.28" in df.at[("LP", "average"), "note"]
     assert "= 61.58" in df.at[("AP", "average"), "note"]
     assert df.at[("DoRA", "average"), "note"] == ""
-    assert df.at[("ZS", "utkface/age"), "note"] == "Average excludes VGGFace2."  # the table's note
+    assert df.at[("ZS", "utkface/age"), "note"] == ""
+    # the table's own remark is printed once, under the title, not on a cell
+    assert "\n\nNotes: Average excludes VGGFace2.\n\n| row |" in tables.markdown(df.reset_index())
     t414 = tables.table_4_14(ACCOUNTING, {}, "demo").set_index(["row", "column"])
     assert "keeps VGGFace2 in the age mean" in t414.at[("ZS", "avg_acc"), "note"]
+
+
+def test_notes_joined_on_one_cell_are_separate_sentences():
+    """The thesis's cell note and ours on one cell each end with a full stop, so a fragment ("vision tower +
+    text tower") does not run into the next remark."""
+    table = thesis.Table("t", "T", "§0", ("value",), {"a": (1,), "b": (2,)}, unit="count",
+                         cell_notes={("a", "value"): "printed twice"})
+    df = tables.compare(table, lambda row, column: 1, "demo", {"a": "ours counts x", "b": "ours (y)"})
+    assert list(df.note) == ["printed twice. ours counts x.", "ours (y)."]
 
 
 def test_an_average_lacking_a_test_set_says_which():
@@ -73,16 +84,16 @@ def test_an_average_lacking_a_test_set_says_which():
     s = tables.scores(p[p.dataset != "vggface2"])
     df = tables.accuracy_table("4.12", {"dora": s}, "demo").set_index(["row", "column"])
     lacks = "replicated average lacks test set(s) vggface2/gender"
-    assert df.at[("DoRA", "gender"), "note"] == lacks
-    assert df.at[("DoRA", "overall"), "note"] == lacks
+    assert df.at[("DoRA", "gender"), "note"] == lacks + "."
+    assert df.at[("DoRA", "overall"), "note"] == lacks + "."
     assert df.at[("DoRA", "age"), "note"] == ""          # VGGFace2 is not in the age average (§4)
     assert df.at[("DoRA", "gender"), "replicated"] == pytest.approx(
         (s["utkface/gender"] + s["fairface/gender"]) / 2)
     # the thesis's own note and ours both stay on the cell
     lp = tables.accuracy_table("4.12", {"lp": s}, "demo").set_index(["row", "column"])
-    assert lp.at[("LP", "overall"), "note"] == "78.76 is not the mean of this row (81.24). " + lacks
+    assert lp.at[("LP", "overall"), "note"] == "78.76 is not the mean of this row (81.24). " + lacks + "."
     t414 = tables.table_4_14(ACCOUNTING, {"dora": s}, "demo").set_index(["row", "column"])
-    assert t414.at[("DoRA (merged)", "avg_acc"), "note"] == lacks
+    assert t414.at[("DoRA (merged)", "avg_acc"), "note"] == lacks + "."
     complete = tables.accuracy_table("4.12", {"dora": tables.scores(p)}, "demo")
     assert not complete.note.str.contains("lacks").any()
 
@@ -98,7 +109,11 @@ def test_literature_rows_are_marked_and_not_replicated():
     df = tables.accuracy_table("4.13", {"mtlora": s, "dora": s}, "demo")
     lit = df[df.row.isin(thesis.TABLE_4_13.literature)]
     assert lit.replicated.isna().all()
-    assert lit.note.str.startswith("literature: [").all()
+    # the citation once per row, on its first cell; the thesis's markers of a missing result kept
+    firsts = lit.column == thesis.TABLE_4_13.columns[0]
+    assert lit[firsts].note.str.startswith("Literature: [").all() and (lit[~firsts].note == "").all()
+    mivolo = lit[lit.row == "MiVOLO-384"].set_index("column").thesis
+    assert (mivolo["utkface/age"], mivolo["rafdb/emotion"]) == ("...", "-")
     ours = df[df.row == "MTLoRA"].set_index("column")
     assert ours.at["rafdb/emotion", "replicated"] == pytest.approx(s["rafdb/emotion"])
     assert ours.at["rafdb/emotion", "note"] == ""
@@ -132,7 +147,7 @@ def test_figure_4_2_table_has_the_emotion_balanced_accuracy_the_thesis_does_not_
         100 * balanced_accuracy_score(rafdb.label, rafdb.pred))
     assert cells.at["dora/rafdb", "replicated"] == pytest.approx(other["rafdb/emotion/balanced"])
     assert df.thesis.isna().all() and df.difference.isna().all()
-    assert "0.27 points above DoRA" in df.note.iloc[0]
+    assert "0.27 points above DoRA" in tables.markdown(df)
 
 
 ACCOUNTING = [  # the thesis's own figures, as replication.accounting reports them when matched
@@ -155,7 +170,7 @@ def test_parameter_tables_recompute_percentages():
     assert params.at[("FT4", "percent"), "replicated"] == pytest.approx(100 * 64040969 / 320324629)
     assert abs(params.at[("DoRA", "percent"), "difference"]) < 0.005
     t43 = out["4.3"].set_index("row")
-    assert t43.at["gflops", "replicated"] == 699.76 and t43.at["gflops", "note"] == "x"
+    assert t43.at["gflops", "replicated"] == 699.76 and t43.at["gflops", "note"] == "x."
 
 
 def test_params_dora_text_note_is_on_the_dora_percent_cell():
@@ -219,7 +234,7 @@ def test_write_is_atomic_and_labelled(tmp_path):
     assert REQUIRED <= set(back.columns) and (back.label == DEMO_LABEL).all()
     text = md.read_text()
     assert DEMO_LABEL in text.splitlines()[2]
-    assert "| DoRA | rafdb/emotion | 90.83 |" in text
+    assert "| DoRA | RAF-DB Emotion | 90.83 |" in text
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -241,7 +256,7 @@ def test_csv_writes_counts_as_integers(tmp_path):
     assert "4.3,text_encoder,value,353986561,353986561,0,demo," in csv.read_text()
     back = pd.read_csv(csv).set_index("row")
     assert back.at["total", "replicated"] == 671137793 and back.at["gflops", "thesis"] == 699.76
-    assert "| text_encoder | value | 353,986,561 |" in md.read_text()
+    assert "| Text encoder | Value | 353,986,561 |" in md.read_text()
     csv, _ = tables.write(out["params"], tmp_path)
     percent = pd.read_csv(csv).set_index(["row", "column"]).at[("FT4", "percent"), "replicated"]
     assert percent == pytest.approx(100 * 64040969 / 320324629, abs=1e-6)
@@ -251,11 +266,34 @@ def test_markdown_writes_count_rows_as_integers_and_shares_with_two_decimals():
     """A count cell of the thesis (an int in replication.thesis) reads 2,935 beside 54 in every column, while a
     percentage keeps two decimals even when it is a whole number."""
     text = tables.markdown(tables.tables_3_2(manifest(), "demo")["3.2a"])
-    assert "| total | samples | 168,362 | 50 | -168,312 |" in text
-    assert "| gender | percent | 100.00 | " in text and "| emotion | percent | 5.47 | 20.00 | 14.53 |" in text
+    assert "| Total | Samples | 168,362 | 50 | -168,312 |" in text
+    assert "| Gender | % | 100.00 | " in text and "| Emotion | % | 5.47 | 20.00 | 14.53 |" in text
     s = tables.scores(predictions())
     text = tables.markdown(tables.table_4_14(ACCOUNTING, {"dora": s, "zs": s}, "demo"))
-    assert "| ZS | params_m | 671 | 671 | 0 |" in text and "| ZS | gflops | 699.76 | 699.76 | 0.00 |" in text
+    assert "| ZS | Params (M) | 671 | 671 | 0 |" in text and "| ZS | GFLOPs | 699.76 | 699.76 | 0.00 |" in text
+
+
+def test_rows_and_columns_are_named_as_the_thesis_names_them():
+    names = ["fairface/age", "ft4/ema", "lp_vs_zs", "weighted_percent", "params_m", "male", "celebahq", "0-2",
+             "DoRA (merged)", "CLIP ViT-L/14 336px", "text_encoder"]
+    assert [tables.display_name(n) for n in names] == [
+        "FairFace Age", "FT4 EMA", "LP vs. ZS", "Weighted %", "Params (M)", "Male", "CelebA-HQ", "0-2",
+        "DoRA (merged)", "CLIP ViT-L/14 336px", "Text encoder"]
+
+
+def test_architecture_counts_say_the_demo_label_does_not_cover_them():
+    """The parameter and GFLOP counts are of PE-Core-L14-336 in every profile: a demo table says so beside
+    its label (Table 4.14: only the accuracies are the demo's), and each GFLOPs cell of Table 4.14 carries
+    accounting's note on how it was counted."""
+    rows = [dict(r, note=f"how {r['figure']} was counted") for r in ACCOUNTING]
+    df = tables.table_4_14(rows, {}, "demo")
+    text = tables.markdown(df)
+    assert "model** Params (M) and GFLOPs are of the PE-Core-L14-336 architecture" in text
+    assert "only the average accuracy comes from this profile's runs." in text
+    gflops = df[df.column == "gflops"].set_index("row").note
+    assert gflops["MTLoRA"] == "how table4.14/gflops_mtlora was counted."
+    assert gflops["ZS"] == "how table4.3/gflops_zero_shot was counted."
+    assert "architecture" not in tables.markdown(tables.table_4_14(rows, {}, "full"))
 
 
 def test_headings_name_tables_as_the_thesis_does():

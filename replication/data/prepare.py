@@ -282,24 +282,28 @@ def _dataset_report(result, mode: str, outcome: dict, composition, manifest: pd.
 
 # ---------------------------------------------------------------- reading the result back
 
+class ManifestError(ValueError):
+    """A value of manifest.csv is not what prepare writes; the message names the row and what was expected."""
+
+
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Load ``manifest.csv`` and validate every value; errors name the row and what was expected."""
     path = Path(path)
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     if list(df.columns) != MANIFEST_COLUMNS:
-        raise ValueError(f"{path}: columns {list(df.columns)}, expected {MANIFEST_COLUMNS}")
+        raise ManifestError(f"{path}: columns {list(df.columns)}, expected {MANIFEST_COLUMNS}")
     allowed = {"dataset": set(DATASETS), "split": {"train", "val", "test"}}
     for i, row in enumerate(df.itertuples(index=False)):
         where = f"{path} row {i + 1} (line {i + 2})"
         if not row.path:
-            raise ValueError(f"{where}: empty path")
+            raise ManifestError(f"{where}: empty path")
         for col, values in allowed.items():
             if getattr(row, col) not in values:
-                raise ValueError(f"{where}: {col}={getattr(row, col)!r}, expected one of {sorted(values)}")
+                raise ManifestError(f"{where}: {col}={getattr(row, col)!r}, expected one of {sorted(values)}")
         for task in TASKS:
             value = getattr(row, task)
             if not value.lstrip("-").isdigit() or not -1 <= int(value) < NUM_CLASSES[task]:
-                raise ValueError(f"{where}: {task}={value!r}, expected an integer in -1..{NUM_CLASSES[task] - 1}")
+                raise ManifestError(f"{where}: {task}={value!r}, expected an integer in -1..{NUM_CLASSES[task] - 1}")
     return df.astype({task: "int64" for task in TASKS})
 
 

@@ -155,8 +155,8 @@ def read_utkface_names(names: Iterable[str], image_dir: Path, result: ReadResult
 def read_utkface(folder: Path) -> ReadResult:
     """The in-the-wild ``part1..3`` folders if present, else the aligned ``UTKFace/`` folder.
 
-    §2.7.2 counts 24,103 UTKFace images, which fits the in-the-wild release, not the 23,708
-    aligned chips; reading the chips is therefore noted in the report.
+    §2.7.2 counts 24,103 UTKFace images, which is not the 23,708 aligned chips and so probably the
+    in-the-wild release (whose exact count is unverified); reading the chips is noted in the report.
     """
     result = ReadResult("utkface")
     dirs = sorted(d for d in folder.glob("part[0-9]") if d.is_dir())
@@ -167,7 +167,7 @@ def read_utkface(folder: Path) -> ReadResult:
             "in-the-wild images (part1..3/)")
     if not dirs:
         raise FileNotFoundError(f"UTKFace images not found: expected {folder}/part1/ (in-the-wild, "
-                                f"the thesis's 24,103 images) or {folder}/UTKFace/ (aligned chips)")
+                                f"probably the thesis's 24,103 images) or {folder}/UTKFace/ (aligned chips)")
     for d in dirs:
         read_utkface_names(sorted(p.name for p in d.iterdir() if p.is_file()), d, result)
     return result
@@ -191,14 +191,15 @@ def read_lagenda(folder: Path) -> ReadResult:
         missing = {"img_name", "age", "gender", *box_cols} - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: header {reader.fieldnames} lacks columns {sorted(missing)}")
-        for row_no, row in enumerate(reader, start=2):  # line 1 is the header
+        for row in reader:
+            row_no = reader.line_num  # the file's line, which a blank line above does not shift
             result.rows_read += 1
             name = f"{row['img_name']} (line {row_no})"
             try:
                 age = float(row["age"])
                 box = tuple(float(row[c]) for c in box_cols)
             except (ValueError, TypeError):  # TypeError: a short row leaves the last columns None
-                result.skip("unknown_label", name)
+                result.skip("unknown_label", f"{name} age={row['age']!r} box={tuple(row[c] for c in box_cols)}")
                 continue
             if not math.isfinite(age):  # "nan"/"inf" parse as floats but are no age
                 result.skip("unknown_label", f"{name} age={row['age']!r}")
@@ -257,8 +258,9 @@ def read_rafdb_list(list_file: Path, image_dir: Path, result: ReadResult,
                     manual_dir: Path | None = None, bbox_dir: Path | None = None) -> None:
     """``<name> <label 1..7>`` lines; split from the ``train_``/``test_`` prefix.
 
-    Gender comes from the manual attribute files when given: "unsure" (2) and absent files
-    both become -1 and are listed in ``result.notes`` (compose.py removes such training rows).
+    Gender comes from the manual attribute files when given: "unsure" (2), absent files and files
+    whose line 6 is not 0/1/2 become -1 and are listed in ``result.notes`` (compose.py removes such
+    training rows).
     """
     for line in _need(list_file, "RAF-DB label list").read_text().splitlines():
         if not line.strip():
@@ -275,8 +277,10 @@ def read_rafdb_list(list_file: Path, image_dir: Path, result: ReadResult,
         if manual_dir is not None:
             attr = manual_dir / f"{stem}_manu_attri.txt"
             g = read_rafdb_manual_gender(attr) if attr.is_file() else None
-            if g is None:
+            if not attr.is_file():
                 result.notes["gender_annotation_missing"].append(name)
+            elif g is None:
+                result.notes["gender_annotation_malformed"].append(f"{attr}: line 6 is not 0, 1 or 2")
             elif g == 2:
                 result.notes["gender_unsure"].append(name)
             else:
@@ -346,6 +350,9 @@ def read_celebahq(folder: Path) -> ReadResult:
                                                  split, gender=gender))
         return result
     mask = folder / "CelebAMask-HQ"
+    if not (mask / "CelebAMask-HQ-attribute-anno.txt").is_file():
+        raise FileNotFoundError(f"CelebA-HQ not found: expected {stargan}/{{train,val}}/{{male,female}}/ (StarGAN "
+                                f"v2, the split Table 3.2 fits) or {mask}/CelebAMask-HQ-attribute-anno.txt")
     for name, gender in parse_celebamask_attributes(mask / "CelebAMask-HQ-attribute-anno.txt").items():
         result.rows_read += 1
         result.records.append(Record("celebahq", mask / "CelebA-HQ-img" / name, name,
