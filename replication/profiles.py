@@ -142,7 +142,10 @@ def demo_inputs_help(prepared=None, checkpoint=None, bpe=None) -> str:
     intro = ("`python -m replication reproduce --profile demo` makes the demo's data and encoder (then runs the "
              "notebooks); step by step, in the demo's folders:" if not other else
              "Make the demo's data and encoder in the folders given:")
-    return "\n  ".join([intro] + steps)
+    # a path given that does not exist where the demo's own does is more likely a typo than a wish for new data
+    typos = [f"{path} does not exist, but the demo's {own[flag]} does: did you mean {flag} {own[flag]}?"
+             for flag, path in other.items() if not path.exists() and own[flag].exists()]
+    return "\n".join(typos + ["\n  ".join([intro] + steps)])
 
 
 def get_profile(name: str) -> Profile:

@@ -116,3 +116,16 @@ def test_cli_gives_the_exact_commands_that_make_the_demo_data(tmp_path, capsys, 
         f"  python -m replication demo-data --out {demo.raw_data}",
         "  " + prepare.format(tmp_path / "crops"),
         f"  python -m replication pretrain --prepared {tmp_path / 'crops'}"]
+
+
+def test_a_mistyped_demo_path_is_answered_with_the_demo_s_own(tmp_path, monkeypatch):
+    """A --prepared that does not exist, while the demo's own prepared folder does, is most likely a typo: the
+    help names the folder that exists before the commands that would make new data."""
+    own = tmp_path / "data" / "demo" / "prepared"
+    own.mkdir(parents=True)
+    monkeypatch.setitem(PROFILES, "demo", PROFILES["demo"].with_paths(prepared=own))
+    lines = demo_inputs_help(prepared=tmp_path / "data" / "demo" / "prepard").splitlines()
+    assert lines[:2] == [f"{tmp_path / 'data' / 'demo' / 'prepard'} does not exist, but the demo's {own} does: did "
+                         f"you mean --prepared {own}?", "Make the demo's data and encoder in the folders given:"]
+    (tmp_path / "elsewhere").mkdir()  # a folder that exists (empty) is the user's choice: no question
+    assert demo_inputs_help(prepared=tmp_path / "elsewhere").splitlines()[0].startswith("Make the demo's data")
