@@ -430,8 +430,8 @@ def evaluation_frame(cfg: TrainConfig) -> pd.DataFrame:
     wanted = {ds for t in cfg.tasks for ds in TEST_SETS[t]}
     frame = frame[frame["dataset"].isin(wanted)].reset_index(drop=True)
     if frame.empty:
-        raise ManifestError(f"{Path(cfg.prepared) / 'manifest.csv'}: no test rows of {sorted(wanted)}, the test sets "
-                         f"of {list(cfg.tasks)}")
+        raise ManifestError(f"{Path(cfg.prepared) / 'manifest.csv'}: no test rows of {sorted(wanted)}, the test "
+                            f"sets of {list(cfg.tasks)}")
     return frame
 
 

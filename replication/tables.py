@@ -102,9 +102,10 @@ def write(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> tuple[Path,
 
 # Tables counted on the PE-Core-L14-336 architecture (built on the meta device, no weights): their counts are
 # the full model's whatever the profile, which the demo label must not hide
+_COUNTED_ON_L14 = "The counts are of the PE-Core-L14-336 architecture (no weights needed), the same in every profile."
 _ARCHITECTURE_TABLES = {
-    "params": "The counts are of the PE-Core-L14-336 architecture (no weights needed), the same in every profile.",
-    "4.3": "The counts are of the PE-Core-L14-336 architecture (no weights needed), the same in every profile.",
+    "params": _COUNTED_ON_L14,
+    "4.3": _COUNTED_ON_L14,
     "4.14": "Params (M) and GFLOPs are of the PE-Core-L14-336 architecture (no weights needed), the same in "
             "every profile; only the average accuracy comes from this profile's runs."}
 
