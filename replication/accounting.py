@@ -238,14 +238,10 @@ def rows(config: str = "PE-Core-L14-336") -> list[dict]:
     r = [
         ("table4.3/text_encoder", clip["text"], "text tower + logit_scale (Meta's CLIP parameters minus visual)"),
         ("table4.3/visual_encoder", counts["ap", "single"][1] + single_log_variances,
-         f"the single-task age model's total as every thesis total is counted: vision tower "
-         f"({clip['vision']:,}) + BN deeper age head + {single_log_variances} uncertainty log-variance (every "
-         f"thesis total includes one per task; our single-task runs have none) = {counts['ap', 'single'][1]:,} + "
-         f"{single_log_variances}, as printed (the thesis's code creates three log-variances whatever the tasks, "
-         f"which would count 2 more). The vision tower alone is {clip['vision']:,}, which is what the thesis's own "
-         f"Total row adds up ({clip['total']:,} = text + tower). The thesis's own AP and FT4 percentages "
-         f"({thesis.PARAMS.value('ap', 'percent')} %, {thesis.PARAMS.value('ft4', 'percent')} %) are their "
-         f"trainable counts divided by this same figure"),
+         f"read as the single-task age model's total, counted as every thesis total is: vision tower "
+         f"({clip['vision']:,}, what the thesis's Total row adds up) + BN deeper age head + "
+         f"{single_log_variances} uncertainty log-variance; the thesis's AP and FT4 percentages divide by "
+         f"this same figure (README, Model accounting)"),
         ("table4.3/total", clip["total"], "vision tower + text tower + logit_scale"),
         ("s3.3/lp_trainable", counts["lp", "single"][0], "single-task age head, no BN: 1024*1024+1024 + 1024*9+9"),
         ("s3.3/lp_total", ap_multi,

@@ -37,6 +37,7 @@ from replication.thesis import DATASET_NAMES  # noqa: E402
 DATASET_FIGURES = {"2.8": "fairface", "2.9": "utkface", "2.10": "lagenda", "2.11": "rafdb",
                    "2.12": "vggface2", "2.13": "celebahq"}
 LOG_SCALE_AGE = {"vggface2"}
+AGE_BY_GENDER = {"lagenda"}  # §2.7.3: "gender balance within each [age] group, as illustrated in Figure 2.10"
 PROJECTIONS = {"pca": "PCA", "tsne": "t-SNE"}  # §4.8's 2-D maps, as the thesis names them
 
 
@@ -68,13 +69,17 @@ def _denormalise(x: torch.Tensor) -> np.ndarray:
 # --- §2.7 -----------------------------------------------------------------------------------
 
 def dataset_distribution(manifest: pd.DataFrame, fig_id: str, out_dir, profile: str) -> Path:
-    """Figs 2.8–2.13: one bar chart per labelled task of the dataset, bars coloured by split."""
+    """Figs 2.8–2.13: one bar chart per labelled task of the dataset, bars coloured by split; for LAGENDA
+    (AGE_BY_GENDER) also the age groups split by gender, which §2.7.3 says Fig. 2.10 illustrates."""
     dataset = DATASET_FIGURES[fig_id]
-    counts = class_counts(manifest[manifest["dataset"] == dataset])
+    rows = manifest[manifest["dataset"] == dataset]
+    counts = class_counts(rows)
     if counts.empty:
         raise ValueError(f"the manifest has no labelled rows of {dataset!r} (Fig. {fig_id})")
     tasks = [t for t in TASKS if (counts["task"] == t).any()]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    by_gender = dataset in AGE_BY_GENDER and {"age", "gender"} <= set(tasks)
+    panels = len(tasks) + by_gender
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         data = counts[counts["task"] == task]
         sns.barplot(data=data, x="class_name", y="count", hue="split", ax=ax,
@@ -83,8 +88,22 @@ def dataset_distribution(manifest: pd.DataFrame, fig_id: str, out_dir, profile: 
         ax.set(title=f"{DATASET_NAMES[dataset]}: {task}", xlabel="", ylabel="images")
         if task == "age" and dataset in LOG_SCALE_AGE:
             ax.set_yscale("log")
+            # plain numbers, and the ticks between the decades labelled too, so a bar of 70 reads as about 70
+            ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False,
+                                                                        minor_thresholds=(2, 0.5)))
         ax.tick_params(axis="x", rotation=45)
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title="split")  # beside the bars, not on them
+    if by_gender:
+        both = rows[(rows["age"] != MISSING) & (rows["gender"] != MISSING)]
+        data = pd.DataFrame({"age": [TASKS["age"][i] for i in both["age"]],
+                             "gender": [TASKS["gender"][i] for i in both["gender"]]})
+        ax = axes[0][-1]
+        sns.countplot(data=data, x="age", hue="gender", order=list(TASKS["age"]), hue_order=list(TASKS["gender"]),
+                      ax=ax)
+        ax.set(title=f"{DATASET_NAMES[dataset]}: age by gender (all splits)", xlabel="", ylabel="images")
+        ax.tick_params(axis="x", rotation=45)
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title="gender")
     fig.suptitle(f"Fig. {fig_id} — {DATASET_NAMES[dataset]} class distribution")
     fig.tight_layout()
     return save(fig, out_dir, fig_id, profile)
@@ -213,7 +232,7 @@ def feature_maps(panels: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[st
                         hue_order=[n for i, n in enumerate(names) if i in set(labels)],
                         palette=colours, linewidth=0)
         ax.set(title=panel_title, xticks=[], yticks=[])
-        ax.legend(fontsize=7, markerscale=0.8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        ax.legend(fontsize=7, markerscale=2, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"Fig. {fig_id} — {title}")
@@ -225,28 +244,29 @@ def feature_maps(panels: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[st
 
 @torch.no_grad()
 def example_predictions(model, prepared: str | Path, manifest: pd.DataFrame, datasets: Sequence[str], n: int,
-                        image_size: int, device: str = "cpu") -> list[tuple[Path, dict, dict]]:
-    """Fig. 5.1's examples: ``n`` test images of each dataset (sample_test_images), each with the multi-task
-    ``model``'s class per task and the true class of each task it is labelled for."""
+                        image_size: int, device: str = "cpu") -> list[tuple[Path, str, dict, dict]]:
+    """Fig. 5.1's examples: ``n`` test images of each dataset (sample_test_images), each as (path, dataset, the
+    multi-task ``model``'s class per task, the true class of each task it is labelled for)."""
     examples = []
     for dataset in datasets:
         rows, images = sample_test_images(prepared, manifest, dataset, n, image_size)
         predicted = {t: logits.argmax(-1).tolist() for t, logits in model(images.to(device)).items()}
         for i, row in rows.iterrows():
-            examples.append((Path(prepared) / row["path"], {t: TASKS[t][predicted[t][i]] for t in predicted},
+            examples.append((Path(prepared) / row["path"], dataset, {t: TASKS[t][predicted[t][i]] for t in predicted},
                              {t: TASKS[t][row[t]] for t in predicted if row[t] != MISSING}))
     return examples
 
 
-def prediction_examples(examples: Sequence[tuple[str | Path, Mapping[str, str], Mapping[str, str]]],
+def prediction_examples(examples: Sequence[tuple[str | Path, str, Mapping[str, str], Mapping[str, str]]],
                         out_dir, profile: str, columns: int = 4) -> Path:
-    """Fig 5.1: each (image path, predicted class per task, true class per task where labelled)."""
+    """Fig 5.1: each (image path, dataset, predicted class per task, true class per task where labelled)."""
     rows = -(-len(examples) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.9 * rows), squeeze=False)
-    for ax, (path, predicted, truth) in zip(axes.flat, examples):
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 4.1 * rows), squeeze=False)
+    for ax, (path, dataset, predicted, truth) in zip(axes.flat, examples):
         ax.imshow(Image.open(path).convert("RGB"))
-        lines = [f"{task}: {predicted[task]}" + (f" (true {truth[task]})" if task in truth else "")
-                 for task in TASKS if task in predicted]
+        lines = [f"{DATASET_NAMES[dataset]} test image"] + [
+            f"{task}: {predicted[task]}" + (f" (true {truth[task]})" if task in truth else "")
+            for task in TASKS if task in predicted]
         ax.set_title("\n".join(lines), fontsize=8)
     for ax in axes.flat:
         ax.axis("off")

@@ -189,7 +189,8 @@ def ready_demo(profile, log=print) -> None:
         _check(prepare.cli(["--data-root", str(profile.raw_data), "--out", str(profile.prepared),
                             "--detector", profile.detector, "--size", str(profile.image_size)]),
                "prepare")
-    pretrain.pretrain(profile.prepared, profile.checkpoint, profile.bpe, config=profile.model_config)
+    if not profile.checkpoint.exists():  # checked here too, so a notebook's set-up cell prints nothing when ready
+        pretrain.pretrain(profile.prepared, profile.checkpoint, profile.bpe, config=profile.model_config)
 
 
 def missing_full_inputs(profile) -> list[str]:

@@ -78,7 +78,8 @@ def _difference(published, ours) -> float:
 # --- writing -----------------------------------------------------------------------------------
 
 # tables the thesis gives in its text, not as numbered tables: id -> (heading, file name)
-_TEXT_TABLES = {"params": ("§3.3–3.6.1", "parameters_3_3-3_6_1"), "sizes": ("§2.7", "dataset_sizes_2_7")}
+_TEXT_TABLES = {"params": ("§3.3–3.6.1", "parameters_3_3-3_6_1"), "sizes": ("§2.7", "dataset_sizes_2_7"),
+                "conclusion": ("§5.1", "conclusion_5_1")}
 
 
 def filename(table_id: str) -> str:
@@ -107,7 +108,9 @@ _ARCHITECTURE_TABLES = {
     "params": _COUNTED_ON_L14,
     "4.3": _COUNTED_ON_L14,
     "4.14": "Params (M) and GFLOPs are of the PE-Core-L14-336 architecture (no weights needed), the same in "
-            "every profile; only the average accuracy comes from this profile's runs."}
+            "every profile; only the average accuracy comes from this profile's runs.",
+    "conclusion": "GFLOPs and % are of the PE-Core-L14-336 architecture (no weights needed), the same in every "
+                  "profile; only the average accuracies come from this profile's runs."}
 
 
 def markdown(df: pd.DataFrame, title: str = "") -> str:
@@ -350,6 +353,34 @@ def table_4_14(rows: Iterable[Mapping], scores_by_row: Mapping[str, Mapping[str,
              for row in thesis.TABLE_4_14.rows}
     notes.update({(row, "gflops"): by_id[key]["note"] for row, key in gflops.items()})  # how each was counted
     return compare(thesis.TABLE_4_14, value, profile, notes)
+
+
+# §5.1's figures: (row, column) -> the thesis table and (row, column) of the cell each repeats
+_CONCLUSION_SOURCES = {("zs", "avg_acc"): ("4.14", "zs", "avg_acc"), ("zs", "gflops"): ("4.14", "zs", "gflops"),
+                       ("dora", "avg_acc"): ("4.14", "dora_merged", "avg_acc"),
+                       ("dora", "gflops"): ("4.14", "dora_merged", "gflops"),
+                       ("dora", "percent"): ("params", "dora", "percent"),
+                       ("ft4", "percent"): ("params", "ft4", "percent")}
+
+
+def section_5_1(table_4_14: pd.DataFrame, params: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """§5.1's summary figures beside the replicated values of the cells they repeat (``table_4_14`` and
+    ``params`` are what table_4_14() and parameter_tables()["params"] return), each with the thesis's own
+    note on that cell."""
+    frames = {"4.14": table_4_14.set_index(["row", "column"]), "params": params.set_index(["row", "column"])}
+
+    def value(row, column):
+        if (row, column) not in _CONCLUSION_SOURCES:  # a cell §5.1 does not state (dropped below)
+            return None
+        table_id, source_row, source_column = _CONCLUSION_SOURCES[row, column]
+        ours = frames[table_id].at[(thesis.METHOD_NAMES[source_row], source_column), "replicated"]
+        return None if pd.isna(ours) else ours
+    notes = {cell: _join_notes(thesis.TABLES[table_id].cell_notes.get((source_row, source_column)),
+                               f"Replicated as {heading(table_id)}'s cell {thesis.METHOD_NAMES[source_row]} / "
+                               f"{display_name(source_column)}")
+             for cell, (table_id, source_row, source_column) in _CONCLUSION_SOURCES.items()}
+    df = compare(thesis.SECTION_5_1, value, profile, notes)
+    return df[df["thesis"].notna()].reset_index(drop=True)  # only the six figures §5.1 states
 
 
 # --- data (§3.1 Table 3.1, §3.2 Table 3.2) ---------------------------------------------------

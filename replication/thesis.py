@@ -1,15 +1,15 @@
 """Every number the thesis publishes in its tables, stored once, as data.
 
 Nothing here is computed: these are the thesis's own values, copied from the text
-(Tables 3.2, 4.1–4.16, the parameter figures of §3.3–3.6.1 and the balanced accuracies in the
-captions of Fig. 4.3; Fig. 4.2's are empty cells, as it prints none). `tests/test_thesis.py`
-re-reads each of them from the thesis text.
+(Tables 3.2, 4.1–4.16, the parameter figures of §3.3–3.6.1, the balanced accuracies in the
+captions of Fig. 4.3 (Fig. 4.2's are empty cells, as it prints none) and the figures §5.1 sums
+up). `tests/test_thesis.py` re-reads each of them from the thesis text.
 `replication.tables` puts them beside the replicated values.
 
 Row keys are method ids (``zs``, ``lp``, ``ap``, ``ft4``, ``lora``, ``dora``, ``mtlora``) or
 class/component names; column keys are ``<dataset>/<task>`` or metric names, so that a table
 builder can look up the replicated value of each cell. ``None`` marks a cell the thesis leaves
-empty ('-' not designed for the task, '...' unavailable).
+empty; Table 4.13 keeps its markers as printed ('-' not designed for the task, '...' unavailable).
 
 The thesis is not always self-consistent; the discrepancies are stored as notes on the cells
 they concern (``Table.cell_notes``; the values are never "fixed"), e.g. Table 4.2's "Global" 69.61
@@ -305,8 +305,20 @@ TABLE_4_16 = Table(
     ("age", "gender", "emotion"),
     {"lora": (63.45, 97.52, 90.44), "dora": (63.53, 97.49, 91.21)})
 
+# --- Chapter 5 --------------------------------------------------------------------------------
+
+# §5.1 sums chapter 4 up in its prose; each figure repeats a cell of Table 4.14 or of §3.3–3.6.1.
+SECTION_5_1 = Table(
+    "conclusion", "The figures the conclusion sums up", "§5.1",
+    ("avg_acc", "gflops", "percent"),
+    {"zs": (69.61, 699.76, None), "dora": (84.07, 352, 8.47), "ft4": (None, None, 20.13)},
+    notes=("§5.1 calls DoRA with LoRA+ 'LoRA' (the §4 opening); its 84.07 % overall average and 352 GFLOPs "
+           "are Table 4.14's merged-DoRA row (which §5.1 also rounds to ≈ 350 GFLOPs for every adapted "
+           "model), its 8.47 % of trainable parameters against FT4's 20.13 % are §3.6's and §3.5's.",),
+    cell_notes={("dora", "gflops"): "352 is Table 4.14's 352.18, rounded."})
+
 TABLES: dict[str, Table] = {t.id: t for t in (
     SECTION_2_7, TABLE_3_1, TABLE_3_2_AGE, TABLE_3_2_GENDER, TABLE_3_2_EMOTION, TABLE_3_2_TASKS, PARAMS,
     TABLE_4_1, TABLE_4_2, TABLE_4_3, TABLE_4_4, TABLE_4_5, TABLE_4_6, TABLE_4_7, TABLE_4_8,
     TABLE_4_9, TABLE_4_10, TABLE_4_11, TABLE_4_12, TABLE_4_13, TABLE_4_14, FIG_4_2, FIG_4_3,
-    TABLE_4_15, TABLE_4_16)}
+    TABLE_4_15, TABLE_4_16, SECTION_5_1)}

@@ -57,7 +57,7 @@ def test_learned_variances_confusion_and_predictions(tmp_path):
                                              "4.2", "emotion on RAF-DB", tmp_path, "full"))
     crop = tmp_path / "c.jpg"
     Image.new("RGB", (64, 64), "gray").save(crop)
-    ex = [(crop, {"age": "20-29", "gender": "male"}, {"age": "30-39"})] * 3
+    ex = [(crop, "utkface", {"age": "20-29", "gender": "male"}, {"age": "30-39"})] * 3
     assert is_png(figures.prediction_examples(ex, tmp_path, "demo", columns=2))
 
 
@@ -157,6 +157,31 @@ def test_class_distribution_legend_is_beside_the_bars(tmp_path, monkeypatch):
     plt.close(fig)
 
 
+def test_lagenda_figure_shows_gender_within_each_age_group(tmp_path, monkeypatch):
+    """§2.7.3: LAGENDA's 'gender balance within each group, as illustrated in Figure 2.10': a panel counts each
+    age group's males and females; VGGFace2's log-scale age axis labels the values between its decades."""
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, *args: drawn.append(fig))
+    manifest = pd.DataFrame({"path": "x.jpg", "dataset": "lagenda", "split": ["train"] * 5 + ["val"],
+                             "age": [0, 0, 0, 3, 3, 8], "gender": [0, 1, 1, 0, MISSING, 1], "emotion": MISSING})
+    figures.dataset_distribution(manifest, "2.10", tmp_path, "demo")
+    ax = drawn[0].axes[-1]
+    assert ax.get_title() == "LAGENDA: age by gender (all splits)"
+    genders = [t.get_text() for t in ax.get_legend().get_texts()]  # one bar container per gender, in this order
+    heights = {(g, round(b.get_x() + b.get_width() / 2)): b.get_height()
+               for g, c in zip(genders, ax.containers) for b in c}
+    assert {k: v for k, v in heights.items() if v > 0} == {("male", 0): 1, ("female", 0): 2, ("male", 3): 1,
+                                                           ("female", 8): 1}
+    plt.close(drawn[0])
+    vgg = manifest.assign(dataset="vggface2", split="test", age=[0] * 2 + [1] * 4)
+    figures.dataset_distribution(vgg, "2.12", tmp_path, "demo")
+    age = drawn[1].axes[0]
+    assert age.get_yscale() == "log" and len(drawn[1].axes) == 2  # no age-by-gender panel beyond LAGENDA
+    drawn[1].canvas.draw()
+    assert any(t.get_text() for t in age.yaxis.get_minorticklabels())
+    plt.close(drawn[1])
+
+
 def test_example_predictions_name_each_tasks_class_and_the_true_one_where_labelled(tmp_path):
     """Fig. 5.1's examples: the class names of the model's argmax per task, and the true class only of the
     tasks an image is labelled for (a RAF-DB test image has no age)."""
@@ -175,6 +200,7 @@ def test_example_predictions_name_each_tasks_class_and_the_true_one_where_labell
 
     examples = figures.example_predictions(model, tmp_path, manifest, ["rafdb"], 2, 16)
     predicted = {"age": TASKS["age"][3], "gender": TASKS["gender"][0], "emotion": TASKS["emotion"][4]}
-    assert sorted((p.name, pred, truth["emotion"], "gender" in truth) for p, pred, truth in examples) == [
-        ("0.jpg", predicted, TASKS["emotion"][2], True), ("1.jpg", predicted, TASKS["emotion"][5], False)]
-    assert all("age" not in truth for _, _, truth in examples)
+    assert sorted((p.name, ds, pred, truth["emotion"], "gender" in truth) for p, ds, pred, truth in examples) == [
+        ("0.jpg", "rafdb", predicted, TASKS["emotion"][2], True),
+        ("1.jpg", "rafdb", predicted, TASKS["emotion"][5], False)]
+    assert all("age" not in truth for _, _, _, truth in examples)

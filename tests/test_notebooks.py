@@ -32,7 +32,7 @@ EXPECTED = {
     "04_5_sota_efficiency": (["table_4_13", "table_4_14"], []),
     "04_7_balanced_accuracy": (["figure_4_2", "figure_4_3", "table_4_15", "table_4_16"], ["4_2", "4_3"]),
     "04_8_tsne_pca": ([], ["4_4", "4_5", "4_6"]),
-    "05_conclusion": ([], ["5_1"]),
+    "05_conclusion": (["conclusion_5_1"], ["5_1"]),
 }
 REQUIRED = ["thesis", "replicated", "difference", "profile", "label"]
 
@@ -109,6 +109,7 @@ def test_notebook_writes_its_tables_and_figures(executed, name):
              and o["data"]["text/markdown"].startswith("# ")]
     assert len(shown) == len(table_names) and all(t.splitlines()[2].startswith(f"**{DEMO_LABEL}**") for t in shown)
     assert not [o["text"] for o in outputs if o.get("name") == "stderr" and "Warning" in o["text"]]
+    assert not [o["text"] for o in outputs if "nothing to do" in o.get("text", "")]  # set-up is silent when ready
 
 
 def test_replicated_values_are_filled(executed):

@@ -296,6 +296,29 @@ def test_architecture_counts_say_the_demo_label_does_not_cover_them():
     assert "architecture" not in tables.markdown(tables.table_4_14(rows, {}, "full"))
 
 
+def test_section_5_1_repeats_the_replicated_cells_its_figures_come_from():
+    """§5.1's six figures beside the replicated values of the Table 4.14 and §3.3-3.6.1 cells they repeat (and
+    with those cells' thesis notes); cells §5.1 does not state are not rows."""
+    p = predictions()
+    zs, dora = tables.scores(p), tables.scores(p[p.index % 3 > 0])
+    accounting = [dict(r, replicated=r["replicated"] + 1) for r in ACCOUNTING]  # so a wrong source shows
+    t414 = tables.table_4_14(accounting, {"zs": zs, "dora": dora}, "demo")
+    params = tables.parameter_tables(accounting, "demo")["params"]
+    df = tables.section_5_1(t414, params, "demo").set_index(["row", "column"])
+    assert list(df.index) == [("ZS", "avg_acc"), ("ZS", "gflops"), ("DoRA", "avg_acc"), ("DoRA", "gflops"),
+                              ("DoRA", "percent"), ("FT4", "percent")]
+    assert df.at[("ZS", "avg_acc"), "replicated"] == pytest.approx(zs["overall"])
+    assert df.at[("DoRA", "avg_acc"), "replicated"] == pytest.approx(dora["overall"])
+    assert df.at[("ZS", "gflops"), "replicated"] == 699.76 + 1
+    assert df.at[("DoRA", "gflops"), "replicated"] == 352.18 + 1
+    ft4 = [r for r in accounting if r["figure"].startswith("s3.5/ft4")]
+    assert df.at[("FT4", "percent"), "replicated"] == pytest.approx(100 * ft4[0]["replicated"] / ft4[1]["replicated"])
+    assert df.at[("FT4", "percent"), "note"].startswith("20.13% is 64,040,969 / 318,212,106")
+    assert df.at[("DoRA", "gflops"), "note"] == ("352 is Table 4.14's 352.18, rounded. Replicated as Table 4.14's "
+                                                 "cell DoRA (merged) / GFLOPs.")
+    assert tables.heading("conclusion") == "§5.1"
+
+
 def test_headings_name_tables_as_the_thesis_does():
     assert [tables.heading(t) for t in ("4.5", "3.2/age", "3.2a", "fig4.3", "params", "sizes")] == [
         "Table 4.5", "Table 3.2 (age)", "Table 3.2a", "Fig. 4.3", "§3.3–3.6.1", "§2.7"]

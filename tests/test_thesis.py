@@ -127,7 +127,7 @@ def test_table_3_1_matches_text(text):
 
 
 def test_every_table_is_checked():
-    assert set(thesis.TABLES) == set(ANCHORS) | {"params", "fig4.2", "fig4.3", "3.1", "sizes"}
+    assert set(thesis.TABLES) == set(ANCHORS) | {"params", "fig4.2", "fig4.3", "3.1", "sizes", "conclusion"}
 
 
 def test_literature_rows_are_cited_and_ours_are_not():
@@ -195,6 +195,13 @@ def derived_cells() -> dict:
             out["4.13", method, column] = [(MULTI_TASK[column.split("/")[1]], method, column)]
         for dataset in ("fairface", "utkface"):
             out["fig4.3", f"{method}/{dataset}", "accuracy"] = [("4.9", method, f"{dataset}/age")]
+    # §5.1 repeats cells of Tables 4.3 and 4.14 and of §3.3-3.6.1
+    out["conclusion", "zs", "avg_acc"] = [("4.14", "zs", "avg_acc")]
+    out["conclusion", "zs", "gflops"] = [("4.3", "gflops", "value")]
+    out["conclusion", "dora", "avg_acc"] = [("4.14", "dora_merged", "avg_acc")]
+    out["conclusion", "dora", "gflops"] = [("4.14", "dora_merged", "gflops")]
+    out["conclusion", "dora", "percent"] = [("params", "dora", "percent")]
+    out["conclusion", "ft4", "percent"] = [("params", "ft4", "percent")]
     return out
 
 
@@ -237,3 +244,35 @@ def test_section_2_7_sizes_are_the_texts(text):
         expected = 3.31e6 if "million" in phrase else int(number.replace(",", ""))
         assert thesis.SECTION_2_7.value(dataset, "images") == expected, dataset
     assert set(thesis.SECTION_2_7.rows) == set(stated)
+
+
+def test_the_encoder_configs_are_table_2_1s(text):
+    """Table 2.1 (Meta's B, L and G scales): width, depth, MLP, heads of both towers, the CLIP dimension and the
+    text context, read from the thesis, are those the encoder is built from (L is the thesis's model, §2.3)."""
+    from replication.config import get_config
+
+    lines = block(text, "CLIP Dim\tContext\n", "Table 2.1:").strip().splitlines()
+    configs = {"B": "PE-Core-B16-224", "L": "PE-Core-L14-336", "G": "PE-Core-G14-448"}
+    for vision_line, text_line in zip(lines[::2], lines[1::2]):
+        scale, _, _, *vision = vision_line.split("\t")
+        width, depth, mlp, heads, clip_dim, context = map(int, vision)
+        cfg = get_config(configs[scale])
+        v, t = cfg.vision, cfg.text
+        assert (v.width, v.layers, v.mlp_dim, v.heads, v.output_dim, t.context_length) == (
+            width, depth, mlp, heads, clip_dim, context), scale
+        assert (t.width, t.layers, t.mlp_dim, t.heads, t.output_dim) == (
+            *map(int, text_line.split("\t")[3:7]), clip_dim), scale
+    assert [line.split("\t")[0] for line in lines[::2]] == ["B", "L", "G"]
+
+
+def test_section_5_1_figures_are_the_texts(text):
+    """§5.1 states its figures in prose: each stored value is read back from its sentence."""
+    section = block(text, "5.1 Analysis of findings\n", "5.2 Future works")
+    for phrase in ("modest capability (69.61% overall average)", "from 699.76 GFLOPs to \\approx 350 GFLOPs",
+                   "highest overall average accuracy (84.07%)", "computationally efficient (352 GFLOPs)",
+                   "(8.47% vs. 20.13%)"):
+        assert phrase in section, phrase
+    stored = {(r, c): v for r, values in thesis.SECTION_5_1.rows.items()
+              for c, v in zip(thesis.SECTION_5_1.columns, values) if v is not None}
+    assert stored == {("zs", "avg_acc"): 69.61, ("zs", "gflops"): 699.76, ("dora", "avg_acc"): 84.07,
+                      ("dora", "gflops"): 352, ("dora", "percent"): 8.47, ("ft4", "percent"): 20.13}
