@@ -91,12 +91,14 @@ def filename(table_id: str) -> str:
 
 
 def write(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> tuple[Path, Path]:
-    """Write ``df`` to <out_dir>/<name>.csv and .md atomically; returns both paths."""
+    """Write ``df`` to <out_dir>/<name>.csv and .md atomically; returns both paths. The CSV names its table as
+    the thesis does ('Table 4.10': the bare id 4.10 would be read back as the number 4.1)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / filename(df["table"].iloc[0])
+    table_id = df["table"].iloc[0]
+    stem = out_dir / filename(table_id)
     paths = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    _atomic_write(paths[0], df.map(_csv_number).to_csv(index=False))
+    _atomic_write(paths[0], df.assign(table=heading(table_id)).map(_csv_number).to_csv(index=False))
     _atomic_write(paths[1], markdown(df, title))
     return paths
 

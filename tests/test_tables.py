@@ -231,7 +231,9 @@ def test_write_is_atomic_and_labelled(tmp_path):
     csv, md = tables.write(df, tmp_path, "Table 4.4")
     assert csv.name == "table_4_4.csv" and md.name == "table_4_4.md"
     back = pd.read_csv(csv)
-    assert REQUIRED <= set(back.columns) and (back.label == DEMO_LABEL).all()
+    assert REQUIRED <= set(back.columns) and (back.label == DEMO_LABEL).all() and (back.table == "Table 4.4").all()
+    assert (pd.read_csv(tables.write(tables.accuracy_table("4.10", {}, "demo"), tmp_path)[0]).table
+            == "Table 4.10").all()  # not the number 4.1
     text = md.read_text()
     assert DEMO_LABEL in text.splitlines()[2]
     assert "| DoRA | RAF-DB Emotion | 90.83 |" in text
