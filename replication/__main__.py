@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: python -m replication <command> [options]\n\ncommands:\n" + "\n".join(lines))
+        print("usage: python -m replication <command> [options]\n\ncommands:\n" + "\n".join(lines)
+              + "\n\n`python -m replication <command> --help` gives the command's options.")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
             return 2

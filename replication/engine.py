@@ -749,10 +749,14 @@ def _same_run(cfg: TrainConfig, new: dict) -> bool:
     diff = {k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k)
             and not _moved_with_the_runs(old, new, k)}
     if diff:
-        raise ValueError(f"{cfg.run_dir} holds a run with a different config ({sorted(diff)}); remove that "
+        raise RunFolderError(f"{cfg.run_dir} holds a run with a different config ({sorted(diff)}); remove that "
                          f"folder, or write this run elsewhere: another --runs-dir (train and reproduce) or "
                          f"--run-name (train)")
     return True
+
+
+class RunFolderError(ValueError):
+    """The run's folder holds a run with other settings; the message says how to keep both."""
 
 
 def _moved_with_the_runs(old: dict, new: dict, key: str) -> bool:
@@ -924,11 +928,21 @@ def cli(argv: list[str] | None = None) -> int:
     """``python -m replication train ...`` (see parse_config): one run, then its §4 average test accuracy per
     task (and over the three tasks when it learns all three)."""
     cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    finished = (cfg.run_dir / "DONE").exists()
     try:
         folder = run(cfg)
-    except (MissingInputError, ManifestError) as err:  # the user's to fix, not a bug: the message, no traceback
+    except (MissingInputError, ManifestError, RunFolderError) as err:  # the user's to fix, not a bug: no traceback
         print(f"train: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: say how to go on rather than print a traceback
+        again = ("runs it again (the zero-shot baseline trains nothing)" if cfg.method == "zero_shot" else
+                 f"resumes {cfg.run_dir} from its last checkpoint (last.pt, written every {cfg.checkpoint_every} "
+                 f"steps and at each epoch's end)")
+        print(f"\ntrain: interrupted; the same command {again}", file=sys.stderr)
+        return 130
+    if finished:
+        print(f"train: {folder} was already finished: its test results are read back, nothing was trained",
+              file=sys.stderr)
     if int(os.environ.get("RANK", "0")) == 0:
         results = load_run(folder).results
         print(json.dumps({"run": str(folder),

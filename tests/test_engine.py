@@ -250,7 +250,36 @@ def test_train_command_prints_the_average_accuracy_of_a_single_task_run(prepared
     (cfg.run_dir / "DONE").write_text("")
     monkeypatch.setattr(engine, "Trainer", None)
     assert engine.cli(argv) == 0
-    assert json.loads(capsys.readouterr().out) == {"run": str(cfg.run_dir), "average_accuracy": {"gender": 0.75}}
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"run": str(cfg.run_dir), "average_accuracy": {"gender": 0.75}}
+    assert err == f"train: {cfg.run_dir} was already finished: its test results are read back, nothing was trained\n"
+    # the same folder asked for with another setting: one line saying how to keep both, no traceback
+    assert engine.cli(argv + ["--max-epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"train: error: {cfg.run_dir} holds a run with a different config (['max_epochs'])")
+    assert len(err.splitlines()) == 1
+
+
+def test_the_entry_point_lists_its_commands_and_names_an_unknown_one(capsys):
+    from replication.__main__ import COMMANDS, main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name}" in out for name in COMMANDS)
+    assert out.rstrip().endswith("`python -m replication <command> --help` gives the command's options.")
+    assert main(["trian"]) == 2 and capsys.readouterr().err.strip() == "unknown command 'trian'"
+
+
+def test_an_interrupted_train_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(engine, "run", interrupted)
+    argv = ["--method", "lp", "--tasks", "gender", "--runs-dir", str(tmp_path), "--checkpoint", "",
+            "--checkpoint-every", "50"]
+    assert engine.cli(argv) == 130
+    folder = engine.parse_config(argv).run_dir
+    assert capsys.readouterr().err == (f"\ntrain: interrupted; the same command resumes {folder} from its last "
+                                       "checkpoint (last.pt, written every 50 steps and at each epoch's end)\n")
 
 
 def test_uw_log_variances_stay_out_of_weight_decay(prepared, tmp_path):
