@@ -279,7 +279,7 @@ def read_rafdb_list(list_file: Path, image_dir: Path, result: ReadResult,
             g = read_rafdb_manual_gender(attr) if attr.is_file() else None
             if not attr.is_file():
                 result.notes["gender_annotation_missing"].append(name)
-            elif g is None:
+            elif g is None:  # the file is there, its line 6 is not a gender code
                 result.notes["gender_annotation_malformed"].append(f"{attr}: line 6 is not 0, 1 or 2")
             elif g == 2:
                 result.notes["gender_unsure"].append(name)
