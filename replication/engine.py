@@ -738,6 +738,10 @@ def _image_size(cfg: TrainConfig) -> int:
 
 
 # --- runs ---------------------------------------------------------------------------------------------
+class RunFolderError(ValueError):
+    """The run's folder holds a run with other settings; the message says how to keep both."""
+
+
 def _same_run(cfg: TrainConfig, new: dict) -> bool:
     """True if the run folder exists with config.json ``new`` (_config_dict); raises if it holds a different run."""
     path = cfg.run_dir / "config.json"
@@ -750,13 +754,9 @@ def _same_run(cfg: TrainConfig, new: dict) -> bool:
             and not _moved_with_the_runs(old, new, k)}
     if diff:
         raise RunFolderError(f"{cfg.run_dir} holds a run with a different config ({sorted(diff)}); remove that "
-                         f"folder, or write this run elsewhere: another --runs-dir (train and reproduce) or "
-                         f"--run-name (train)")
+                             f"folder, or write this run elsewhere: another --runs-dir (train and reproduce) or "
+                             f"--run-name (train)")
     return True
-
-
-class RunFolderError(ValueError):
-    """The run's folder holds a run with other settings; the message says how to keep both."""
 
 
 def _moved_with_the_runs(old: dict, new: dict, key: str) -> bool:
@@ -940,10 +940,10 @@ def cli(argv: list[str] | None = None) -> int:
                  f"steps and at each epoch's end)")
         print(f"\ntrain: interrupted; the same command {again}", file=sys.stderr)
         return 130
-    if finished:
-        print(f"train: {folder} was already finished: its test results are read back, nothing was trained",
-              file=sys.stderr)
     if int(os.environ.get("RANK", "0")) == 0:
+        if finished:
+            print(f"train: {folder} was already finished: its test results are read back, nothing was trained",
+                  file=sys.stderr)
         results = load_run(folder).results
         print(json.dumps({"run": str(folder),
                           "average_accuracy": {t: r["average_accuracy"] for t, r in results["tasks"].items()},

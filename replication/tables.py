@@ -105,14 +105,12 @@ def write(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> tuple[Path,
 
 # Tables counted on the PE-Core-L14-336 architecture (built on the meta device, no weights): their counts are
 # the full model's whatever the profile, which the demo label must not hide
-_COUNTED_ON_L14 = "The counts are of the PE-Core-L14-336 architecture (no weights needed), the same in every profile."
+_L14 = "of the PE-Core-L14-336 architecture (no weights needed), the same in every profile"
 _ARCHITECTURE_TABLES = {
-    "params": _COUNTED_ON_L14,
-    "4.3": _COUNTED_ON_L14,
-    "4.14": "Params (M) and GFLOPs are of the PE-Core-L14-336 architecture (no weights needed), the same in "
-            "every profile; only the average accuracy comes from this profile's runs.",
-    "conclusion": "GFLOPs and % are of the PE-Core-L14-336 architecture (no weights needed), the same in every "
-                  "profile; only the average accuracies come from this profile's runs."}
+    "params": f"The counts are {_L14}.",
+    "4.3": f"The counts are {_L14}.",
+    "4.14": f"Params (M) and GFLOPs are {_L14}; only the average accuracy comes from this profile's runs.",
+    "conclusion": f"GFLOPs and % are {_L14}; only the average accuracies come from this profile's runs."}
 
 
 def markdown(df: pd.DataFrame, title: str = "") -> str:
