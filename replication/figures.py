@@ -68,14 +68,23 @@ def _denormalise(x: torch.Tensor) -> np.ndarray:
 
 # --- §2.7 -----------------------------------------------------------------------------------
 
-def dataset_distribution(manifest: pd.DataFrame, fig_id: str, out_dir, profile: str) -> Path:
+def dataset_distribution(manifest: pd.DataFrame, fig_id: str, out_dir, profile: str,
+                         report: Mapping | None = None) -> Path:
     """Figs 2.8–2.13: one bar chart per labelled task of the dataset, bars coloured by split; for LAGENDA
-    (AGE_BY_GENDER) also the age groups split by gender, which §2.7.3 says Fig. 2.10 illustrates."""
+    (AGE_BY_GENDER) also the age groups split by gender, which §2.7.3 says Fig. 2.10 illustrates.
+
+    ``report`` (prepare's report.json) adds the records Table 3.1 does not use as one more split, e.g.
+    CelebA-HQ's official val folder: probably the 'Test Set' of the thesis's Fig. 2.13b."""
     dataset = DATASET_FIGURES[fig_id]
     rows = manifest[manifest["dataset"] == dataset]
     counts = class_counts(rows)
     if counts.empty:
         raise ValueError(f"the manifest has no labelled rows of {dataset!r} (Fig. {fig_id})")
+    unused = pd.DataFrame((report or {}).get("datasets", {}).get(dataset, {}).get("not_used_class_counts", []))
+    if not unused.empty:
+        counts = pd.concat([counts, unused.assign(split="released " + unused["split"] + " (unused)")])
+    splits = [s for s in ("train", "val", "test") if s in set(counts["split"])]
+    splits += sorted(set(counts["split"]) - set(splits))
     tasks = [t for t in TASKS if (counts["task"] == t).any()]
     by_gender = dataset in AGE_BY_GENDER and {"age", "gender"} <= set(tasks)
     panels = len(tasks) + by_gender
@@ -83,8 +92,7 @@ def dataset_distribution(manifest: pd.DataFrame, fig_id: str, out_dir, profile: 
     for ax, task in zip(axes[0], tasks):
         data = counts[counts["task"] == task]
         sns.barplot(data=data, x="class_name", y="count", hue="split", ax=ax,
-                    order=list(TASKS[task]),
-                    hue_order=[s for s in ("train", "val", "test") if s in set(data["split"])])
+                    order=list(TASKS[task]), hue_order=[s for s in splits if s in set(data["split"])])
         ax.set(title=f"{DATASET_NAMES[dataset]}: {task}", xlabel="", ylabel="images")
         if task == "age" and dataset in LOG_SCALE_AGE:
             ax.set_yscale("log")

@@ -16,7 +16,6 @@ parameter and GFLOPs figures of §3.3–3.6.1, Tables 4.3 and 4.14). No result n
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from replication import metrics, sampling, thesis
-from replication.data import training_distribution
+from replication.data import read_report, training_distribution
 from replication.labels import AVERAGE_EXCLUDES, MISSING, TASKS, TEST_SETS
 from replication.profiles import DEMO_LABEL
 
@@ -388,7 +387,7 @@ def section_5_1(table_4_14: pd.DataFrame, params: pd.DataFrame, profile: str) ->
 def dataset_sizes(prepared: str | Path, profile: str) -> pd.DataFrame:
     """§2.7's dataset sizes beside the records `prepare` read from each dataset's files (report.json's
     rows_read, before any was skipped); a dataset absent from the raw data has no value."""
-    report = json.loads((Path(prepared) / "report.json").read_text())["datasets"]
+    report = read_report(prepared)["datasets"]
     return compare(thesis.SECTION_2_7, lambda row, column: report[row]["rows_read"] if row in report else None,
                    profile)
 

@@ -43,6 +43,18 @@ def test_demo_bad_inputs_are_counted_by_name(demo_run):
     assert len(_listed(report, "utkface", "grayscale_converted", "notes")) == 1
     assert _listed(report, "celebahq", "alpha_dropped", "notes")[0].endswith(".png")
     assert report["datasets"]["celebahq"]["skipped"]["not_used_by_table_3_1 (val)"]["count"] == 12
+
+
+def test_the_unused_celebahq_val_folder_is_counted_by_class_for_fig_2_13b(demo_run):
+    raw, _, report, _ = demo_run
+    val = raw / "celebahq" / "celeba_hq" / "val"
+    files = {g: len(list((val / g).iterdir())) for g in ("male", "female")}
+    counts = report["datasets"]["celebahq"]["not_used_class_counts"]
+    assert {(c["split"], c["task"], c["class_name"]): c["count"] for c in counts} == {
+        ("val", "gender", g): n for g, n in files.items()}
+    assert sum(files.values()) == 12 and min(files.values()) > 0
+    # datasets whose every record is in Table 3.1 have none
+    assert all(report["datasets"][d]["not_used_class_counts"] == [] for d in report["datasets"] if d != "celebahq")
     assert report["datasets"]["lagenda"]["skipped"]["no_face_box"]["count"] == 1
     assert report["datasets"]["lagenda"]["skipped"]["missing_file"]["count"] >= 1
     assert _listed(report, "vggface2", "unknown_identity")[0].startswith("n000001/")

@@ -204,3 +204,25 @@ def test_example_predictions_name_each_tasks_class_and_the_true_one_where_labell
         ("0.jpg", "rafdb", predicted, TASKS["emotion"][2], True),
         ("1.jpg", "rafdb", predicted, TASKS["emotion"][5], False)]
     assert all("age" not in truth for _, _, _, truth in examples)
+
+
+def test_celebahq_figure_adds_the_released_val_folder_from_the_report(tmp_path, monkeypatch):
+    """Fig. 2.13b draws a CelebA-HQ 'Test Set' the manifest lacks (Table 3.1 does not use it): prepare's report
+    counts its classes, and the figure draws them as one more split."""
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, *args: drawn.append(fig))
+    manifest = pd.DataFrame({"path": "x.jpg", "dataset": "celebahq", "split": ["train"] * 3 + ["val"],
+                             "age": MISSING, "gender": [0, 1, 1, 0], "emotion": MISSING})
+    report = {"datasets": {"celebahq": {"not_used_class_counts": [
+        {"split": "val", "task": "gender", "class_id": 0, "class_name": "male", "count": 5, "percent": 62.5},
+        {"split": "val", "task": "gender", "class_id": 1, "class_name": "female", "count": 3, "percent": 37.5}]}}}
+    figures.dataset_distribution(manifest, "2.13", tmp_path, "demo", report=report)
+    [ax] = drawn[0].axes
+    splits = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert splits == ["train", "val", "released val (unused)"]
+    heights = {s: [b.get_height() for b in c] for s, c in zip(splits, ax.containers)}
+    assert heights == {"train": [1, 2], "val": [1, 0], "released val (unused)": [5, 3]}
+    plt.close(drawn[0])
+    figures.dataset_distribution(manifest, "2.13", tmp_path, "demo")  # without a report: the manifest's splits
+    assert [t.get_text() for t in drawn[1].axes[0].get_legend().get_texts()] == ["train", "val"]
+    plt.close(drawn[1])

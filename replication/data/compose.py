@@ -31,6 +31,7 @@ TRAIN_FRACTION = 0.8
 @dataclass
 class Composition:
     rows: list[tuple[Record, str]] = field(default_factory=list)  # (record, train|val|test)
+    unused: list[Record] = field(default_factory=list)  # outside Table 3.1, kept for their class counts (Fig. 2.13b)
     removed: dict[str, dict[str, list[str]]] = field(  # dataset -> reason -> names
         default_factory=lambda: defaultdict(lambda: defaultdict(list)))
 
@@ -56,6 +57,7 @@ def compose(records: list[Record], seed: int = 0) -> Composition:
         if source in TEST_SOURCES:
             out.rows.append((r, "test"))
         elif source not in TRAIN_SOURCES:
+            out.unused.append(r)
             out.removed[r.dataset][f"not_used_by_table_3_1 ({r.split})"].append(r.name)
         elif r.dataset == "rafdb" and r.gender == MISSING:
             out.removed[r.dataset]["train_gender_unsure_or_missing"].append(r.name)

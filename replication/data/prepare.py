@@ -43,6 +43,7 @@ from .compose import compose, training_totals
 from .faces import (DetectorFilesError, ImageError, SSDFaceDetector, load_rgb, locate_ssd_files, resize,
                     save_jpeg, square_crop)
 from .readers import READERS, Record, box_has_area
+from .stats import class_counts, records_frame
 
 BOXED = ("lagenda", "rafdb", "vggface2")  # datasets that can ship face boxes
 NO_FACE_FALLBACK = ("fairface",)  # keep the whole image when the SSD finds no face
@@ -265,6 +266,8 @@ def _dataset_report(result, mode: str, outcome: dict, composition, manifest: pd.
         skipped[reason] += names
     counts = manifest[manifest.dataset == d].split.value_counts()
     in_manifest = {s: int(counts.get(s, 0)) for s in ("train", "val", "test")}
+    # Fig. 2.13b draws CelebA-HQ's official val folder, which Table 3.1 leaves out of the manifest
+    unused = class_counts(records_frame(r for r in composition.unused if r.dataset == d))
     n_skipped = sum(len(v) for v in skipped.values())
     if result.rows_read != sum(in_manifest.values()) + n_skipped:  # the "never silently drop" rule
         raise AssertionError(f"{d}: {result.rows_read} rows read but {sum(in_manifest.values())} "
@@ -277,10 +280,20 @@ def _dataset_report(result, mode: str, outcome: dict, composition, manifest: pd.
         "faces_not_found": len(skipped.get("no_face", [])) + len(notes.get("no_face_fallback", [])),
         "fallback_used": len(notes.get("no_face_fallback", [])),
         "manifest": in_manifest,
+        "not_used_class_counts": unused.drop(columns="dataset").to_dict("records"),
     }
 
 
 # ---------------------------------------------------------------- reading the result back
+
+def read_report(prepared: str | Path) -> dict:
+    """``report.json`` of a prepared folder: per dataset, rows read, skips by reason, class counts of
+    the records Table 3.1 does not use."""
+    path = Path(prepared) / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: `python -m replication prepare --out {prepared}` writes it")
+    return json.loads(path.read_text())
+
 
 class ManifestError(ValueError):
     """A value of manifest.csv is not what prepare writes; the message names the row and what was expected."""

@@ -1,7 +1,7 @@
 """Class counts per dataset and split: the distribution figures 2.8-2.13 and Table 3.2's
 "Samples" / "%" columns (thesis §2.7, §3.2). Works on a manifest (``read_manifest``) or on
-reader records (``records_frame``, e.g. for CelebA-HQ's official val folder of Fig. 2.13b,
-which Table 3.1 does not use and the manifest therefore lacks).
+reader records (``records_frame``: ``prepare`` counts CelebA-HQ's official val folder this way for
+Fig. 2.13b, since Table 3.1 does not use it and the manifest therefore lacks it).
 """
 from __future__ import annotations
 
