@@ -42,7 +42,7 @@ ALL_TASKS = tuple(TASKS)
 SINGLE_TASK = ("age",)  # the §3.3–3.5 trainable counts are those of the age model (9 classes)
 N_PROMPTS = sum(NUM_CLASSES.values())  # 18 zero-shot prompts (§4.2): 9 age + 2 gender + 7 emotion
 
-# The thesis numbers compared against. They live in replication.thesis (engineer E's single store);
+# The thesis numbers compared against. They live in replication.thesis (the one store of published numbers);
 # this dict only maps the `counts` figure IDs onto it.
 THESIS_FIGURES: dict[str, float] = {
     "table4.3/text_encoder": thesis.TABLE_4_3.value("text_encoder", "value"),

@@ -726,7 +726,7 @@ def format_plan(plan: dict) -> str:
 def run_images(tasks: tuple[str, ...]) -> dict:
     """Images one run of `tasks` handles on the thesis's data (Table 3.2a): training draws per epoch (§3.2
     balanced sampling draws as many as there are labelled images; multi-task adds §3.7.2 emotion
-    replication), the distinct training images, and the validation images (§3.1: an 80-20 split of each
+    replication), the distinct training images, and the validation images (§2.7: an 80-20 split of each
     training set, so a quarter of the training images)."""
     labelled = TABLE_3_2_TASKS.value("total" if len(tasks) > 1 else tasks[0], "samples")
     draws = thesis_epoch_images() if len(tasks) > 1 else labelled

@@ -1,6 +1,6 @@
 """Loading and saving PE-Core weights: Meta's official layout and timm's `vit_pe_core_*` layout.
 
-Meta's `PE-Core-*.pt` (Hugging Face `facebook/<name>`, file `<name>.pt`, docs §6) holds the whole CLIP:
+Meta's `PE-Core-*.pt` (Hugging Face `facebook/<name>`, file `<name>.pt`) holds the whole CLIP:
 text keys at the top level, vision keys under `visual.`. A vision-only file has the vision keys without
 prefix. Both may be wrapped in {"state_dict": ...} or {"weights": ...} and carry DDP's `module.` prefix.
 Meta's loader (`load_ckpt`) only *prints* missing/unexpected keys; here any missing, unexpected or
@@ -8,9 +8,9 @@ mis-shaped key is an error that lists them all, so a wrong file or config never 
 
 Two renames bridge the layouts:
 * our blocks hold the fused q|k|v projection as an nn.Linear `attn.in_proj` (so adapters can wrap it,
-  thesis §3.6 "migrate_weights"), Meta's as raw `attn.in_proj_weight` / `attn.in_proj_bias`;
+  as the thesis's code does in its `migrate_weights`), Meta's as raw `attn.in_proj_weight` / `attn.in_proj_bias`;
   the attention pooler keeps Meta's raw names (it is not adapted);
-* timm's Eva port renames most modules and splits the pooler's in_proj into `q` and `kv` (docs §6).
+* timm's Eva port renames most modules and splits the pooler's in_proj into `q` and `kv` (timm's `eva.py`).
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def is_timm_layout(sd: dict) -> bool:
 
 
 def timm_to_meta(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm `vit_pe_core_*` (Eva) vision state dict -> Meta's vision-only layout (docs §6).
+    """timm `vit_pe_core_*` (Eva) vision state dict -> Meta's vision-only layout.
 
     cls_token (1,1,w) -> class_embedding (w,); pos_embed (1,N,w) -> (N,w); attn_pool.latent -> probe;
     attn_pool.q + attn_pool.kv -> the fused in_proj; head.weight (out,in) -> proj (in,out), transposed.

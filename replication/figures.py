@@ -1,4 +1,5 @@
-"""The thesis's figures, regenerated: figures/<id>.png (matplotlib Agg + seaborn).
+"""The thesis's figures, regenerated: figures/<profile>/figure_<id>.png, e.g. figure_2_8.png (matplotlib Agg
++ seaborn).
 
 * Figs 2.8–2.13 (§2.7): class distribution of each dataset, per task and split;
 * Fig 3.1 (§3.1): Listing 3.1's training augmentation applied to crops;
@@ -30,7 +31,7 @@ from sklearn.manifold import TSNE  # noqa: E402
 
 from replication.data import class_counts  # noqa: E402
 from replication.labels import MISSING, TASKS  # noqa: E402
-from replication.profiles import DEMO_LABEL  # noqa: E402
+from replication.profiles import label  # noqa: E402
 from replication.thesis import DATASET_NAMES  # noqa: E402
 
 # Figs 2.8–2.13: figure id -> dataset (the thesis draws VGGFace2's ages on a log scale)
@@ -43,8 +44,8 @@ PROJECTIONS = {"pca": "PCA", "tsne": "t-SNE"}  # §4.8's 2-D maps, as the thesis
 
 def draw_label(fig: plt.Figure, profile: str) -> None:
     """The demo profile's warning, drawn across the bottom of the figure."""
-    if profile == "demo":
-        fig.text(0.5, -0.01, DEMO_LABEL, ha="center", va="top", fontsize=10, color="crimson",
+    if label(profile):
+        fig.text(0.5, -0.01, label(profile), ha="center", va="top", fontsize=10, color="crimson",
                  weight="bold", bbox={"facecolor": "white", "edgecolor": "crimson", "alpha": 0.9})
 
 

@@ -129,7 +129,7 @@ class LoRALinear(nn.Module):
 class DoRALinear(LoRALinear):
     """DoRA (Liu et al. 2024): W' = m * V / ||V||_row with V = W0 + s BA; the bias is not rescaled.
 
-    The magnitude m has one entry per output feature (as in the paper's code and PEFT; docs §7), so
+    The magnitude m has one entry per output feature (as in the paper's code and PEFT), so
     `m.numel() == out_features`. The row norm ||V|| is computed once per forward call from the weights
     (not from the activations) and detached (paper §4.3). LoRA dropout acts on the low-rank branch's input,
     as in LoRA, and the magnitude rescales the whole directional output:

@@ -7,7 +7,7 @@ network" (2025); thesis §2.3 (the backbone) and §3 (what gets adapted). The co
 Module and attribute names are Meta's, so an official checkpoint maps onto this model key for key.
 The one deliberate difference: the fused q|k|v projection of each transformer block is an
 ``nn.Linear`` called ``attn.in_proj`` instead of raw ``in_proj_weight``/``in_proj_bias`` parameters.
-The thesis's fork does the same ("migrate_weights", §3.6) so that LoRA/DoRA can wrap it;
+The thesis's code does the same (its `migrate_weights`) so that LoRA/DoRA can wrap it;
 checkpoint.py renames the keys when loading. Every sub-layer is *called as a module*
 (``self.in_proj(x)``, ``self.out_proj(x)``, ``self.mlp(x)``) so that a wrapped module takes effect.
 
@@ -126,7 +126,7 @@ class PoolAttention(nn.Module):
     """nn.MultiheadAttention's math with its parameter names (in_proj_weight, in_proj_bias, out_proj).
 
     The fused in_proj stays a raw Parameter, as in Meta's pooler, so adapters cannot target it (the thesis
-    adapts only the pooler's out_proj and MLP, docs §7); out_proj is an nn.Linear *called as a module*.
+    adapts only the pooler's out_proj and MLP: its §3.6 counts hold no more); out_proj is an nn.Linear *called as a module*.
     """
 
     def __init__(self, width: int, heads: int):
@@ -168,7 +168,7 @@ class AttentionPooling(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """PE-Core vision tower (docs §2). forward(images) -> (B, output_dim) projected, not normalised."""
+    """PE-Core vision tower (Meta's `VisionTransformer`). forward(images) -> (B, output_dim) projected, not normalised."""
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -232,7 +232,7 @@ class VisionTransformer(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """PE-Core (CLIP) text tower (docs §4): causal pre-LN blocks, no RoPE, EOT-token pooling."""
+    """PE-Core (CLIP) text tower (Meta's `TextTransformer`): causal pre-LN blocks, no RoPE, EOT-token pooling."""
 
     def __init__(self, cfg: TextConfig):
         super().__init__()

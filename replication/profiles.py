@@ -29,6 +29,12 @@ RUN_FIELDS = ("model_config", "prepared", "runs_dir", "checkpoint", "bpe", "batc
 DEMO_LABEL = "demo profile — not the thesis's data or model"
 
 
+def label(profile: str) -> str:
+    """Text that every table and figure of ``profile`` must carry: the demo proves the pipeline, never the
+    thesis's numbers (empty for `full`)."""
+    return DEMO_LABEL if profile == "demo" else ""
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -54,8 +60,7 @@ class Profile:
 
     @property
     def label(self) -> str:
-        """Text that every table and figure of this profile must carry (empty for `full`)."""
-        return DEMO_LABEL if self.name == "demo" else ""
+        return label(self.name)
 
     def run_settings(self) -> dict:
         """{field: value} of RUN_FIELDS (folders and files as Paths)."""

@@ -27,13 +27,9 @@ import pandas as pd
 from replication import metrics, sampling, thesis
 from replication.data import read_report, training_distribution
 from replication.labels import AVERAGE_EXCLUDES, MISSING, TASKS, TEST_SETS
-from replication.profiles import DEMO_LABEL
+from replication.profiles import label
 
 COLUMNS = ["table", "row", "column", "thesis", "replicated", "difference", "profile", "note", "label"]
-
-
-def profile_label(profile: str) -> str:
-    return DEMO_LABEL if profile == "demo" else ""
 
 
 def compare(table: thesis.Table, replicated: Callable[[str, str], float | None], profile: str,
@@ -57,7 +53,7 @@ def compare(table: thesis.Table, replicated: Callable[[str, str], float | None],
                 "table": table.id, "row": thesis.METHOD_NAMES.get(row, row), "column": column,
                 "thesis": published, "replicated": np.nan if ours is None else ours,
                 "difference": _difference(published, ours), "profile": profile, "note": note,
-                "label": profile_label(profile)})
+                "label": label(profile)})
     return pd.DataFrame.from_records(records, columns=COLUMNS)
 
 
@@ -76,15 +72,14 @@ def _difference(published, ours) -> float:
 
 # --- writing -----------------------------------------------------------------------------------
 
-# tables the thesis gives in its text, not as numbered tables: id -> (heading, file name)
-_TEXT_TABLES = {"params": ("§3.3–3.6.1", "parameters_3_3-3_6_1"), "sizes": ("§2.7", "dataset_sizes_2_7"),
-                "conclusion": ("§5.1", "conclusion_5_1")}
+# tables the thesis gives in its text, not as numbered tables (headed by their section): id -> file name
+_TEXT_TABLES = {"params": "parameters_3_3-3_6_1", "sizes": "dataset_sizes_2_7", "conclusion": "conclusion_5_1"}
 
 
 def filename(table_id: str) -> str:
     """'4.5' -> 'table_4_5', '3.2/age' -> 'table_3_2_age', 'fig4.3' -> 'figure_4_3'."""
     if table_id in _TEXT_TABLES:
-        return _TEXT_TABLES[table_id][1]
+        return _TEXT_TABLES[table_id]
     stem = table_id.replace(".", "_").replace("/", "_")
     return f"figure_{stem[3:]}" if table_id.startswith("fig") else f"table_{stem}"
 
@@ -117,9 +112,9 @@ def markdown(df: pd.DataFrame, title: str = "") -> str:
     every cell with its note, rows and columns named as the thesis names them (display_name)."""
     table_id = df["table"].iloc[0]
     header = [f"# {title or table_id}", ""]
-    label = df["label"].iloc[0]
-    if label:
-        header += [" ".join(filter(None, [f"**{label}**", _ARCHITECTURE_TABLES.get(table_id)])), ""]
+    warning = df["label"].iloc[0]
+    if warning:
+        header += [" ".join(filter(None, [f"**{warning}**", _ARCHITECTURE_TABLES.get(table_id)])), ""]
     table = thesis.TABLES.get(table_id)
     if table is not None and table.notes:
         header += [f"Notes: {_join_notes(*table.notes)}", ""]
@@ -166,7 +161,7 @@ def heading(table_id: str) -> str:
     """How the thesis names a table: '4.5' -> 'Table 4.5', '3.2/age' -> 'Table 3.2 (age)', 'fig4.2' -> 'Fig. 4.2',
     'params' (the figures of §3.3-3.6.1's text) -> '§3.3–3.6.1', 'sizes' -> '§2.7'."""
     if table_id in _TEXT_TABLES:
-        return _TEXT_TABLES[table_id][0]
+        return thesis.TABLES[table_id].section
     if table_id.startswith("fig"):
         return f"Fig. {table_id[3:]}"
     number, _, part = table_id.partition("/")

@@ -32,7 +32,6 @@ class Table:
     section: str                  # where it is in the thesis, e.g. "§4.3.3"
     columns: tuple[str, ...]
     rows: dict[str, tuple]
-    unit: str = "%"               # "%" for accuracies/shares, "count", "M", "GFLOPs" ...
     literature: dict[str, str] = field(default_factory=dict)  # row key -> citation (not ours)
     notes: tuple[str, ...] = ()   # remarks on the whole table
     cell_notes: dict[tuple[str, str], str] = field(default_factory=dict)  # (row, column) -> remark
@@ -52,7 +51,6 @@ SECTION_2_7 = Table(
     "sizes", "Dataset sizes given in the text", "§2.7", ("images",),
     {"fairface": (108501,), "utkface": (24103,), "lagenda": (67159,), "vggface2": (3310000,),
      "celebahq": (30000,)},
-    unit="count",
     cell_notes={("fairface", "images"): "the FairFace paper's total; its released train and val label files "
                                         "list 86,744 + 10,954 = 97,698 images (no test set is released)",
                 ("vggface2", "images"): "'3.31 million images of 9131 subjects': the whole dataset, of which "
@@ -67,7 +65,6 @@ TABLE_3_1 = Table(
     {"lagenda": ("✓", "✓", "-", "Gender, Age"), "fairface": ("✓", "✓", "✓", "Gender, Age"),
      "rafdb": ("✓", "✓", "✓", "Emotion"), "celebahq": ("✓", "✓", "-", "Gender"),
      "utkface": ("-", "-", "✓", "Gender, Age"), "vggface2": ("-", "-", "✓", "Gender, Age")},
-    unit="usage",
     cell_notes={("rafdb", "tasks"): "§2.7.4: RAF-DB is 'also labeled for gender', and Table 3.2a counts those "
                                     "labels in training."})
 DATASET_NAMES = {"lagenda": "LAGENDA", "fairface": "FairFace", "rafdb": "RAF-DB",
@@ -106,7 +103,6 @@ PARAMS = Table(
     {"lp": (1058825, 320324629, 0.33), "ap": (13656073, 320324629, 4.29),
      "ft4": (64040969, 320324629, 20.13), "dora": (29352981, 346504213, 8.47),
      "mtlora": (36730901, 354093077, 10.38)},
-    unit="count",
     cell_notes={
         ("ap", "percent"): "4.29% is 13,656,073 / 318,212,106 (Table 4.3's 'visual encoder' "
                            "figure), not / the stated total 320,324,629 (4.26%).",
@@ -137,7 +133,6 @@ TABLE_4_3 = Table(
     ("value",),
     {"text_encoder": (353986561,), "visual_encoder": (318212106,), "total": (671137793,),
      "gflops": (699.76,)},
-    unit="count",
     notes=("The vision tower alone has 317,151,232 parameters; replication.accounting's note "
            "says what the thesis's 318,212,106 equals.",))
 
@@ -264,7 +259,6 @@ TABLE_4_14 = Table(
     ("params_m", "gflops", "avg_acc"),
     {"zs": (671, 699.76, 69.61), "ft4": (320, 352.18, 80.56),
      "dora_merged": (320, 352.18, 84.07), "mtlora": (329, 368.01, 83.89)},
-    unit="mixed",
     notes=("GFLOPs of one 336x336 image; the zero-shot figure includes the 18 text prompts.",),
     cell_notes={
         ("zs", "avg_acc"): "69.61 keeps VGGFace2 in the age mean ((45.58 + 96.67 + 66.57) / 3); "

@@ -73,7 +73,7 @@ def test_thesis_cell_notes_go_on_their_cells():
 def test_notes_joined_on_one_cell_are_separate_sentences():
     """The thesis's cell note and ours on one cell each end with a full stop, so a fragment ("vision tower +
     text tower") does not run into the next remark."""
-    table = thesis.Table("t", "T", "§0", ("value",), {"a": (1,), "b": (2,)}, unit="count",
+    table = thesis.Table("t", "T", "§0", ("value",), {"a": (1,), "b": (2,)},
                          cell_notes={("a", "value"): "printed twice"})
     df = tables.compare(table, lambda row, column: 1, "demo", {"a": "ours counts x", "b": "ours (y)"})
     assert list(df.note) == ["printed twice. ours counts x.", "ours (y)."]

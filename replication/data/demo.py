@@ -6,8 +6,8 @@ The real datasets cannot be shipped (licences, size), so the demo profile draws 
 faces whose labels are *visible* and learnable, with enough random variation that the
 tasks are not trivial (thesis §2.7 datasets, §3.1 tasks):
 
-* age group: head roundness and eye size/height (children), forehead lines, folds and
-  under-eye lines (from 40), grey then white hair and eyebrows (from 40), bald babies;
+* age group: head roundness and eye size/height (children), under-eye lines (from 30), forehead
+  lines and folds (from 40), grey then white hair and eyebrows (from 40), bald babies;
 * gender: hair length (long/short, 8-12% flipped), beard/moustache (some adult men),
   lipstick (some women), eyebrow thickness;
 * emotion (RAF-DB order): mouth curve/opening, eyebrow height and slant, eye opening,
@@ -108,7 +108,7 @@ def draw_person(img: np.ndarray, rng: np.random.Generator, cx: float, cy: float,
             cv2.ellipse(img, P(cx + (k - 1) * .15 * u, cy - hr), P(.12 * u, .2 * u), 0, 180, 330, _c(look.hair), t)
     else:
         cv2.ellipse(img, P(cx, cy - .5 * hr), P(1.04 * u, .62 * hr), 0, 180, 360, _c(look.hair), -1)
-    # age lines: under-eye from 30s, forehead from 40s (one more per decade), folds from 50s
+    # age lines: under-eye from 30s, forehead from 40s (one more per decade), folds from 40s
     n_lines = max(0, g - 4 + int(rng.random() < .25) - int(rng.random() < .25))
     for k in range(min(n_lines, 4)):
         y = cy - .62 * hr + k * .09 * u
