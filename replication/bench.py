@@ -51,6 +51,7 @@ from torch.utils.flop_counter import flop_registry
 from replication import accounting, engine
 from replication.config import get_config
 from replication.engine import FaceDataset, TrainConfig, build_model
+from replication.files import atomic_write_text
 from replication.labels import NUM_CLASSES
 from replication.lora import adapter_modules, merge_adapters
 from replication.losses import make_weighting
@@ -612,12 +613,7 @@ def format_table(result: dict) -> str:
 
 
 def write_json(result: dict, path: Path) -> None:
-    """Atomic write: a temporary file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(result, indent=1))
 
 
 def project_activations(small: dict, large: dict, batch: int) -> dict:

@@ -14,7 +14,6 @@ Two renames bridge the layouts:
 """
 from __future__ import annotations
 
-import os
 import re
 import zipfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .config import CLIPConfig, get_config
+from .files import atomic_write
 from .pe import CLIP, VisionTransformer
 
 
@@ -236,8 +236,4 @@ def save_clip_meta_layout(model: CLIP | VisionTransformer, path: str | Path) -> 
         extra, lacking = sorted(set(sd) - expected), sorted(expected - set(sd))
         raise CheckpointError(f"cannot save in Meta's layout: unexpected keys {extra[:10]}, missing keys {lacking[:10]} "
                               f"(merge adapters into the base model first)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(sd, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(sd, tmp))

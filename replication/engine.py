@@ -42,7 +42,7 @@ from replication import distributed
 from replication.checkpoint import PE_CORE_WEIGHTS, load_clip, load_vision
 from replication.config import get_config
 from replication.data import ManifestError, read_manifest
-from replication.data.faces import sha1
+from replication.files import atomic_write, atomic_write_text, sha1
 from replication.labels import MISSING, TASKS, TEST_SETS
 from replication.losses import make_weighting, masked_cross_entropy
 from replication.methods import METHODS, build_method
@@ -144,23 +144,6 @@ _EXECUTION_ONLY = {"num_workers", "checkpoint_every", "runs_dir", "device", "che
 # (a `reproduce --max-train-samples N` batch beside a finished one included).
 _ZERO_SHOT_IGNORES = {"weighting", "seed", "max_train_samples", "batch_size", "max_epochs", "patience", "lr_head",
                       "lr_backbone", "weight_decay", "emotion_share", "cache_embeddings"}
-
-
-# --- files --------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    """Write via ``write(tmp_path)`` then rename, so a reader never sees a half-written file. (No fsync:
-    this guards against the process dying, which is what resuming is for, not against power loss.)"""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def _save(path: Path, obj) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 # a run's input files: what each is called in an error, and where the full profile gets it from
@@ -537,10 +520,10 @@ class Trainer:
     def _save_last(self) -> None:
         rng = distributed.all_gather(self.d, _rng_state(self.d.device))  # every rank's generators, for exact resume
         if self.d.is_main:
-            _save(self.dir / "last.pt", {
-                "model": self.model.trainable_state_dict(), "weighting": self.weighting.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "progress": dataclasses.asdict(self.progress), "rng": rng})
+            state = {"model": self.model.trainable_state_dict(), "weighting": self.weighting.state_dict(),
+                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "scaler": self.scaler.state_dict(), "progress": dataclasses.asdict(self.progress), "rng": rng}
+            atomic_write(self.dir / "last.pt", lambda tmp: torch.save(state, tmp))
 
     def _load_last(self) -> bool:
         path = self.dir / "last.pt"
@@ -575,7 +558,7 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         if self.d.is_main:
-            _write_text(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.progress.history))
+            atomic_write_text(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.progress.history))
 
     # -- LP embedding cache ---------------------------------------------------------------------------
     def _embed_all(self, dataset: FaceDataset) -> dict[str, torch.Tensor]:
@@ -673,8 +656,8 @@ class Trainer:
         if improved:
             p.best, p.best_epoch = selection, p.epoch + 1
             if self.d.is_main:  # becomes best.pt once last.pt records it (_commit_best)
-                _save(self.dir / f"best-next-epoch{p.best_epoch}.pt", {
-                    "model": self.model.trainable_state_dict(), "epoch": p.best_epoch, "selection": selection})
+                best = {"model": self.model.trainable_state_dict(), "epoch": p.best_epoch, "selection": selection}
+                atomic_write(self.dir / f"best-next-epoch{p.best_epoch}.pt", lambda tmp: torch.save(best, tmp))
         better = p.monitor_best is None or (monitor > p.monitor_best if self.monitor_mode == "max"
                                             else monitor < p.monitor_best)
         p.monitor_best = monitor if better else p.monitor_best
@@ -771,19 +754,18 @@ def _moved_with_the_runs(old: dict, new: dict, key: str) -> bool:
 def _prepare_dir(cfg: TrainConfig, config: dict, fresh: bool, d: distributed.Dist) -> None:
     """Create the run folder with config.json (``config``) if it does not hold this run yet (``fresh``)."""
     if fresh and d.is_main:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(cfg.run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+        atomic_write_text(cfg.run_dir / "config.json", json.dumps(config, indent=2) + "\n")
     distributed.barrier(d)
 
 
 def _finish(cfg: TrainConfig, logits: dict, frame: pd.DataFrame, extra: dict) -> None:
     """Write predictions.csv and results.json, then DONE (last, so DONE means complete)."""
     preds = predictions_table(logits, frame, cfg.tasks)
-    _atomic_write(cfg.run_dir / "predictions.csv", lambda tmp: preds.to_csv(tmp, index=False))
+    atomic_write(cfg.run_dir / "predictions.csv", lambda tmp: preds.to_csv(tmp, index=False))
     results = {"run": cfg.name, "method": cfg.method, "profile": cfg.profile, **extra,
                **summarize_predictions(preds, cfg.tasks)}
-    _write_text(cfg.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    _write_text(cfg.run_dir / "DONE", "")
+    atomic_write_text(cfg.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(cfg.run_dir / "DONE", "")
 
 
 def _zero_shot_model(cfg: TrainConfig) -> ZeroShotClassifier:

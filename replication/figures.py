@@ -12,7 +12,6 @@ Every figure of the demo profile has "demo profile — not the thesis's data or 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -30,6 +29,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
 from replication.data import class_counts  # noqa: E402
+from replication.files import atomic_write  # noqa: E402
 from replication.labels import MISSING, TASKS  # noqa: E402
 from replication.profiles import label  # noqa: E402
 from replication.thesis import DATASET_NAMES  # noqa: E402
@@ -52,13 +52,9 @@ def draw_label(fig: plt.Figure, profile: str) -> None:
 def save(fig: plt.Figure, out_dir: str | Path, fig_id: str, profile: str) -> Path:
     """Draw the demo label (demo profile) and write <out_dir>/figure_<id>.png atomically."""
     draw_label(fig, profile)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"figure_{fig_id.replace('.', '_')}.png"
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    path = Path(out_dir) / f"figure_{fig_id.replace('.', '_')}.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from PIL import Image
 from replication.checkpoint import load_clip, save_clip_meta_layout
 from replication.config import get_config
 from replication.data import read_manifest
+from replication.files import atomic_write
 from replication.labels import MISSING, TASKS
 from replication.profiles import PROFILES, demo_inputs_help
 from replication.tokenizer import get_tokenizer, train_bpe
@@ -166,11 +166,8 @@ def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo
     corpus = [caption(dict(zip(TASKS, row)), rng) for row in labels for _ in range(4)]
     corpus += [p for prompts in PROMPTS.values() for p in prompts]
     if not bpe.exists():
-        bpe.parent.mkdir(parents=True, exist_ok=True)
-        tmp = bpe.with_name("tmp-" + bpe.name)  # same suffix: train_bpe gzips a *.gz name
         # the vocabulary is 256 bytes x 2 (word-final or not) + sot/eot + one token per merge
-        train_bpe(corpus, cfg.text.vocab_size - 514, tmp)
-        os.replace(tmp, bpe)
+        train_bpe(corpus, cfg.text.vocab_size - 514, bpe)  # written atomically
         print(f"pretrain: wrote BPE merges {bpe}")
 
     tokenizer = get_tokenizer(bpe, cfg.text.context_length, cfg.text.vocab_size)
@@ -202,14 +199,16 @@ def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo
             print(f"pretrain: step {step + 1}/{steps} loss {loss.item():.3f} "
                   f"({time.time() - start:.0f}s)", flush=True)
 
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    tmp = checkpoint.with_name(checkpoint.name + ".tmp")
-    save_clip_meta_layout(model, tmp)
     report = {"config": config, "train_images": len(images), "steps": steps,
               "batch_size": batch_size, "seconds": round(time.time() - start, 1),
-              "final_loss": float(np.mean(losses[-20:])),
-              "val_zero_shot_accuracy": zero_shot_accuracy(tmp, bpe, prepared, config)}
-    os.replace(tmp, checkpoint)
+              "final_loss": float(np.mean(losses[-20:]))}
+
+    def save_and_score(tmp: Path) -> None:
+        # scored before it takes the checkpoint's name: an existing checkpoint means a finished pretrain
+        save_clip_meta_layout(model, tmp)
+        report["val_zero_shot_accuracy"] = zero_shot_accuracy(tmp, bpe, prepared, config)
+
+    atomic_write(checkpoint, save_and_score)
     checkpoint.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(f"pretrain: wrote {checkpoint}; zero-shot accuracy on the validation split: "
           f"{report['val_zero_shot_accuracy']}")

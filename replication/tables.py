@@ -17,7 +17,6 @@ parameter and GFLOPs figures of §3.3–3.6.1, Tables 4.3 and 4.14). No result n
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -26,6 +25,7 @@ import pandas as pd
 
 from replication import metrics, sampling, thesis
 from replication.data import read_report, training_distribution
+from replication.files import atomic_write_text
 from replication.labels import AVERAGE_EXCLUDES, MISSING, TASKS, TEST_SETS
 from replication.profiles import label
 
@@ -87,13 +87,11 @@ def filename(table_id: str) -> str:
 def write(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> tuple[Path, Path]:
     """Write ``df`` to <out_dir>/<name>.csv and .md atomically; returns both paths. The CSV names its table as
     the thesis does ('Table 4.10': the bare id 4.10 would be read back as the number 4.1)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     table_id = df["table"].iloc[0]
-    stem = out_dir / filename(table_id)
+    stem = Path(out_dir) / filename(table_id)
     paths = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    _atomic_write(paths[0], df.assign(table=heading(table_id)).map(_csv_number).to_csv(index=False))
-    _atomic_write(paths[1], markdown(df, title))
+    atomic_write_text(paths[0], df.assign(table=heading(table_id)).map(_csv_number).to_csv(index=False))
+    atomic_write_text(paths[1], markdown(df, title))
     return paths
 
 
@@ -187,12 +185,6 @@ def publish(df: pd.DataFrame, out_dir: str | Path) -> Published:
     title = f"{heading(table_id)} — {thesis.TABLES[table_id].title}"
     write(df, out_dir, title)
     return Published(markdown(df, title))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def to_markdown(df: pd.DataFrame, counts: set[tuple[str, str]] = frozenset()) -> str:

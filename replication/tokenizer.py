@@ -19,12 +19,13 @@ import collections
 import functools
 import gzip
 import html
-import os
 from pathlib import Path
 
 import ftfy
 import regex
 import torch
+
+from .files import atomic_write
 
 SOT, EOT = "<start_of_text>", "<end_of_text>"
 # CLIP's pre-tokenizer: the special tokens, English contractions, runs of letters, single digits,
@@ -211,9 +212,6 @@ def train_bpe(texts, num_merges: int, out_path: str | Path) -> list[tuple[str, s
             new_words[tuple(_merge(word, best))] += n
         words = new_words
     data = ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode("utf-8")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_bytes(gzip.compress(data, mtime=0) if out_path.suffix == ".gz" else data)
-    os.replace(tmp, out_path)
+    encoded = gzip.compress(data, mtime=0) if Path(out_path).suffix == ".gz" else data
+    atomic_write(out_path, lambda tmp: tmp.write_bytes(encoded))
     return merges

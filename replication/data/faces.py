@@ -15,8 +15,6 @@ boxes, given in the displayed orientation, land on the face.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
 from pathlib import Path
 
@@ -24,9 +22,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .readers import box_has_area
+from replication.files import atomic_write, sha1
 
-Box = tuple[float, float, float, float]
+from .readers import Box, box_has_area
 
 # File name -> published SHA-1 (where each is published: DOWNLOAD_HELP).
 PROTOTXT = "deploy.prototxt"
@@ -54,14 +52,6 @@ SSD_MEAN = (104.0, 177.0, 123.0)  # BGR means, scale 1.0, no channel swap (openc
 
 class DetectorFilesError(FileNotFoundError):
     """The SSD files are missing or are not the published ones."""
-
-
-def sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def locate_ssd_files(folder: str | Path | None, options: str = PREPARE_OPTIONS) -> tuple[Path, Path]:
@@ -179,8 +169,5 @@ def resize(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def save_jpeg(rgb: np.ndarray, path: Path, quality: int = 95) -> None:
-    """Write atomically (tmp + os.replace) so an interrupted run never leaves half a crop."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(rgb).save(tmp, format="JPEG", quality=quality)
-    os.replace(tmp, path)
+    """Write atomically so an interrupted run never leaves half a crop."""
+    atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="JPEG", quality=quality))

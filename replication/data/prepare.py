@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -37,6 +36,7 @@ import cv2
 import pandas as pd
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook kernel without ipywidgets (not a dependency)
 
+from replication.files import atomic_write_text
 from replication.labels import DATASETS, NUM_CLASSES, TASKS
 
 from .compose import compose, training_totals
@@ -121,12 +121,6 @@ def _crop_decoded(record: Record, rgb, notes: list[str], mode: str, out_path: Pa
 
 # ---------------------------------------------------------------- the whole run
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _listing(names: list[str]) -> dict:
     return {"count": len(names), "files": names[:MAX_LISTED]}
 
@@ -141,7 +135,7 @@ def _check_settings(out: Path, settings: dict) -> None:
             raise ValueError(f"{out} holds crops made with {old}; this run asks for {wanted}. "
                              "Use another --out folder (or delete it) to change crop settings.")
     else:
-        _atomic_write(path, json.dumps(wanted, indent=1))
+        atomic_write_text(path, json.dumps(wanted, indent=1))
 
 
 def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd", detector_dir=None,
@@ -226,7 +220,7 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
     manifest = pd.DataFrame([(crop_rel(r), r.dataset, split, r.age, r.gender, r.emotion)
                              for r, split in composition.rows], columns=MANIFEST_COLUMNS)
     manifest = manifest.sort_values(["dataset", "split", "path"], kind="stable")
-    _atomic_write(out / "manifest.csv", manifest.to_csv(index=False))
+    atomic_write_text(out / "manifest.csv", manifest.to_csv(index=False))
 
     report = {"options": {**settings, "seed": seed, "workers": workers, "data_root": str(root)},
               "absent_datasets": [d for d in datasets if d not in present],
@@ -234,7 +228,7 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
               "training_totals": training_totals(composition.rows),
               "datasets": {d: _dataset_report(res, modes[d], outcome, composition, manifest)
                            for d, res in reads.items()}}
-    _atomic_write(out / "report.json", json.dumps(report, indent=1))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1))
     return report
 
 
