@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .tokenizer import CLIP_VOCAB_SIZE
+
 
 @dataclass(frozen=True)
 class VisionConfig:
@@ -50,7 +52,7 @@ class TextConfig:
     mlp_dim: int
     output_dim: int
     context_length: int = 32
-    vocab_size: int = 49408  # 256 bytes + 256 `</w>` bytes + 48,894 merges + SOT + EOT
+    vocab_size: int = CLIP_VOCAB_SIZE  # 49,408: 256 bytes + 256 `</w>` bytes + 48,894 merges + SOT + EOT
     ln_eps: float = 1e-5
 
     def __post_init__(self):

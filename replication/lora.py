@@ -42,6 +42,31 @@ def adopt_frozen_base(adapter: nn.Module, base: nn.Linear) -> None:
         adapter.bias.requires_grad_(False)
 
 
+def lora_pair(layer: nn.Module, rank: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """A new LoRA pair (A, B) for `layer` (an nn.Linear or an adapter that adopted one), on its weight's
+    device and dtype: A (rank, in_features) initialised like nn.Linear's weight (kaiming-uniform,
+    a=sqrt(5)), as PEFT (the thesis's code) does, not as §2.6's illustrative Listing 2.3 (normal, std
+    1/rank); B (out_features, rank) zeros, so B A = 0 and the adapted layer is the base layer at
+    initialisation. Only A draws random numbers: pairs made one after the other draw in that order.
+
+    Used by LoRALinear/DoRALinear and by MTLoRA's task-specific layers (mtlora.TaskLoRALinear).
+    """
+    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    a = nn.Parameter(torch.empty(rank, layer.in_features, **factory))
+    nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+    return a, nn.Parameter(torch.zeros(layer.out_features, rank, **factory))
+
+
+def lora_scaling(rank: int, alpha: float | None) -> float:
+    """alpha / rank, alpha defaulting to the rank: the thesis's "no scaling factor" (§3.6)."""
+    return float(rank if alpha is None else alpha) / rank
+
+
+def lora_dropout(p: float) -> nn.Module:
+    """The dropout on an adapter's input (the low-rank branch only); an identity when p is 0."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 def add_low_rank(out: torch.Tensor, z: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                  scaling: float) -> torch.Tensor:
     """out + scaling * (z A^T) B^T for out (..., d_out), z (..., d_in), A (r, d_in), B (d_out, r).
@@ -58,8 +83,7 @@ def add_low_rank(out: torch.Tensor, z: torch.Tensor, a: torch.Tensor, b: torch.T
 class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable low-rank update (Hu et al. 2021, §4.1).
 
-    A is initialised like nn.Linear's weight (kaiming-uniform, a=sqrt(5)), as PEFT (the thesis's code) does,
-    not as §2.6's illustrative Listing 2.3 (normal, std 1/rank); B is zeros, so the layer is exactly the base
+    A is initialised like nn.Linear's weight, B is zeros (`lora_pair`), so the layer is exactly the base
     layer at initialisation. Dropout acts on the adapter's input only.
     """
 
@@ -72,12 +96,9 @@ class LoRALinear(nn.Module):
         adopt_frozen_base(self, base)
         self.rank = rank
         self.alpha = float(rank if alpha is None else alpha)
-        self.scaling = self.alpha / rank  # the thesis: alpha = r, i.e. "no scaling factor" (§3.6)
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_a = nn.Parameter(torch.empty(rank, self.in_features, **factory))
-        self.lora_b = nn.Parameter(torch.zeros(self.out_features, rank, **factory))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling = lora_scaling(rank, alpha)
+        self.lora_a, self.lora_b = lora_pair(self, rank)
+        self.dropout = lora_dropout(dropout)
         self.merged = False
 
     def extra_repr(self) -> str:
@@ -235,7 +256,9 @@ def adapter_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
 def adapter_parameters(model: nn.Module, which: str = "all") -> list[nn.Parameter]:
     """Adapter Parameters: which = "a" (LoRA A), "b" (LoRA B), "magnitude" (DoRA m) or "all".
 
-    Used for the LoRA+ parameter groups (Hayou et al. 2024: a larger learning rate for B than for A).
+    Only LoRALinear/DoRALinear layers: MTLoRA's task-specific pairs (mtlora.TaskLoRALinear) are not among
+    them. methods.py marks these trainable and accounting.py counts what merging folds away; the LoRA+
+    parameter groups (methods.py) split the trainable tensors by name, which covers MTLoRA's pairs too.
     """
     attrs = {"a": ("lora_a",), "b": ("lora_b",), "magnitude": ("magnitude",),
              "all": ("lora_a", "lora_b", "magnitude")}[which]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .heads import make_heads
-from .lora import adapter_modules, inject_adapters
+from .lora import adapter_parameters, inject_adapters
 from .mtlora import MTLoRAEncoder
 
 METHODS = ("lp", "ap", "ft4", "lora", "dora", "mtlora")
@@ -151,47 +151,49 @@ def build_method(method: str, tasks: Sequence[str], vision: nn.Module, *, rank: 
         if method in ("lora", "dora"):
             names = [f"transformer.resblocks.{i}.{n}" for i in range(len(blocks)) for n in BLOCK_TARGETS]
             inject_adapters(vision, names + list(POOL_TARGETS), method, rank=rank, alpha=alpha, dropout=lora_dropout)
-            groups += _lora_groups(vision, method, lr_head, lr_backbone, loraplus_ratio, weight_decay)
+            groups += _lora_groups(vision, lr_head, lr_backbone, loraplus_ratio, weight_decay)
     model = TaskModel(encoder, heads, tasks, frozen_backbone=method == "lp")
     _check_groups(model, groups)
     return Adapted(model, [g for g in groups if g["params"]], method, tasks)
 
 
-def _lora_groups(vision, kind, lr_head, lr_backbone, ratio, wd) -> list[dict]:
-    backbone = {"a": [], "b": [], "magnitude": []}
-    pool = []
-    for name, m in adapter_modules(vision):
-        params = {"a": m.lora_a, "b": m.lora_b}
-        if kind == "dora":
-            params["magnitude"] = m.magnitude
-        for key, p in params.items():
-            p.requires_grad_(True)
-            if name.startswith("attn_pool."):  # the pooler's adapters: lr_head, no LoRA+ ratio (§3.6)
-                pool.append(p)
-            else:
-                backbone[key].append(p)
-    return [_group("backbone_lora_a", backbone["a"], lr_backbone, wd),
-            _group("backbone_lora_b", backbone["b"], lr_backbone * ratio, wd),  # LoRA+
-            _group("backbone_dora_magnitude", backbone["magnitude"], lr_backbone, wd),
-            _group("attn_pool_adapters", pool, lr_head, wd)]
+def _loraplus_groups(named: list[tuple[str, nn.Parameter]], lr_backbone, ratio, wd) -> list[dict]:
+    """LoRA+ (Hayou et al. 2024; §3.6: eta_B = ratio x eta_A, ratio 6) for the backbone's trainable adapter
+    tensors, told apart by name: A (`lora_a`, and MTLoRA's zero-scaled `shared_a`) at lr_backbone, B (`lora_b`,
+    `shared_b`) at ratio x lr_backbone, DoRA magnitudes at lr_backbone (with the A matrices, as the thesis's
+    code grouped them). Anything else is left out, for _check_groups to report."""
+    a, b, magnitude = [], [], []
+    for name, p in named:
+        if name.endswith(".magnitude"):
+            magnitude.append(p)
+        elif ".lora_b" in name or name.endswith("shared_b"):
+            b.append(p)
+        elif ".lora_a" in name or name.endswith("shared_a"):
+            a.append(p)
+    return [_group("backbone_lora_a", a, lr_backbone, wd),
+            _group("backbone_lora_b", b, lr_backbone * ratio, wd),  # LoRA+
+            _group("backbone_dora_magnitude", magnitude, lr_backbone, wd)]
+
+
+def _lora_groups(vision, lr_head, lr_backbone, ratio, wd) -> list[dict]:
+    adapters = adapter_parameters(vision)  # A, B (and DoRA's m) of every adapter: what trains
+    for p in adapters:
+        p.requires_grad_(True)
+    ids = {id(p) for p in adapters}
+    named = [(name, p) for name, p in vision.named_parameters() if id(p) in ids]
+    backbone = [(name, p) for name, p in named if not name.startswith("attn_pool.")]
+    # the pooler's adapters: lr_head, without the LoRA+ ratio (§3.6)
+    pool = [p for name, p in named if name.startswith("attn_pool.")]
+    return (_loraplus_groups(backbone, lr_backbone, ratio, wd)
+            + [_group("attn_pool_adapters", pool, lr_head, wd)])
 
 
 def _mtlora_groups(encoder: MTLoRAEncoder, lr_head, lr_backbone, ratio, wd) -> list[dict]:
-    # TA-DoRA of blocks 1..L-1 and TS-LoRA of block L (+ its zero-scaled shared pair): A / B / magnitude
-    a, b, magnitude = [], [], []
-    for name, p in chain(encoder.vision.named_parameters(), encoder.block.named_parameters()):
-        if p.requires_grad:
-            if name.endswith(".magnitude"):
-                magnitude.append(p)
-            elif ".lora_b" in name or name.endswith("shared_b"):
-                b.append(p)
-            else:
-                a.append(p)
+    # TA-DoRA of blocks 1..L-1 and TS-LoRA of block L (+ its zero-scaled shared pair)
+    backbone = [(name, p) for name, p in chain(encoder.vision.named_parameters(), encoder.block.named_parameters())
+                if p.requires_grad]
     pool = [p for p in encoder.pool.parameters() if p.requires_grad]  # probes + TS-LoRA
-    return [_group("backbone_lora_a", a, lr_backbone, wd),
-            _group("backbone_lora_b", b, lr_backbone * ratio, wd),  # LoRA+
-            _group("backbone_dora_magnitude", magnitude, lr_backbone, wd),
-            _group("task_pool", pool, lr_head, wd)]
+    return _loraplus_groups(backbone, lr_backbone, ratio, wd) + [_group("task_pool", pool, lr_head, wd)]
 
 
 def _check_groups(model: nn.Module, groups: list[dict]) -> None:

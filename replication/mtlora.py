@@ -30,14 +30,14 @@ applied it only to the discarded shared stream).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import add_low_rank, adopt_frozen_base, inject_adapters
+from .lora import add_low_rank, adopt_frozen_base, inject_adapters, lora_dropout, lora_pair, lora_scaling
+from .pe import attend
 
 
 class TaskLoRALinear(nn.Module):
@@ -52,22 +52,13 @@ class TaskLoRALinear(nn.Module):
         super().__init__()
         adopt_frozen_base(self, base)
         self.tasks = tuple(tasks)
-        self.rank, self.scaling = rank, (rank if alpha is None else alpha) / rank
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-
-        def a():
-            p = nn.Parameter(torch.empty(rank, self.in_features, **factory))
-            nn.init.kaiming_uniform_(p, a=math.sqrt(5))  # as nn.Linear / LoRA's A
-            return p
-
-        def b():
-            return nn.Parameter(torch.zeros(self.out_features, rank, **factory))
-
-        self.lora_a = nn.ParameterDict({t: a() for t in self.tasks})
-        self.lora_b = nn.ParameterDict({t: b() for t in self.tasks})
+        self.rank, self.scaling = rank, lora_scaling(rank, alpha)
+        pairs = {t: lora_pair(self, rank) for t in self.tasks}  # random draws: each task's A, then the shared A
+        self.lora_a = nn.ParameterDict({t: a for t, (a, _) in pairs.items()})
+        self.lora_b = nn.ParameterDict({t: b for t, (_, b) in pairs.items()})
         if shared_pair:
-            self.shared_a, self.shared_b = a(), b()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+            self.shared_a, self.shared_b = lora_pair(self, rank)
+        self.dropout = lora_dropout(dropout)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
@@ -108,16 +99,8 @@ class TaskLoRABlock(nn.Module):
         self.c_proj = TaskLoRALinear(block.mlp.c_proj, **kw)
 
     def _attn(self, x: torch.Tensor, task: str) -> torch.Tensor:
-        B, N, C = x.shape
-
-        def heads(t):  # (B, N, C) -> (B, heads, N, head_dim)
-            return t.view(B, N, self.heads, C // self.heads).transpose(1, 2)
-
-        q, k, v = heads(self.q(x, task)), heads(self.k(x, task)), heads(self.v(x, task))
-        if self.rope is not None:
-            q, k = self.rope(q), self.rope(k)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        return self.out_proj(out.transpose(1, 2).reshape(B, N, C), task)
+        out = attend(self.q(x, task), self.k(x, task), self.v(x, task), self.heads, self.rope, self.causal)
+        return self.out_proj(out, task)
 
     def forward(self, xs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
@@ -151,13 +134,8 @@ class TaskAttentionPooling(nn.Module):
         out = {}
         for t in self.tasks:
             x = xs[t]
-            (B, N, C), h = x.shape, self.heads
-            probe = self.probe[t].expand(B, -1, -1).to(x.dtype)
-            q = self.q(probe, t).view(B, 1, h, C // h).transpose(1, 2)
-            k = self.k(x, t).view(B, N, h, C // h).transpose(1, 2)
-            v = self.v(x, t).view(B, N, h, C // h).transpose(1, 2)
-            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, C)
-            y = self.out_proj(y, t)
+            probe = self.probe[t].expand(x.shape[0], -1, -1).to(x.dtype)
+            y = self.out_proj(attend(self.q(probe, t), self.k(x, t), self.v(x, t), self.heads), t)
             y = y + self.c_proj(F.gelu(self.c_fc(self.layernorm(y), t)), t)
             out[t] = y.squeeze(1)
         return out

@@ -30,6 +30,30 @@ from .config import CLIPConfig, TextConfig, VisionConfig
 from .rope import Rope2D
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, rope: Rope2D | None = None,
+           causal: bool = False) -> torch.Tensor:
+    """Multi-head scaled dot-product attention on projected queries (B, Nq, C) and keys/values (B, N, C).
+
+    Splits C into `heads` heads of C/heads channels (heads outer, as Meta's rearrange "b n (h d)"),
+    rotates q and k with `rope` if given, masks future tokens if `causal`, and merges the heads back:
+    returns (B, Nq, C), ready for the output projection. The one attention of every module here (the
+    blocks, the pooler, and MTLoRA's task versions of both, mtlora.py).
+
+    q, k, v may be slices of a fused projection (`qkv.chunk(3, -1)`): the head split is then a view with
+    the very strides of Meta's fused reshape/permute, so the result is the same to the bit.
+    """
+    (B, Nq, C), N = q.shape, k.shape[1]
+
+    def split(t, n):  # (B, n, C) -> (B, heads, n, head_dim)
+        return t.view(B, n, heads, C // heads).transpose(1, 2)
+
+    q, k, v = split(q, Nq), split(k, N), split(v, N)
+    if rope is not None:
+        q, k = rope(q), rope(k)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # scale = head_dim**-0.5
+    return out.transpose(1, 2).reshape(B, Nq, C)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused q|k|v projection (`in_proj`: width -> 3*width).
 
@@ -46,13 +70,8 @@ class SelfAttention(nn.Module):
         self.causal = causal
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        # (B, N, 3C) -> 3 x (B, heads, N, head_dim); q|k|v order, then heads, as Meta's rearrange
-        q, k, v = self.in_proj(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        if self.rope is not None:
-            q, k = self.rope(q), self.rope(k)
-        x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # scale = head_dim**-0.5
-        return self.out_proj(x.transpose(1, 2).reshape(B, N, C))
+        q, k, v = self.in_proj(x).chunk(3, dim=-1)  # q|k|v order, then heads, as Meta's rearrange
+        return self.out_proj(attend(q, k, v, self.heads, self.rope, self.causal))
 
 
 def _mlp(width: int, hidden: int) -> nn.Sequential:
@@ -137,13 +156,12 @@ class PoolAttention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, query: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        (B, Nq, C), N, h = query.shape, x.shape[1], self.heads
+        C = query.shape[-1]
         wq, wkv = self.in_proj_weight.split([C, 2 * C])
         bq, bkv = self.in_proj_bias.split([C, 2 * C])
-        q = F.linear(query, wq, bq).reshape(B, Nq, h, C // h).transpose(1, 2)
-        k, v = F.linear(x, wkv, bkv).reshape(B, N, 2, h, C // h).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(out.transpose(1, 2).reshape(B, Nq, C))
+        q = F.linear(query, wq, bq)
+        k, v = F.linear(x, wkv, bkv).chunk(2, dim=-1)  # k|v in one product over the tokens
+        return self.out_proj(attend(q, k, v, self.heads))
 
 
 class AttentionPooling(nn.Module):

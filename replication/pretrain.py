@@ -43,13 +43,12 @@ from replication.data import read_manifest
 from replication.files import atomic_write
 from replication.labels import MISSING, TASKS
 from replication.profiles import PROFILES, demo_inputs_help
-from replication.tokenizer import get_tokenizer, train_bpe
-from replication.zero_shot import PROMPTS, ZeroShotClassifier
+from replication.tokenizer import get_tokenizer, merges_in_vocab, train_bpe
+from replication.zero_shot import EMOTION_WORDS, PROMPTS, ZeroShotClassifier, article
 
-# Words for composing captions; the zero-shot prompts themselves are also used verbatim.
+# Words for composing captions (emotions: the zero-shot prompts' adjectives, EMOTION_WORDS); the zero-shot
+# prompts themselves are also used verbatim.
 GENDER_WORDS = {0: ("male", "man"), 1: ("female", "woman")}
-EMOTION_WORDS = {0: "surprised", 1: "fearful", 2: "disgusted", 3: "happy", 4: "sad", 5: "angry",
-                 6: "neutral"}
 OPENINGS = ("a photo of", "a picture of", "a close-up photo of", "a face of")
 
 
@@ -79,8 +78,7 @@ def caption(labels: dict[str, int], rng: np.random.Generator) -> str:
         else:
             noun = noun_word
     first = (words or [noun])[0]
-    article = "an" if first[0] in "aeiou" else "a"
-    text = " ".join([OPENINGS[rng.integers(len(OPENINGS))], article, *words, noun])
+    text = " ".join([OPENINGS[rng.integers(len(OPENINGS))], article(first), *words, noun])
     if labels["age"] != MISSING:  # "between 20-29 years old", worded as the §4.2 age prompts
         text += " " + PROMPTS["age"][labels["age"]].split(" person ", 1)[1]
     return text
@@ -166,8 +164,7 @@ def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo
     corpus = [caption(dict(zip(TASKS, row)), rng) for row in labels for _ in range(4)]
     corpus += [p for prompts in PROMPTS.values() for p in prompts]
     if not bpe.exists():
-        # the vocabulary is 256 bytes x 2 (word-final or not) + sot/eot + one token per merge
-        train_bpe(corpus, cfg.text.vocab_size - 514, bpe)  # written atomically
+        train_bpe(corpus, merges_in_vocab(cfg.text.vocab_size), bpe)  # written atomically
         print(f"pretrain: wrote BPE merges {bpe}")
 
     tokenizer = get_tokenizer(bpe, cfg.text.context_length, cfg.text.vocab_size)

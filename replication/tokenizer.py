@@ -37,7 +37,14 @@ _PATTERN = regex.compile(
 CLIP_MERGES = ("CLIP's bpe_simple_vocab_16e6.txt.gz, from facebookresearch/perception_models (core/vision_encoder/), "
                "OpenAI CLIP's clip/ folder or an installed clip/open_clip package")
 NUM_BASE_SYMBOLS = 512  # 256 bytes + 256 bytes with `</w>`
+NUM_SPECIAL_TOKENS = 2  # SOT and EOT, the last two ids
 CLIP_VOCAB_SIZE = 49408
+
+
+def merges_in_vocab(vocab_size: int) -> int:
+    """How many merges a vocabulary of `vocab_size` ids holds (vocab_size - 514): the other ids are the 512
+    byte symbols, SOT and EOT."""
+    return vocab_size - NUM_BASE_SYMBOLS - NUM_SPECIAL_TOKENS
 
 
 @functools.lru_cache(maxsize=1)
@@ -108,7 +115,7 @@ class Tokenizer:
 
     def __init__(self, bpe_path: str | Path, context_length: int = 32, vocab_size: int = CLIP_VOCAB_SIZE):
         # CLIP keeps only the first vocab_size - 514 merges of the (longer) file.
-        merges = read_merges(bpe_path, max_merges=vocab_size - NUM_BASE_SYMBOLS - 2)
+        merges = read_merges(bpe_path, max_merges=merges_in_vocab(vocab_size))
         base = list(bytes_to_unicode().values())
         vocab = base + [s + "</w>" for s in base] + ["".join(m) for m in merges] + [SOT, EOT]
         self.encoder = {s: i for i, s in enumerate(vocab)}

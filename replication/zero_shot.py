@@ -19,20 +19,23 @@ from .tokenizer import CLIP_VOCAB_SIZE, get_tokenizer
 # old". The open-ended last bin "70+" does not ("between 70+ years old"), so it is given a round upper bound:
 # "between 70-100 years old" (UTKFace's faces over 100, up to 116 by §2.7.2, are still in this class).
 _AGE_TEXT = {group: group for group in AGE_GROUPS} | {"70+": "70-100"}
-# Emotion: RAF-DB's class nouns/adjectives turned into the adjective describing a person, lower-case.
+# Emotion: RAF-DB's class nouns/adjectives turned into the adjective describing a person, lower-case;
+# EMOTION_WORDS by class id (also the emotion words of the demo's composed captions, pretrain.py).
 _EMOTION_ADJECTIVE = {"Surprise": "surprised", "Fear": "fearful", "Disgust": "disgusted", "Happy": "happy",
                       "Sad": "sad", "Angry": "angry", "Neutral": "neutral"}
+EMOTION_WORDS: dict[int, str] = {i: _EMOTION_ADJECTIVE[e] for i, e in enumerate(EMOTIONS)}
 
 
-def _article(word: str) -> str:
-    # "a"/"an" by the adjective's first letter (sufficient for these words: only "angry" takes "an").
+def article(word: str) -> str:
+    # "a"/"an" by the word's first letter (sufficient for the words of these prompts and of pretrain.py's
+    # captions: only "angry" takes "an").
     return "an" if word[0] in "aeiou" else "a"
 
 
 PROMPTS: dict[str, list[str]] = {
     "age": [f"A photo of a person between {_AGE_TEXT[g]} years old" for g in AGE_GROUPS],
     "gender": [f"A photo of a {g} person" for g in GENDERS],
-    "emotion": [f"A photo of {_article(a)} {a} person" for a in (_EMOTION_ADJECTIVE[e] for e in EMOTIONS)],
+    "emotion": [f"A photo of {article(a)} {a} person" for a in EMOTION_WORDS.values()],
 }
 assert {task: len(p) for task, p in PROMPTS.items()} == {task: len(c) for task, c in TASKS.items()}
 
