@@ -8,7 +8,7 @@ its tiny encoder a real, if brief, pre-training of the same kind:
 * images: the demo face crops of the **training splits only** (``split == "train"`` in the prepared
   manifest), so no validation or test image is ever seen;
 * captions: built from each image's labels with varied wording, e.g. "a photo of a happy female
-  person between 20-29 years old", or one of the zero-shot prompts of §4.2 for one of its labels;
+  person between 20 and 29 years old", or one of the zero-shot prompts of §4.2 for one of its labels;
 * tokenizer: the demo's own small BPE merges file, trained on those captions with
   ``replication.tokenizer.train_bpe`` (the real CLIP vocabulary has 49,408 tokens; demo-tiny 1,024);
 * objective: the symmetric InfoNCE loss of Listing 2.2 with a learned temperature. Captions made
@@ -79,7 +79,7 @@ def caption(labels: dict[str, int], rng: np.random.Generator) -> str:
             noun = noun_word
     first = (words or [noun])[0]
     text = " ".join([OPENINGS[rng.integers(len(OPENINGS))], article(first), *words, noun])
-    if labels["age"] != MISSING:  # "between 20-29 years old", worded as the §4.2 age prompts
+    if labels["age"] != MISSING:  # "between 20 and 29 years old", worded as the §4.2 age prompts
         text += " " + PROMPTS["age"][labels["age"]].split(" person ", 1)[1]
     return text
 

@@ -4,7 +4,8 @@ Thesis §4.2 templates:
     age     "A photo of a person between <age range> years old"
     gender  "A photo of a <gender> person"
     emotion "A photo of a/an <emotion> person"
-The thesis does not list the filled-in prompts; the wording choices made here are documented below.
+The thesis does not list the filled-in prompts; they are worded here as in the thesis's own zero-shot code
+(see _AGE_RANGE).
 """
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from torch import nn
 from .labels import AGE_GROUPS, EMOTIONS, GENDERS, TASKS
 from .tokenizer import CLIP_VOCAB_SIZE, get_tokenizer
 
-# Age: the FairFace bin is inserted as written ("0-2", "3-9", ..., "60-69"), which fits "between ... years
-# old". The open-ended last bin "70+" does not ("between 70+ years old"), so it is given a round upper bound:
-# "between 70-100 years old" (UTKFace's faces over 100, up to 116 by §2.7.2, are still in this class).
-_AGE_TEXT = {group: group for group in AGE_GROUPS} | {"70+": "70-100"}
+# Age: "between 0 and 2 years old" ... "between 60 and 69 years old", and "70 years old or older" for the
+# open-ended last bin. §4.2 gives only the template; these are the 18 prompts of the thesis's public scripts
+# that run the PE-Core-L14-336 zero-shot baseline (its evaluation and Table 4.15's concordance index), whose
+# gender and emotion prompts are the ones below too (their "a photo" is our "A photo": the tokenizer lower-cases).
+# The prompts decide Table 4.1's zero-shot accuracies.
+_AGE_RANGE = {g: "between {} and {} years old".format(*g.split("-")) for g in AGE_GROUPS[:-1]} | {
+    AGE_GROUPS[-1]: "70 years old or older"}
 # Emotion: RAF-DB's class nouns/adjectives turned into the adjective describing a person, lower-case;
 # EMOTION_WORDS by class id (also the emotion words of the demo's composed captions, pretrain.py).
 _EMOTION_ADJECTIVE = {"Surprise": "surprised", "Fear": "fearful", "Disgust": "disgusted", "Happy": "happy",
@@ -33,7 +37,7 @@ def article(word: str) -> str:
 
 
 PROMPTS: dict[str, list[str]] = {
-    "age": [f"A photo of a person between {_AGE_TEXT[g]} years old" for g in AGE_GROUPS],
+    "age": [f"A photo of a person {_AGE_RANGE[g]}" for g in AGE_GROUPS],
     "gender": [f"A photo of a {g} person" for g in GENDERS],
     "emotion": [f"A photo of {article(a)} {a} person" for a in EMOTION_WORDS.values()],
 }

@@ -18,7 +18,7 @@ from replication.zero_shot import PROMPTS
 def test_captions_name_only_the_labels_an_image_has():
     rng = np.random.default_rng(0)
     captions = [pretrain.caption({"age": 3, "gender": 1, "emotion": MISSING}, rng) for _ in range(200)]
-    assert all("between 20-29 years old" in c or c == PROMPTS["gender"][1] for c in captions)
+    assert all("between 20 and 29 years old" in c or c == PROMPTS["gender"][1] for c in captions)
     assert not any(w in c for c in captions for w in pretrain.EMOTION_WORDS.values())
     assert any(c in PROMPTS["age"] for c in captions) and any("woman" in c for c in captions)
     assert len(set(captions)) > 8          # varied wording

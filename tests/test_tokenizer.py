@@ -16,24 +16,23 @@ needs_bpe = pytest.mark.skipif(not BPE.is_file(), reason=f"CLIP merges file not 
 SOT, EOT = 49406, 49407
 
 # Computed once with naive_ids below (and identical with the library), then pinned. Some are well known
-# CLIP ids: "a</w>" 320, "photo</w>" 1125, "of</w>" 539. Digits are single-character words ("0</w>" 271).
+# CLIP ids: "a</w>" 320, "photo</w>" 1125, "of</w>" 539, "and</w>" 537. Digits are single-character words ("0</w>" 271).
 PINNED = {
-    "A photo of a person between 0-2 years old": [320, 1125, 539, 320, 2533, 1957, 271, 268, 273, 1151, 896],
-    "A photo of a person between 3-9 years old": [320, 1125, 539, 320, 2533, 1957, 274, 268, 280, 1151, 896],
-    "A photo of a person between 10-19 years old":
-        [320, 1125, 539, 320, 2533, 1957, 272, 271, 268, 272, 280, 1151, 896],
-    "A photo of a person between 20-29 years old":
-        [320, 1125, 539, 320, 2533, 1957, 273, 271, 268, 273, 280, 1151, 896],
-    "A photo of a person between 30-39 years old":
-        [320, 1125, 539, 320, 2533, 1957, 274, 271, 268, 274, 280, 1151, 896],
-    "A photo of a person between 40-49 years old":
-        [320, 1125, 539, 320, 2533, 1957, 275, 271, 268, 275, 280, 1151, 896],
-    "A photo of a person between 50-59 years old":
-        [320, 1125, 539, 320, 2533, 1957, 276, 271, 268, 276, 280, 1151, 896],
-    "A photo of a person between 60-69 years old":
-        [320, 1125, 539, 320, 2533, 1957, 277, 271, 268, 277, 280, 1151, 896],
-    "A photo of a person between 70-100 years old":
-        [320, 1125, 539, 320, 2533, 1957, 278, 271, 268, 272, 271, 271, 1151, 896],
+    "A photo of a person between 0 and 2 years old": [320, 1125, 539, 320, 2533, 1957, 271, 537, 273, 1151, 896],
+    "A photo of a person between 3 and 9 years old": [320, 1125, 539, 320, 2533, 1957, 274, 537, 280, 1151, 896],
+    "A photo of a person between 10 and 19 years old":
+        [320, 1125, 539, 320, 2533, 1957, 272, 271, 537, 272, 280, 1151, 896],
+    "A photo of a person between 20 and 29 years old":
+        [320, 1125, 539, 320, 2533, 1957, 273, 271, 537, 273, 280, 1151, 896],
+    "A photo of a person between 30 and 39 years old":
+        [320, 1125, 539, 320, 2533, 1957, 274, 271, 537, 274, 280, 1151, 896],
+    "A photo of a person between 40 and 49 years old":
+        [320, 1125, 539, 320, 2533, 1957, 275, 271, 537, 275, 280, 1151, 896],
+    "A photo of a person between 50 and 59 years old":
+        [320, 1125, 539, 320, 2533, 1957, 276, 271, 537, 276, 280, 1151, 896],
+    "A photo of a person between 60 and 69 years old":
+        [320, 1125, 539, 320, 2533, 1957, 277, 271, 537, 277, 280, 1151, 896],
+    "A photo of a person 70 years old or older": [320, 1125, 539, 320, 2533, 278, 271, 1151, 896, 541, 7700],
     "A photo of a male person": [320, 1125, 539, 320, 2801, 2533],
     "A photo of a female person": [320, 1125, 539, 320, 3970, 2533],
     "A photo of a surprised person": [320, 1125, 539, 320, 8949, 2533],

@@ -15,17 +15,18 @@ from test_tokenizer import BPE, needs_bpe
 
 
 def test_prompts_follow_thesis_templates():
+    """§4.2's templates, filled in as the thesis's own zero-shot scripts do (the open-ended 70+ bin included)."""
     assert PROMPTS == {
         "age": [
-            "A photo of a person between 0-2 years old",
-            "A photo of a person between 3-9 years old",
-            "A photo of a person between 10-19 years old",
-            "A photo of a person between 20-29 years old",
-            "A photo of a person between 30-39 years old",
-            "A photo of a person between 40-49 years old",
-            "A photo of a person between 50-59 years old",
-            "A photo of a person between 60-69 years old",
-            "A photo of a person between 70-100 years old",
+            "A photo of a person between 0 and 2 years old",
+            "A photo of a person between 3 and 9 years old",
+            "A photo of a person between 10 and 19 years old",
+            "A photo of a person between 20 and 29 years old",
+            "A photo of a person between 30 and 39 years old",
+            "A photo of a person between 40 and 49 years old",
+            "A photo of a person between 50 and 59 years old",
+            "A photo of a person between 60 and 69 years old",
+            "A photo of a person 70 years old or older",
         ],
         "gender": ["A photo of a male person", "A photo of a female person"],
         "emotion": [  # RAF-DB order: Surprise, Fear, Disgust, Happy, Sad, Angry, Neutral
