@@ -11,8 +11,10 @@ and synthetic images, this measures
   additional inference overhead"), MTLoRA with what it cannot merge (§3.6.1);
 * for LP, the frozen encoder's forward pass (the caching pass of ``--cache-embeddings``, and the
   encoder's share of every LP training step, which builds no graph) and the heads' step on its features;
-* optionally peft's LoRA/DoRA around the same encoder (``--peft``) and the input pipeline
-  (``--data-loading``: JPEG decode + Listing 3.1 augmentation + collation).
+* optionally the input pipeline (``--data-loading``: JPEG decode + Listing 3.1 augmentation + collation).
+
+peft's LoRA/DoRA around the same encoder is timed by benchmarks/peft_compare.py with this module's pieces:
+the library writes its methods by hand and keeps peft out.
 
 FLOPs are *counted*, not estimated from a formula that could drift from the code: `FlopCounter` runs one
 forward pass and adds up 2·MACs of every matmul, convolution and attention op that actually executes
@@ -53,7 +55,7 @@ from replication.config import get_config
 from replication.engine import FaceDataset, TrainConfig, build_model
 from replication.files import atomic_write_text
 from replication.labels import NUM_CLASSES
-from replication.lora import adapter_modules, merge_adapters
+from replication.lora import merge_adapters
 from replication.losses import make_weighting
 from replication.methods import METHODS
 from replication.pe import Transformer
@@ -224,8 +226,8 @@ def thesis_epoch_images() -> int:
     return total - emotion + emotion_replication_factor(has_emotion) * emotion
 
 
-# --- helpers ---------------------------------------------------------------------------------------------
-def _reset_memory(device: torch.device) -> None:
+# --- helpers (public where benchmarks/peft_compare.py measures with them too) ---------------------------
+def reset_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -240,7 +242,7 @@ def _peak_memory(device: torch.device) -> dict:
             "peak_reserved_gib": reserved / 2**30, "fits_l40s": reserved < L40S_BYTES}
 
 
-def _synthetic_batch(batch: int, size: int, device: torch.device, seed: int = 0):
+def synthetic_batch(batch: int, size: int, device: torch.device, seed: int = 0):
     """Random images and a (batch, tasks) label matrix, every task labelled."""
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, size, size, generator=g).to(device)
@@ -274,14 +276,14 @@ def _checkpoint_mode(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected off, all, profile or a number of blocks, got {text!r}")
 
 
-def _train_config(method: str, args) -> TrainConfig:
+def train_config(method: str, args) -> TrainConfig:
     return TrainConfig(method=method, tasks=tuple(NUM_CLASSES), weighting="uw", model_config=args.config,
                        batch_size=args.batch, amp=AMP[args.dtype],
                        checkpoint_blocks=checkpoint_blocks(method, args.checkpoint_blocks, args.config),
                        device=args.device)
 
 
-def _param_counts(model: torch.nn.Module) -> dict:
+def param_counts(model: torch.nn.Module) -> dict:
     return {"params": sum(p.numel() for p in model.parameters()),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
@@ -303,9 +305,10 @@ def _checkpointed(first: int, blocks: int, graph_blocks: int) -> int:
     return max(0, min(first, blocks) - (blocks - graph_blocks))
 
 
-class _Step:
+class Step:
     """The engine's own training step (engine.Objective + engine.train_step: masked CE per task, §3.7.3
-    uncertainty weighting, AdamW with the method's parameter groups, GradScaler for fp16)."""
+    uncertainty weighting, AdamW with the method's parameter groups, GradScaler for fp16). `groups`, a
+    function of the weighting module, gives the parameter groups of a model the engine did not adapt."""
 
     def __init__(self, cfg, adapted, model, device, cached: bool, fused_adamw: bool, groups=None):
         weighting = make_weighting(cfg.weighting, cfg.tasks).to(device)
@@ -335,7 +338,7 @@ class _Step:
         counter, saved = self.count(inputs, targets)
         if args.compile:
             self.run = torch.compile(self.objective)
-        _reset_memory(device)
+        reset_memory(device)
         times = time_calls(lambda: self(inputs, targets), device, args.steps, args.warmup)
         row = {**_rates(times, args.batch, counter.training, peak), **_peak_memory(device)}
         row["executed_gflop_per_image"] = (counter.forward + counter.backward) / args.batch / 1e9
@@ -355,7 +358,7 @@ def _infer(fn, inputs, cfg: TrainConfig, args, device, peak: float) -> dict:
         with torch.inference_mode(), engine._autocast(cfg, device):
             return run(inputs)
 
-    _reset_memory(device)
+    reset_memory(device)
     times = time_calls(call, device, args.steps, args.warmup)
     return {**_rates(times, args.batch, counter.forward, peak), **_peak_memory(device)}
 
@@ -363,11 +366,11 @@ def _infer(fn, inputs, cfg: TrainConfig, args, device, peak: float) -> dict:
 # --- one method ------------------------------------------------------------------------------------------
 def bench_method(method: str, args, device: torch.device, peak: float) -> dict:
     """Training step, inference (merged where possible) and, for LP, the frozen encoder alone."""
-    cfg = _train_config(method, args)
+    cfg = train_config(method, args)
     adapted = build_model(cfg)
     model = adapted.model.to(device).train()
-    images, targets = _synthetic_batch(args.batch, model_image_size(args.config), device)
-    row = {"method": method, **_param_counts(model)}
+    images, targets = synthetic_batch(args.batch, model_image_size(args.config), device)
+    row = {"method": method, **param_counts(model)}
 
     if getattr(model, "frozen_backbone", False):
         # §3.3: the frozen encoder's forward and the heads' step, timed apart (wall_clock adds them up)
@@ -380,7 +383,7 @@ def bench_method(method: str, args, device: torch.device, peak: float) -> dict:
     else:
         inputs = images
         row["train_input"] = "images"
-    step = _Step(cfg, adapted, model, device, cached=inputs is not images, fused_adamw=args.fused_adamw)
+    step = Step(cfg, adapted, model, device, cached=inputs is not images, fused_adamw=args.fused_adamw)
     row["train"] = step.measure(inputs, targets, args, device, peak)
     encoder = row.get("cache")  # LP's epoch also runs the frozen encoder on every augmented draw (§3.1)
     seconds_per_image = 1 / row["train"]["images_per_s"] + (1 / encoder["images_per_s"] if encoder else 0.0)
@@ -401,53 +404,6 @@ def bench_method(method: str, args, device: torch.device, peak: float) -> dict:
         print(f"[{method}] warning: counted {row['infer']['gflop_per_image']:.4f} GFLOP/image at inference, "
               f"accounting.gflops says {analytic:.4f}")
     return row
-
-
-# --- peft side by side -----------------------------------------------------------------------------------
-def _as_linear(adapter) -> torch.nn.Linear:
-    """The plain nn.Linear under one of our adapters, sharing its weight and bias Parameters."""
-    linear = torch.nn.Linear(adapter.in_features, adapter.out_features, bias=adapter.bias is not None,
-                             device="meta")
-    linear.weight, linear.bias = adapter.weight, adapter.bias
-    return linear
-
-
-def bench_peft(method: str, args, device: torch.device, peak: float) -> dict | None:
-    """peft's LoRA/DoRA (use_dora) on the very modules our `method` adapts; same heads, batch, dtype, step.
-
-    Our TaskModel is built as usual, every adapter is replaced by its base nn.Linear, and peft injects its
-    own adapter there with the same rank, alpha and dropout. Heads and BatchNorm stay trainable; all of
-    peft's adapter tensors train at the backbone learning rate (speed does not depend on it)."""
-    try:
-        import peft
-    except ImportError:
-        print("peft is not installed: skipping the peft comparison (pip install peft)")
-        return None
-    cfg = _train_config(method, args)
-    adapted = build_model(cfg)
-    model = adapted.model
-    adapters = list(adapter_modules(model))
-    first = adapters[0][1]
-    for name, adapter in adapters:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, _as_linear(adapter))
-    keep = {n for n, p in model.named_parameters() if p.requires_grad}  # heads, BatchNorm
-    config = peft.LoraConfig(r=first.rank, lora_alpha=first.alpha, target_modules=[n for n, _ in adapters],
-                             lora_dropout=getattr(first.dropout, "p", 0.0), use_dora=method == "dora")
-    model = peft.inject_adapter_in_model(config, model)
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in keep or "lora_" in n)
-    model = model.to(device).train()
-    images, targets = _synthetic_batch(args.batch, model_image_size(args.config), device)
-
-    def groups(weighting):
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr_backbone,
-                 "weight_decay": cfg.weight_decay},
-                {"params": list(weighting.parameters()), "lr": cfg.lr_head, "weight_decay": 0.0}]
-
-    step = _Step(cfg, adapted, model, device, cached=False, fused_adamw=args.fused_adamw, groups=groups)
-    return {"method": f"peft-{method}", "peft_version": peft.__version__, "target_modules": len(adapters),
-            **_param_counts(model), "train_input": "images", "train": step.measure(images, targets, args, device, peak)}
 
 
 # --- input pipeline --------------------------------------------------------------------------------------
@@ -500,7 +456,7 @@ def _device_name(device: torch.device) -> str:
         return platform.processor() or platform.machine() or "cpu"
 
 
-def _guarded(label: str, batch: int, measure, *measure_args) -> dict | None:
+def guarded(label: str, batch: int, measure, *measure_args) -> dict:
     """measure(*measure_args), or a row saying it ran out of memory (recorded, not hidden: the table shows it)."""
     print(f"[{label}] ...", flush=True)
     try:
@@ -510,18 +466,25 @@ def _guarded(label: str, batch: int, measure, *measure_args) -> dict | None:
         return {"method": label, "error": "out of memory"}
 
 
-def run(args, argv: list[str], out: Path) -> dict:
-    """Every measurement the arguments ask for, as one dict, rewritten to `out` after each measurement
-    (a run cut short keeps what it measured)."""
+def result_path(kind: str, device: torch.device) -> Path:
+    """The default JSON path: benchmarks/results/<kind>-<device>-<date-time>.json."""
+    name = re.sub(r"[^a-z0-9]+", "-", _device_name(device).lower()).strip("-")
+    return RESULTS / f"{kind}-{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def start_result(args, command: str) -> tuple[torch.device, dict]:
+    """The device, and the result dict with the run's record (device, versions, date, `command`, settings,
+    the bf16 matmul peak measured now) and no measurement yet; benchmarks/peft_compare.py fills the same
+    dict, so format_table and --project read its JSON too."""
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     peak = matmul_peak_tflops(device)
     print(f"{_device_name(device)}: measured bf16 matmul peak {peak:.1f} TFLOP/s", flush=True)
-    result = {
+    return device, {
         "device": _device_name(device), "device_type": device.type, "torch": torch.__version__,
         "cuda": torch.version.cuda, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": "python -m replication bench " + shlex.join(argv), "config": args.config,
+        "command": command, "config": args.config,
         "image_size": model_image_size(args.config), "dtype": args.dtype, "batch": args.batch,
         "steps": args.steps, "warmup": args.warmup, "checkpoint_blocks": args.checkpoint_blocks,
         "compile": args.compile, "fused_adamw": args.fused_adamw, "weights": "random (architecture only)",
@@ -530,23 +493,19 @@ def run(args, argv: list[str], out: Path) -> dict:
         "peak_bf16_tflops": peak, "flop_convention": FLOP_CONVENTION, "epoch_images": thesis_epoch_images(),
         "epoch_minutes": "training steps only (no validation, no data loading) for epoch_images draws; LP: "
                          "the encoder's forward (cache row) plus the heads' step",
-        "rows": [], "peft": [], "data_loading": None,
+        "rows": [], "data_loading": None,
     }
+
+
+def run(args, argv: list[str], out: Path) -> dict:
+    """Every measurement the arguments ask for, as one dict, rewritten to `out` after each measurement
+    (a run cut short keeps what it measured)."""
+    device, result = start_result(args, "python -m replication bench " + shlex.join(argv))
+    peak = result["peak_bf16_tflops"]
     for method in args.methods:
-        result["rows"].append(_guarded(method, args.batch, bench_method, method, args, device, peak))
-        _reset_memory(device)
+        result["rows"].append(guarded(method, args.batch, bench_method, method, args, device, peak))
+        reset_memory(device)
         write_json(result, out)
-    if args.peft:
-        for method in ("lora", "dora"):
-            row = _guarded(f"peft-{method}", args.batch, bench_peft, method, args, device, peak)
-            if row is None:
-                break
-            ours = next((r for r in result["rows"] if r["method"] == method and "train" in r), None)
-            if ours and "train" in row:
-                row["ours_over_peft_speed"] = ours["train"]["images_per_s"] / row["train"]["images_per_s"]
-            result["peft"].append(row)
-            _reset_memory(device)
-            write_json(result, out)
     if args.data_loading:
         print("[data loading] ...", flush=True)
         dl = bench_data_loading(args, model_image_size(args.config), device)
@@ -567,11 +526,11 @@ def _ckpt(train: dict) -> str:
 
 
 def format_table(result: dict) -> str:
-    """A Markdown table, one row per method (and per peft variant), then the derived ratios."""
+    """A Markdown table, one row per method, then the derived ratios."""
     head = ("method", "ckpt", "train img/s", "step ms", "peak GiB", "saved GiB", "TFLOP/s", "% peak", "GFLOP/img",
             "epoch min", "infer img/s", "infer TFLOP/s", "infer % peak")
     table = [head, ("---",) * len(head)]
-    for r in result["rows"] + result["peft"]:
+    for r in result["rows"]:
         if "error" in r:
             table.append((r["method"], r["error"]) + ("",) * (len(head) - 2))
             continue
@@ -598,9 +557,6 @@ def format_table(result: dict) -> str:
             "" if dora["checkpointed_blocks"] == lora["checkpointed_blocks"] else
             f" (DoRA recomputes {dora['checkpointed_blocks']} blocks, LoRA {lora['checkpointed_blocks']}: "
             "compare the adapters on a run with --checkpoint-blocks off or all)"))
-    for r in result["peft"]:
-        if "ours_over_peft_speed" in r:
-            lines.append(f"{r['method']}: ours / peft training speed {r['ours_over_peft_speed']:.2f}x")
     dl = result["data_loading"]
     if dl:
         ratios = ", ".join(f"{x:.2f}x {m}" for m, x in dl["loader_over_train_rate"].items())
@@ -627,7 +583,7 @@ def project_activations(small: dict, large: dict, batch: int) -> dict:
     (b1, r1), (b2, r2) = sorted(((r["batch"], r) for r in (small, large)), key=lambda x: x[0])
 
     def trained(result):
-        return {r["method"]: r for r in result["rows"] + result["peft"] if "train" in r}
+        return {r["method"]: r for r in result["rows"] if "train" in r}
 
     t1, t2 = trained(r1), trained(r2)
     rows = []
@@ -833,10 +789,8 @@ def _methods(text: str) -> list[str]:
     return methods
 
 
-def cli(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(prog="python -m replication bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", type=_methods, default="lp,ap,ft4,lora,dora,mtlora")
+def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of what is measured and how, shared with benchmarks/peft_compare.py."""
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--dtype", choices=AMP, default=get_profile("full").amp,
                    help="autocast dtype (fp32: no autocast); default: the full profile's")
@@ -849,7 +803,28 @@ def cli(argv: list[str] | None = None) -> int:
                         "trains each method) or a number of blocks")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (FLOPs counted eagerly)")
     p.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) instead of the engine's default")
-    p.add_argument("--peft", action="store_true", help="also time peft's LoRA/DoRA on the same encoder")
+
+
+def check_measurement_arguments(p: argparse.ArgumentParser, args) -> None:
+    """Stops on impossible settings and on a missing GPU unless the CPU is asked for; sets args.device."""
+    if args.steps < 1 or args.warmup < 0 or args.batch < 2:
+        p.error("--steps must be >= 1, --warmup >= 0, --batch >= 2 (the heads' BatchNorm trains on batches)")
+    if args.device is None:
+        # falling back to the CPU would run PE-Core-L14-336 for 10+ minutes and file its numbers in the
+        # tracked benchmarks/results/ as if they were a GPU's
+        if not torch.cuda.is_available():
+            p.error("no GPU (CUDA is not available). On the CPU, ask for it explicitly, e.g. a smoke test: "
+                    "--device cpu --config demo-tiny --batch 4 --steps 1 --warmup 0 --dtype fp32 --out /tmp/bench.json")
+        args.device = "cuda"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available; pass --device cpu for a smoke test")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(prog="python -m replication bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", type=_methods, default="lp,ap,ft4,lora,dora,mtlora")
+    add_measurement_arguments(p)
     p.add_argument("--data-loading", action="store_true", help="also time JPEG decode + augmentation")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="DataLoader workers")
     p.add_argument("--loader-images", type=int, default=256, help="distinct synthetic JPEGs written")
@@ -895,21 +870,8 @@ def cli(argv: list[str] | None = None) -> int:
         if args.out:
             write_json(projection, args.out)
         return 0
-    if args.steps < 1 or args.warmup < 0 or args.batch < 2:
-        p.error("--steps must be >= 1, --warmup >= 0, --batch >= 2 (the heads' BatchNorm trains on batches)")
-    if args.device is None:
-        # falling back to the CPU would run PE-Core-L14-336 for 10+ minutes and file its numbers in the
-        # tracked benchmarks/results/ as if they were a GPU's
-        if not torch.cuda.is_available():
-            p.error("no GPU (CUDA is not available). On the CPU, ask for it explicitly, e.g. a smoke test: "
-                    "--device cpu --config demo-tiny --batch 4 --steps 1 --warmup 0 --dtype fp32 --out /tmp/bench.json")
-        args.device = "cuda"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda but CUDA is not available; pass --device cpu for a smoke test")
-
-    out = args.out or RESULTS / "bench-{}-{}.json".format(
-        re.sub(r"[^a-z0-9]+", "-", _device_name(torch.device(args.device)).lower()).strip("-"),
-        dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    check_measurement_arguments(p, args)
+    out = args.out or result_path("bench", torch.device(args.device))
     result = run(args, argv, out)
     print(format_table(result))
     write_json(result, out)

@@ -5,7 +5,9 @@ methods as the thesis describes them (§3.3–3.6.1), not from replication code:
 every matmul, convolution and attention product, a training step charged 3x for the ops in the autograd
 graph and 1x for those outside it (the bench's stated convention).
 """
+import ast
 import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -225,7 +227,7 @@ def test_project_activations_fits_a_line_through_two_batches(tmp_path, capsys):
                 {"method": "dora", "params": 9, "trainable_params": 1, "train": {"saved_activation_gib": dora, **blocks}},
                 {"method": "ap", "error": "out of memory"}]
         return {"config": "PE-Core-L14-336", "dtype": "bf16", "checkpoint_blocks": "off", "batch": batch,
-                "device": "cpu", "command": f"bench --batch {batch}", "rows": rows, "peft": []}
+                "device": "cpu", "command": f"bench --batch {batch}", "rows": rows}
     # lora: 0.5 GiB fixed + 0.25 GiB/image; dora: 0.5 + 0.375 GiB/image
     small, large = tmp_path / "b2.json", tmp_path / "b4.json"
     small.write_text(json.dumps(result(2, 1.0, 1.25)))
@@ -413,26 +415,30 @@ def test_wall_clock_of_another_file_names_it(tmp_path, content, says):
 
 
 def test_gpu_script_runs_its_steps_and_copies_the_results_to_out(tmp_path):
-    """benchmarks/gpu.sh (what a GPU session runs) on demo-tiny and the CPU, through BENCH_ARGS."""
+    """benchmarks/gpu.sh (what a GPU session runs) on demo-tiny and the CPU, through BENCH_ARGS and PEFT_ARGS."""
+    pytest.importorskip("peft")  # no-checkpointing and peft run benchmarks/peft_compare.py
     results, out = tmp_path / "results", tmp_path / "out"
     out.mkdir()
     small = ("--config demo-tiny --device cpu --dtype fp32 --batch 2 --steps 1 --warmup 0 --methods lp,dora "
              "--workers 0 --loader-images 4 --loader-batches 2")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+    compare = "--config demo-tiny --device cpu --dtype fp32 --batch 2 --steps 1 --warmup 0"
     env = {**os.environ, "PYTHON": sys.executable, "RESULTS": str(results), "OUT": str(out), "BENCH_ARGS": small,
-           "OMP_NUM_THREADS": "1"}
-    subprocess.run(["bash", str(script), "profile all-blocks", "no-checkpointing wall-clock"], env=env, check=True,
+           "PEFT_ARGS": compare, "OMP_NUM_THREADS": "1"}
+    subprocess.run(["bash", str(script), "profile all-blocks", "no-checkpointing peft wall-clock"], env=env, check=True,
                    capture_output=True, text=True)
     copied = sorted(p.name for p in (out / "results").iterdir())
     assert copied == sorted(["profile.json", "profile.log", "all-blocks.json", "all-blocks.log",
-                             "no-checkpointing-batch32.json",
-                             "no-checkpointing-batch32.log", "wall-clock.json", "wall-clock.md"])
+                             "no-checkpointing-batch32.json", "no-checkpointing-batch32.log", "peft-profile.json",
+                             "peft-profile.log", "wall-clock.json", "wall-clock.md"])
     profile = json.loads((results / "profile.json").read_text())
     assert profile["checkpoint_blocks"] == "profile" and profile["data_loading"]["images_per_s"] > 0
     L = get_config("demo-tiny").vision.layers  # the full profile's numbers exceed demo-tiny's blocks: all
-    assert [r["train"]["checkpointed_blocks"] for r in profile["rows"] + profile["peft"]] == [0] + [L] * 3
-    assert not json.loads((results / "no-checkpointing-batch32.json").read_text())["rows"][1]["train"][
-        "checkpointed_blocks"]
+    assert [r["train"]["checkpointed_blocks"] for r in profile["rows"]] == [0, L]
+    for name, checkpointed in (("no-checkpointing-batch32", 0), ("peft-profile", L)):  # ours and peft's alike
+        rows = json.loads((results / f"{name}.json").read_text())["rows"]
+        assert [(r["method"], r["train"]["checkpointed_blocks"]) for r in rows] == [
+            (m, checkpointed) for m in ("lora", "peft-lora", "dora", "peft-dora")], name
     every = json.loads((results / "all-blocks.json").read_text())
     assert [r["train"]["checkpointed_blocks"] for r in every["rows"]] == [0, L]
     estimate = json.loads((results / "wall-clock.json").read_text())
@@ -467,3 +473,64 @@ def test_compiled_dora_training_step_matches_eager():
     assert eager.keys() == compiled.keys() and len(eager) == 100
     for name, grad in eager.items():  # fp32, other summation orders: within 1e-5 of each gradient's scale
         assert (compiled[name] - grad).abs().max() <= 1e-5 * grad.abs().max(), name  # (A's are 0: B starts at 0)
+
+
+def test_peft_compare_times_ours_and_peft_on_the_same_modules(tmp_path, capsys):
+    """benchmarks/peft_compare.py (imported from its path: a script beside the library) on demo-tiny and the
+    CPU. peft's adapters sit on our 27 adapted modules with our rank: the same parameter counts, and for LoRA
+    the hand-derived LoRA count. peft's DoRA (DoraLinearLayer.forward, peft 0.21) runs W0 a second time on the
+    dropped-out input (3x in the graph; block 0's q|k|v, whose input needs no grad, 1x) and forms each B A by
+    running A and B on an identity matrix, in the graph, once per step."""
+    peft = pytest.importorskip("peft")
+    spec = importlib.util.spec_from_file_location(
+        "peft_compare", Path(__file__).resolve().parents[1] / "benchmarks" / "peft_compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    out = tmp_path / "peft.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two shared cores: see `result`
+    try:
+        assert compare.main(["--config", "demo-tiny", "--batch", "2", "--steps", "1", "--warmup", "0",
+                             "--dtype", "fp32", "--device", "cpu", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed, result = capsys.readouterr().out, json.loads(out.read_text())
+    assert result["command"] == ("python benchmarks/peft_compare.py --config demo-tiny --batch 2 --steps 1 --warmup 0 "
+                                 f"--dtype fp32 --device cpu --out {out}")
+    assert result["peft"] == peft.__version__ and result["torch"] == torch.__version__ and result["date"]
+    assert result["dtype"] == "fp32" and result["batch"] == 2 and result["device_type"] == "cpu"
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["lora", "peft-lora", "dora", "peft-dora"]
+    for m in ("lora", "dora"):
+        ours, theirs = rows[m], rows[f"peft-{m}"]
+        assert theirs["target_modules"] == 27
+        assert (theirs["params"], theirs["trainable_params"]) == (ours["params"], ours["trainable_params"])
+        ratio = ours["train"]["images_per_s"] / theirs["train"]["images_per_s"]
+        assert result["ours_over_peft_speed"][m] == ratio
+        assert f"| {m} | {ours['train']['images_per_s']:.1f} | {theirs['train']['images_per_s']:.1f} | {ratio:.2f}x |" \
+            in printed
+    v = get_config("demo-tiny").vision
+    w, mlp, N, B = v.width, v.mlp_dim, v.grid**2 + 1, 2
+    lora_flops = expected_flops(B=B)["lora"][0]
+    assert rows["peft-lora"]["train"]["flops"] == rows["lora"]["train"]["flops"] == lora_flops
+    # (in, out, tokens) of the adapted linears: q|k|v, out, c_fc, c_proj per block; the pooling's out and MLP
+    layers = [(w, 3 * w, N), (w, w, N), (w, mlp, N), (mlp, w, N)] * v.layers + [(w, w, 1), (w, 4 * w, 1), (4 * w, w, 1)]
+    assert len(layers) == 27
+    w0, qkv0 = sum(n * i * o for i, o, n in layers), N * w * 3 * w
+    products = sum(i * i * RANK + i * RANK * o for i, o, _ in layers)
+    assert rows["peft-dora"]["train"]["flops"] == lora_flops + 2 * B * (3 * (w0 - qkv0) + qkv0) + 3 * 2 * products
+
+
+def test_bench_has_no_peft_option_and_the_library_imports_none_of_peft_timm_open_clip():
+    """peft, timm and open_clip serve only as reference oracles in tests and benchmarks/ (the project's rule)."""
+    with pytest.raises(SystemExit):
+        cli(["--peft", "--device", "cpu"])
+    library = Path(__file__).resolve().parents[1] / "replication"
+    imported = set()
+    for path in library.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {(path.name, a.name.split(".")[0]) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((path.name, node.module.split(".")[0]))
+    assert not {(f, m) for f, m in imported if m in ("peft", "timm", "open_clip")}
