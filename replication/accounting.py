@@ -77,11 +77,15 @@ def uw_parameters(tasks: Sequence[str]) -> int:
     return _n(UncertaintyWeighting(tasks).parameters()) if len(tasks) > 1 else 0
 
 
-def method_counts(method: str, tasks: Sequence[str], config: str = "PE-Core-L14-336") -> tuple[int, int]:
-    """(trainable, total) parameters of `method` for `tasks`, UW log-variances included when multi-task."""
-    with torch.device("meta"):
-        vision = VisionTransformer(get_config(config).vision)
-    adapted = build_method(method, tasks, vision)
+def _meta_vision(config: str) -> VisionTransformer:
+    with torch.device("meta"):  # shapes only: the L14-336 tower costs no memory
+        return VisionTransformer(get_config(config).vision)
+
+
+def method_counts(method: str, tasks: Sequence[str], config: str = "PE-Core-L14-336", **build) -> tuple[int, int]:
+    """(trainable, total) parameters of `method` for `tasks`, UW log-variances included when multi-task;
+    ``build`` goes to methods.build_method (e.g. mtlora_train_magnitude=True)."""
+    adapted = build_method(method, tasks, _meta_vision(config), **build)
     extra = uw_parameters(tasks)
     return adapted.trainable_parameters() + extra, adapted.total_parameters() + extra
 
@@ -92,9 +96,7 @@ def inference_parameters(config: str = "PE-Core-L14-336") -> dict[str, int]:
     Table 4.14 prints millions truncated: MTLoRA's 329 is this count's 329.76 M."""
     counts = {"zs": clip_counts(config)["total"]}
     for method in ("ft4", "dora", "mtlora"):
-        with torch.device("meta"):
-            vision = VisionTransformer(get_config(config).vision)
-        model = build_method(method, ALL_TASKS, vision).model
+        model = build_method(method, ALL_TASKS, _meta_vision(config)).model
         folded = _n(adapter_parameters(model))  # A, B (and m) disappear into the merged weights
         counts["dora_merged" if method == "dora" else method] = _n(model.parameters()) - folded
     return counts
@@ -117,6 +119,7 @@ def clip_counts(config: str = "PE-Core-L14-336") -> dict[str, int]:
 
 FLOP_WEIGHTS = {"mac": 2, "attn_mac": 0, "norm": 1, "softmax": 1}
 MATMUL_WEIGHTS = {"mac": 2, "attn_mac": 2, "norm": 0, "softmax": 0}  # what FlopCounterMode counts
+WEIGHT_MAC_WEIGHTS = {"mac": 2, "attn_mac": 0, "norm": 0, "softmax": 0}  # the plain "2 x weight MACs"
 
 
 def _times(ops: Counter, k: int) -> Counter:
@@ -217,18 +220,16 @@ def _fmt(x: float) -> str:
 def rows(config: str = "PE-Core-L14-336") -> list[dict]:
     """[{"figure", "thesis", "replicated", "note"}] for every parameter/GFLOPs figure of the thesis."""
     clip = clip_counts(config)
-    counts = {}
-    for method in ("lp", "ap", "ft4", "dora", "mtlora"):
-        counts[method, "single"] = method_counts(method, SINGLE_TASK, config)
-        counts[method, "multi"] = method_counts(method, ALL_TASKS, config)
+    counts = ({(m, "single"): method_counts(m, SINGLE_TASK, config) for m in ("lp", "ap", "ft4")}
+              | {(m, "multi"): method_counts(m, ALL_TASKS, config) for m in ("lp", "ap", "ft4", "dora", "mtlora")})
     lp_multi_no_bn = counts["lp", "multi"][1]
     ap_multi = counts["ap", "multi"][1]
-    mt_train_m = method_counts_mtlora_with_magnitudes(config)
+    mt_train_m = method_counts("mtlora", ALL_TASKS, config, mtlora_train_magnitude=True)[0]
     g = gflops(config)
-    g_plain = gflops(config, {"mac": 2, "attn_mac": 0, "norm": 0, "softmax": 0})
+    g_plain = gflops(config, WEIGHT_MAC_WEIGHTS)
     g_matmul = gflops(config, MATMUL_WEIGHTS)
     cfg = get_config(config)
-    text_plain = flops(text_ops(cfg.text, N_PROMPTS), {"mac": 2, "attn_mac": 0, "norm": 0, "softmax": 0}) / 1e9
+    text_plain = flops(text_ops(cfg.text, N_PROMPTS), WEIGHT_MAC_WEIGHTS) / 1e9
     thesis_gap = THESIS_FIGURES["table4.3/gflops_zero_shot"] - THESIS_FIGURES["table4.14/gflops_ft4"]
     v = cfg.vision
     block_l = flops(block_ops(_tokens(v), v.width, v.mlp_dim, v.heads, rank=64)) / 1e9
@@ -280,14 +281,6 @@ def rows(config: str = "PE-Core-L14-336") -> list[dict]:
          f"is about one extra block with rank-64 LoRA ({block_l:.2f} here), not three task streams"),
     ]
     return [{"figure": fid, "thesis": THESIS_FIGURES[fid], "replicated": rep, "note": note} for fid, rep, note in r]
-
-
-def method_counts_mtlora_with_magnitudes(config: str = "PE-Core-L14-336") -> int:
-    """MTLoRA trainable count if the TA-DoRA magnitudes were trained too (for the note)."""
-    with torch.device("meta"):
-        vision = VisionTransformer(get_config(config).vision)
-    adapted = build_method("mtlora", ALL_TASKS, vision, mtlora_train_magnitude=True)
-    return adapted.trainable_parameters() + uw_parameters(ALL_TASKS)
 
 
 def cli(argv: list[str] | None = None) -> int:
