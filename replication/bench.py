@@ -50,7 +50,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from replication import accounting, engine
+from replication import accounting, distributed, engine
 from replication.config import get_config
 from replication.engine import FaceDataset, TrainConfig, build_model
 from replication.files import atomic_write_text
@@ -816,8 +816,9 @@ def check_measurement_arguments(p: argparse.ArgumentParser, args) -> None:
             p.error("no GPU (CUDA is not available). On the CPU, ask for it explicitly, e.g. a smoke test: "
                     "--device cpu --config demo-tiny --batch 4 --steps 1 --warmup 0 --dtype fp32 --out /tmp/bench.json")
         args.device = "cuda"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda but CUDA is not available; pass --device cpu for a smoke test")
+    problem = distributed.device_problem(args.device)
+    if problem:
+        p.error(f"{problem}; pass --device cpu for a smoke test")
 
 
 def cli(argv: list[str] | None = None) -> int:

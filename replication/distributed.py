@@ -28,6 +28,20 @@ class Dist:
         return self.rank == 0
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``--device`` cannot run here (a name torch does not know, CUDA or a GPU this machine lacks), or None:
+    the commands check it before any work, as torch would otherwise fail deep inside the first CUDA call."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        return f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {device} but CUDA is not available"
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        return f"--device {device} but this machine has only {torch.cuda.device_count()} GPU(s), numbered from 0"
+    return None
+
+
 def setup(device: str) -> Dist:
     """Join the process group torchrun describes (if any) and pick this process's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import functools
 import json
 import os
 import random
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -39,8 +40,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook kernel without ipywidgets (not a dependency)
 
 from replication import distributed
-from replication.checkpoint import PE_CORE_WEIGHTS, load_clip, load_vision
-from replication.config import get_config
+from replication.checkpoint import PE_CORE_WEIGHTS, CheckpointError, load_clip, load_vision
+from replication.config import CONFIGS, get_config
 from replication.data import ManifestError, read_manifest
 from replication.files import atomic_write, atomic_write_text, sha1
 from replication.labels import MISSING, TASKS, TEST_SETS
@@ -56,6 +57,16 @@ from replication.zero_shot import ZeroShotClassifier
 RUN_METHODS = ("zero_shot", *METHODS)  # §4.2 baseline + the adaptation methods of §3.3-3.6.1
 AMP_MODES = ("bf16", "fp16", "none")  # autocast dtype (fp16 with a GradScaler, §3.1), or fp32
 _INPUT_FIELDS = ("prepared", "checkpoint", "bpe")  # TrainConfig's inputs; runs_dir is its output
+# TrainConfig's numbers: a test its allowed values pass (and a NaN fails), and how `train` names them
+_RANGES = {"batch_size": (lambda v: v >= 1, ">= 1"), "max_epochs": (lambda v: v >= 1, ">= 1"),
+           "patience": (lambda v: v >= 1, ">= 1 (epochs without improvement before stopping)"),
+           "lr_head": (lambda v: v > 0, "> 0"), "lr_backbone": (lambda v: v > 0, "> 0"),
+           "weight_decay": (lambda v: v >= 0, ">= 0"), "seed": (lambda v: v >= 0, ">= 0"),
+           "num_workers": (lambda v: v >= 0, ">= 0 (0: images load in the training process)"),
+           "checkpoint_blocks": (lambda v: v >= 0, ">= 0 (0: none)"),
+           "emotion_share": (lambda v: 0 < v < 1, "in (0, 1) (the emotion rows' share of the training draws)"),
+           "max_train_samples": (lambda v: v is None or v >= 1, ">= 1 (not set: every training row)"),
+           "checkpoint_every": (lambda v: v >= 1, ">= 1 (steps between mid-epoch saves of last.pt)")}
 
 
 @dataclass
@@ -105,8 +116,15 @@ class TrainConfig:
                              f"{self.weighting!r}: uw and ema weight the losses of several tasks (§3.7.3)")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be {', '.join(AMP_MODES[:-1])} or {AMP_MODES[-1]}, got {self.amp!r}")
-        if self.checkpoint_blocks < 0:
-            raise ValueError(f"checkpoint_blocks must be >= 0 (0: none), got {self.checkpoint_blocks}")
+        if self.model_config not in CONFIGS:
+            raise ValueError(f"--model-config must be one of {', '.join(CONFIGS)}, got {self.model_config!r}")
+        for name, (valid, allowed) in _RANGES.items():
+            if not valid(getattr(self, name)):
+                raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {getattr(self, name)}")
+        # the folder is <runs_dir>/<run_name>: a separator or '..' would put it elsewhere (or be runs_dir itself)
+        if self.run_name and ("/" in self.run_name or os.sep in self.run_name or self.run_name in (".", "..")):
+            raise ValueError(f"--run-name must be a folder name, without a path separator and not '.' or '..' "
+                             f"(the run is written to --runs-dir/<run name>), got {self.run_name!r}")
         # absolute against the working directory: config.json then names the same files whichever folder a
         # later command (or a notebook, run in the repository root) starts from, relative or absolute flags alike
         for name in (*_INPUT_FIELDS, "runs_dir"):
@@ -146,11 +164,12 @@ _ZERO_SHOT_IGNORES = {"weighting", "seed", "max_train_samples", "batch_size", "m
                       "lr_backbone", "weight_decay", "emotion_share", "cache_embeddings"}
 
 
-# a run's input files: what each is called in an error, and where the full profile gets it from
+# a run's input files: what each is called in an error, where the full profile gets it from, and what file it is
 _INPUTS = {"manifest_sha1": ("prepared manifest", "make it with `python -m replication prepare --data-root RAW --out "
-                             "PREPARED --detector ssd --detector-dir DETECTOR`: README, 'Full replication', step 2"),
-           "checkpoint_sha1": ("checkpoint", f"PE-Core weights: {PE_CORE_WEIGHTS}"),
-           "bpe_sha1": ("BPE merges file", CLIP_MERGES)}
+                             "PREPARED --detector ssd --detector-dir DETECTOR`: README, 'Full replication', step 2",
+                             "a CSV file"),
+           "checkpoint_sha1": ("checkpoint", f"PE-Core weights: {PE_CORE_WEIGHTS}", "a .pt file"),
+           "bpe_sha1": ("BPE merges file", CLIP_MERGES, "a .txt or .txt.gz file")}
 
 
 def _config_dict(cfg: TrainConfig) -> dict:
@@ -168,16 +187,23 @@ def _config_dict(cfg: TrainConfig) -> dict:
 
 
 class MissingInputError(FileNotFoundError):
-    """A run's manifest, checkpoint or merges file is not there; the message says how to get each."""
+    """A run's manifest, checkpoint or merges file is not there (or is a folder); the message says how to get each."""
 
 
 def _missing_inputs(cfg: TrainConfig, missing: dict[str, Path]) -> str:
     """One line per missing input, then how to get it: the demo makes all of its own (pretrain writes its
-    encoder: Hugging Face's weights are the full profile's), the full profile's come from the README's table."""
+    encoder: Hugging Face's weights are the full profile's), the full profile's come from the README's table.
+    An input given as a folder is said to be one: the file in it was meant, and making the inputs would not help."""
+    lines = [f"{_INPUTS[key][0]} {path} is a folder; expected {_INPUTS[key][2]}"
+             for key, path in missing.items() if path.is_dir()]
+    missing = {key: path for key, path in missing.items() if not path.is_dir()}
+    if not missing:
+        return "\n".join(lines)
     if cfg.profile == "demo":
-        return "\n".join([f"{_INPUTS[key][0]} not found: {path}" for key, path in missing.items()]
+        return "\n".join(lines + [f"{_INPUTS[key][0]} not found: {path}" for key, path in missing.items()]
                          + [demo_inputs_help(cfg.prepared, cfg.checkpoint, cfg.bpe)])
-    return "\n".join(f"{_INPUTS[key][0]} not found: {path} ({_INPUTS[key][1]})" for key, path in missing.items())
+    return "\n".join(lines + [f"{_INPUTS[key][0]} not found: {path} ({_INPUTS[key][1]})"
+                              for key, path in missing.items()])
 
 
 def _sha1(path: Path) -> str:
@@ -202,6 +228,15 @@ def read_split(cfg: TrainConfig, split: str) -> pd.DataFrame:
     return frame
 
 
+class CropError(ManifestError):
+    """A face crop that manifest.csv lists cannot be read. Raised in a DataLoader worker, it reaches the training
+    process rebuilt by torch (ExceptionWrapper.reraise) from the worker's whole traceback text: only the message
+    after the last "CropError: " in it is kept, so `train` prints the one line, not a traceback."""
+
+    def __init__(self, message: str):
+        super().__init__(message.rpartition(f"{CropError.__name__}: ")[2].rstrip("\n"))
+
+
 class FaceDataset(Dataset):
     """Prepared face crops with their labels for the run's tasks (-1 = missing), one item per row.
 
@@ -224,7 +259,7 @@ class FaceDataset(Dataset):
                 image = image.convert("RGB")
         except (OSError, ValueError) as e:
             # named by its manifest path: `row` counts within this split's filtered frame, not manifest.csv's lines
-            raise RuntimeError(f"cannot read image {path} (manifest.csv path {self.paths[row]!r}): {e}") from e
+            raise CropError(f"cannot read image {path} (manifest.csv path {self.paths[row]!r}): {e}") from e
         if seed is None:
             return self.transform(image), self.labels[row]
         # Only the CPU generator (same images): torch.manual_seed also queues a CUDA reseed that records a
@@ -461,6 +496,11 @@ class Progress:
     nonfinite: dict = field(default_factory=dict)  # task -> batches of the current epoch with a NaN/inf loss
 
 
+class BatchSizeError(ValueError):
+    """The batch size does not fit the run (more than an epoch's training draws, or not divisible by the
+    processes); the message says what to change."""
+
+
 class Trainer:
     """Builds everything a run needs from its config; ``fit()`` trains (resuming from last.pt)."""
 
@@ -502,18 +542,25 @@ class Trainer:
         self.val_frame = read_split(cfg, "val")
         unlabelled = [t for t in cfg.tasks if (self.val_frame[t] == MISSING).all()]
         if unlabelled:  # §4.1 selection and §3.1 stopping would compare NaN accuracies
-            raise ValueError(f"{Path(cfg.prepared) / 'manifest.csv'}: no val rows labelled for {unlabelled}")
+            raise ManifestError(f"{Path(cfg.prepared) / 'manifest.csv'}: no val rows labelled for {unlabelled}")
         self.train_images = FaceDataset(root, self.train_set.frame, cfg.tasks, train_transform(size))
         self.val_images = FaceDataset(root, self.val_frame, cfg.tasks, eval_transform(size))
         self.sampler = BalancedSampler(self.train_set.weights, cfg.seed, self.d.rank, self.d.world_size)
         # batch_size is the global batch of §3.1 (128 on the thesis's one GPU); each rank takes its share
         # and the loss is the global batch's (Objective), so DDP changes the hardware, not the optimisation
         if cfg.batch_size % self.d.world_size:
-            raise ValueError(f"batch size {cfg.batch_size} is not divisible by {self.d.world_size} processes")
+            raise BatchSizeError(f"--batch-size {cfg.batch_size} is not divisible by the {self.d.world_size} "
+                                 f"processes, which take equal shares of each batch: give a multiple of "
+                                 f"{self.d.world_size}")
         self.batch = cfg.batch_size // self.d.world_size
         self.steps_per_epoch = self.sampler.num_samples // self.batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{self.sampler.num_samples} training draws per rank < batch size {self.batch}")
+        if self.steps_per_epoch == 0:  # drop_last: an epoch would train nothing
+            subsampled = cfg.max_train_samples == len(self.train_set.frame)  # TrainingSet kept that many rows
+            rows = (f"a larger --max-train-samples (now {cfg.max_train_samples})" if subsampled else
+                    f"more training rows in {Path(cfg.prepared) / 'manifest.csv'}")
+            raise BatchSizeError(f"an epoch's {len(self.train_set.rows)} training draws fill no batch of "
+                                 f"{cfg.batch_size}: give a --batch-size of at most "
+                                 f"{self.sampler.num_samples * self.d.world_size}, or {rows}")
         self.progress = Progress()
 
     # -- state ----------------------------------------------------------------------------------------
@@ -722,11 +769,16 @@ def _image_size(cfg: TrainConfig) -> int:
 
 # --- runs ---------------------------------------------------------------------------------------------
 class RunFolderError(ValueError):
-    """The run's folder holds a run with other settings; the message says how to keep both."""
+    """The run's folder holds a run with other settings, or another process is writing it; the message says
+    what to do."""
 
 
 def _same_run(cfg: TrainConfig, new: dict) -> bool:
-    """True if the run folder exists with config.json ``new`` (_config_dict); raises if it holds a different run."""
+    """True if the run folder exists with config.json ``new`` (_config_dict); raises if it holds a different run.
+
+    A folder with config.json but no last.pt, best.pt or DONE holds nothing trained and nothing to resume (a
+    first try that stopped on a bad input mid-epoch, a crop it could not read): False, and the corrected
+    command's config.json replaces it."""
     path = cfg.run_dir / "config.json"
     if not path.exists():
         return False
@@ -735,11 +787,13 @@ def _same_run(cfg: TrainConfig, new: dict) -> bool:
     ignored = _EXECUTION_ONLY | (_ZERO_SHOT_IGNORES if cfg.method == "zero_shot" else {"bpe"})
     diff = {k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k)
             and not _moved_with_the_runs(old, new, k)}
-    if diff:
-        raise RunFolderError(f"{cfg.run_dir} holds a run with a different config ({sorted(diff)}); remove that "
-                             f"folder, or write this run elsewhere: another --runs-dir (train and reproduce) or "
-                             f"--run-name (train)")
-    return True
+    if not diff:
+        return True
+    if not any((cfg.run_dir / name).exists() for name in ("last.pt", "best.pt", "DONE")):
+        return False
+    raise RunFolderError(f"{cfg.run_dir} holds a run with a different config ({sorted(diff)}); remove that "
+                         f"folder, or write this run elsewhere: another --runs-dir (train and reproduce) or "
+                         f"--run-name (train)")
 
 
 def _moved_with_the_runs(old: dict, new: dict, key: str) -> bool:
@@ -749,6 +803,40 @@ def _moved_with_the_runs(old: dict, new: dict, key: str) -> bool:
     if key not in _INPUT_FIELDS or old.get(key) is None or new.get(key) is None:
         return False
     return os.path.relpath(old[key], old["runs_dir"]) == os.path.relpath(new[key], new["runs_dir"])
+
+
+@contextmanager
+def _writing(cfg: TrainConfig, d: distributed.Dist):
+    """Hold an exclusive lock on <runs_dir>/.<name>.lock while the run folder is written: two processes on one
+    folder would overwrite each other's last.pt. Only the main rank writes, so only it locks. The lock is
+    flock's, released by the kernel when its process dies: a run killed with kill -9 leaves at most an
+    unlocked file, which the next run takes."""
+    if not d.is_main:
+        yield
+        return
+    path = Path(cfg.runs_dir) / f".{cfg.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        with open(path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunFolderError(f"another process is writing {cfg.run_dir} now ({path} is locked); once it "
+                                     f"has finished, the same command reuses or resumes its run; or write this run "
+                                     f"elsewhere: another --runs-dir (train and reproduce) or --run-name (train)"
+                                     ) from None
+            # the holder before us deletes the file as it lets go: a lock on the deleted file excludes no one
+            # from the new one another process may have made, so take that one (the next pass)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if os.path.samestat(os.fstat(lock.fileno()), current):
+                try:
+                    yield
+                finally:
+                    path.unlink()
+                return
 
 
 def _prepare_dir(cfg: TrainConfig, config: dict, fresh: bool, d: distributed.Dist) -> None:
@@ -790,23 +878,26 @@ def run(cfg: TrainConfig) -> Path:
         return cfg.run_dir
     d = distributed.setup(cfg.device)
     try:
-        fresh = not _same_run(cfg, config)  # a folder holding another run is refused before anything loads
+        _same_run(cfg, config)  # a folder holding another run is refused before anything loads
         # config.json only once the model and data are built from the inputs: a first try that fails on one
         # (an unreadable checkpoint, a split without labels) leaves no folder to refuse the corrected command
         test = evaluation_frame(cfg)
         if cfg.method == "zero_shot":
             model = _zero_shot_model(cfg).to(d.device)
-            _prepare_dir(cfg, config, fresh, d)
-            _test(cfg, model, test, d, {})
         else:
             trainer = Trainer(cfg, d)
+        with _writing(cfg, d):
+            fresh = not _same_run(cfg, config)  # again: another process may have written the folder meanwhile
             _prepare_dir(cfg, config, fresh, d)
-            trainer.fit()
-            distributed.barrier(d)  # rank 0 commits best.pt after the last collective of fit()
-            best = torch.load(cfg.run_dir / "best.pt", map_location="cpu", weights_only=False)
-            trainer.model.load_trainable_state_dict(best["model"])
-            _test(cfg, trainer.model, test, d, {"best_epoch": best["epoch"], "epochs": trainer.progress.epoch})
-        distributed.barrier(d)
+            if cfg.method == "zero_shot":
+                _test(cfg, model, test, d, {})
+            else:
+                trainer.fit()
+                distributed.barrier(d)  # rank 0 commits best.pt after the last collective of fit()
+                best = torch.load(cfg.run_dir / "best.pt", map_location="cpu", weights_only=False)
+                trainer.model.load_trainable_state_dict(best["model"])
+                _test(cfg, trainer.model, test, d, {"best_epoch": best["epoch"], "epochs": trainer.progress.epoch})
+            distributed.barrier(d)
     finally:
         distributed.teardown(d)
     return cfg.run_dir
@@ -910,10 +1001,17 @@ def cli(argv: list[str] | None = None) -> int:
     """``python -m replication train ...`` (see parse_config): one run, then its §4 average test accuracy per
     task (and over the three tasks when it learns all three)."""
     cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    # checked by the command, not by parse_config or TrainConfig: what the machine has does not change the config
+    # (the full profile's cuda is read on a CPU machine too, by load_config and by the tests)
+    problem = distributed.device_problem(cfg.device)
+    if problem:
+        print(f"train: error: {problem}", file=sys.stderr)
+        return 2
     finished = (cfg.run_dir / "DONE").exists()
     try:
         folder = run(cfg)
-    except (MissingInputError, ManifestError, RunFolderError) as err:  # the user's to fix, not a bug: no traceback
+    # the user's to fix, not a bug: no traceback
+    except (MissingInputError, ManifestError, RunFolderError, BatchSizeError, CheckpointError) as err:
         print(f"train: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: say how to go on rather than print a traceback

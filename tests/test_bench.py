@@ -181,6 +181,22 @@ def test_no_gpu_and_no_device_stops_before_measuring(capsys, monkeypatch, tmp_pa
     assert not any(tmp_path.iterdir())
 
 
+def test_a_device_that_cannot_run_here_stops_before_measuring(capsys, monkeypatch):
+    """The check `train` shares (distributed.device_problem): a name torch does not parse used to fail inside
+    the first measurement with torch's traceback."""
+    import replication.bench as bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench, "run", None)
+    for device, message in (("gpu", "--device 'gpu' is not a torch device (e.g. cpu, cuda, cuda:1)"),
+                            ("cuda", "--device cuda but CUDA is not available")):
+        with pytest.raises(SystemExit) as exit_:
+            cli(["--methods", "lp", "--device", device])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (f"python -m replication bench: error: {message}; pass "
+                                                            f"--device cpu for a smoke test")
+
+
 def test_saved_tensors_counts_what_autograd_keeps():
     """Hand-derived: Linear(8,16) keeps its input for the weight gradient, GELU its input, Linear(16,4) its
     input; the weights are parameters (not counted) and no gradient is asked of x, so W1 is not kept. A

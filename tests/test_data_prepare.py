@@ -12,7 +12,7 @@ from PIL import Image
 
 from replication.data import demo, prepare as prep
 from replication.data.faces import SSDFaceDetector
-from replication.data.prepare import MANIFEST_COLUMNS, crop_mode, read_manifest, run_prepare
+from replication.data.prepare import MANIFEST_COLUMNS, ManifestError, crop_mode, read_manifest, run_prepare
 from replication.labels import DATASETS
 from test_data_faces import StubNet
 
@@ -302,6 +302,21 @@ def test_read_manifest_names_the_bad_row(tmp_path, column, value, message):
     with pytest.raises(ValueError, match=r"row 2 \(line 3\)") as e:
         read_manifest(tmp_path / "manifest.csv")
     assert message in str(e.value)
+
+
+def test_read_manifest_names_a_file_that_is_no_csv(tmp_path):
+    """An empty file (a prepare killed as it began writing) used to raise pandas' EmptyDataError; binary junk its
+    ParserError. Both are ManifestErrors naming the file, which `train` reports in one line."""
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(b"")
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path)
+    assert str(err.value) == f"{path}: empty file, expected a CSV with the header path,dataset,split,age,gender,emotion"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path)
+    # pandas's own words (not pinned) follow, naming the line
+    assert str(err.value).startswith(f"{path}: not a CSV pandas can read: ") and "line 3" in str(err.value)
 
 
 def test_read_manifest_types(tmp_path):

@@ -169,10 +169,63 @@ def test_train_command_reports_a_bad_value_in_one_line_naming_the_valid_ones(cap
             (["--method", "lp", "--tasks", "age", "--weighting", "uw"], "weighting must be 'none' for a single-task"),
             (["--method", "ft4", "--tasks", "age,gender", "--weighting", "sum"], "weighting must be uw, ema or none"),
             (["--method", "lp", "--tasks", "age", "--amp", "fp8"], "amp must be bf16, fp16 or none, got 'fp8'"),
-            (["--method", "lp", "--tasks", "age", "--profile", "thesis"], "invalid choice: 'thesis'")):
+            (["--method", "lp", "--tasks", "age", "--profile", "thesis"], "invalid choice: 'thesis'"),
+            (["--method", "lp", "--tasks", "age", "--model-config", "PE-Core-L14"], "--model-config must be one of "
+             "PE-Core-T16-384, PE-Core-S16-384, PE-Core-B16-224, PE-Core-L14-336, PE-Core-G14-448, demo-tiny, got "
+             "'PE-Core-L14'"),
+            (["--method", "lp", "--tasks", "age", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+            (["--method", "lp", "--tasks", "age", "--max-train-samples", "0"],
+             "--max-train-samples must be >= 1 (not set: every training row), got 0"),
+            (["--method", "lp", "--tasks", "age", "--run-name", "../escape"], "--run-name must be a folder name, "
+             "without a path separator and not '.' or '..' (the run is written to --runs-dir/<run name>), got "
+             "'../escape'")):
         with pytest.raises(SystemExit):
             engine.parse_config(argv)
         assert expected in capsys.readouterr().err.splitlines()[-1], argv
+
+
+def test_train_config_checks_its_numbers_and_run_name():
+    """Programmatic runs (notebooks, reproduce) too: each number is named by its flag with its allowed values; a
+    zero batch used to end in ZeroDivisionError, a zero or negative epoch count or learning rate ran silently."""
+    for field, value, allowed in (
+            ("batch_size", -8, ">= 1"), ("max_epochs", 0, ">= 1"), ("max_epochs", -1, ">= 1"),
+            ("patience", -1, ">= 1 (epochs without improvement before stopping)"), ("lr_head", -0.1, "> 0"),
+            ("lr_backbone", float("nan"), "> 0"), ("weight_decay", -0.01, ">= 0"), ("seed", -1, ">= 0"),
+            ("num_workers", -1, ">= 0 (0: images load in the training process)"),
+            ("checkpoint_blocks", -1, ">= 0 (0: none)"),
+            ("emotion_share", 1.5, "in (0, 1) (the emotion rows' share of the training draws)"),
+            ("emotion_share", 0.0, "in (0, 1) (the emotion rows' share of the training draws)"),
+            ("max_train_samples", -5, ">= 1 (not set: every training row)"),
+            ("checkpoint_every", 0, ">= 1 (steps between mid-epoch saves of last.pt)")):
+        with pytest.raises(ValueError) as err:
+            TrainConfig(method="lp", tasks=("age",), weighting="none", **{field: value})
+        assert str(err.value) == f"--{field.replace('_', '-')} must be {allowed}, got {value}"
+    for name in ("../escape", "a/b", ".", ".."):
+        with pytest.raises(ValueError, match="--run-name must be a folder name"):
+            TrainConfig(method="lp", tasks=("age",), weighting="none", run_name=name)
+    cfg = TrainConfig(method="lp", tasks=("age",), weighting="none", runs_dir="/r", run_name="a..b",
+                      max_train_samples=1, batch_size=1, emotion_share=0.5)
+    assert cfg.run_dir == Path("/r/a..b")
+
+
+def test_train_command_names_a_device_this_machine_lacks(tmp_path, monkeypatch, capsys):
+    """One line before any work (torch used to fail deep inside the first CUDA call), from the command: the
+    config itself does not depend on the machine (the full profile's cuda is read on a CPU one too)."""
+    argv = ["--method", "lp", "--tasks", "age", "--runs-dir", str(tmp_path / "runs"), "--device"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(engine, "run", None)
+    for device, message in (("gpu", "--device 'gpu' is not a torch device (e.g. cpu, cuda, cuda:1)"),
+                            ("cuda", "--device cuda but CUDA is not available"),
+                            ("cuda:0", "--device cuda:0 but CUDA is not available")):
+        assert engine.cli(argv + [device]) == 2
+        assert capsys.readouterr().err == f"train: error: {message}\n"
+    assert engine.parse_config(argv + ["cuda"]).device == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert engine.cli(argv + ["cuda:2"]) == 2
+    assert capsys.readouterr().err == ("train: error: --device cuda:2 but this machine has only 2 GPU(s), numbered "
+                                       "from 0\n")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_train_command_reports_a_missing_input_without_a_traceback(tmp_path, capsys):
@@ -192,6 +245,61 @@ def test_train_command_reports_a_bad_manifest_value_without_a_traceback(tmp_path
     err = capsys.readouterr().err
     assert code == 2 and err == (f"train: error: {tmp_path / 'prepared' / 'manifest.csv'} row 1 (line 2): age='9', "
                                  "expected an integer in -1..8\n")
+    assert not (tmp_path / "runs").exists()
+
+
+def _train_argv(prepared, runs, *extra):
+    return ["--method", "lp", "--tasks", "gender", "--prepared", str(prepared), "--runs-dir", str(runs),
+            "--checkpoint", "", "--batch-size", "8", "--max-epochs", "1", "--checkpoint-every", "100", *extra]
+
+
+def test_train_command_reports_a_batch_larger_than_an_epoch_without_a_traceback(prepared, tmp_path, capsys):
+    """The demo's batch of 64 with --max-train-samples 32 used to end in a ValueError traceback; now one line says
+    what to change, before config.json is written. The fixture has 36 training rows with a gender label."""
+    for extra, what in ((["--max-train-samples", "4"], "4 training draws fill no batch of 8: give a --batch-size of "
+                                                       "at most 4, or a larger --max-train-samples (now 4)"),
+                        (["--batch-size", "64"], f"36 training draws fill no batch of 64: give a --batch-size of at "
+                                                 f"most 36, or more training rows in {prepared / 'manifest.csv'}")):
+        assert engine.cli(_train_argv(prepared, tmp_path / "runs", *extra)) == 2
+        assert capsys.readouterr().err == f"train: error: an epoch's {what}\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_batch_that_the_processes_cannot_share_is_a_batch_size_error(prepared, tmp_path, monkeypatch):
+    from replication import distributed
+
+    monkeypatch.setattr(engine, "DistributedDataParallel", lambda objective, **kwargs: objective)  # no group here
+    with pytest.raises(engine.BatchSizeError, match=r"^--batch-size 8 is not divisible by the 3 processes, which "
+                                                    r"take equal shares of each batch: give a multiple of 3$"):
+        engine.Trainer(_cfg(prepared, tmp_path), distributed.Dist(rank=0, world_size=3))
+
+
+def test_train_command_reports_an_unusable_checkpoint_without_a_traceback(prepared, tmp_path, capsys):
+    """Random bytes, text (a Git LFS pointer), an empty file, a truncated download, a folder, or the weights of
+    another --model-config: the checkpoint module's message, one line per problem, and no run folder."""
+    from replication.checkpoint import save_clip_meta_layout
+    from replication.config import get_config
+    from replication.pe import VisionTransformer
+
+    good = tmp_path / "demo-tiny.pt"
+    save_clip_meta_layout(VisionTransformer(get_config("demo-tiny").vision), good)
+    files = {"random.pt": np.random.default_rng(0).bytes(4096), "empty.pt": b"",
+             "lfs.pt": b"version https://git-lfs.github.com/spec/v1\n",
+             "truncated.pt": good.read_bytes()[:len(good.read_bytes()) // 2]}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        assert engine.cli(_train_argv(prepared, tmp_path / "runs", "--checkpoint", str(tmp_path / name))) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"train: error: {tmp_path / name} ({len(data):,} bytes) is not a readable PyTorch "
+                              f"checkpoint (torch.load raised "), name
+        assert len(err.splitlines()) == 1, name
+    assert engine.cli(_train_argv(prepared, tmp_path / "runs", "--checkpoint", str(good), "--model-config",
+                                  "PE-Core-T16-384")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"train: error: checkpoint {good} does not match the model:\n  missing keys (")
+    assert "Traceback" not in err
+    assert engine.cli(_train_argv(prepared, tmp_path / "runs", "--checkpoint", str(tmp_path))) == 2
+    assert capsys.readouterr().err == f"train: error: checkpoint {tmp_path} is a folder; expected a .pt file\n"
     assert not (tmp_path / "runs").exists()
 
 
@@ -233,10 +341,51 @@ def test_a_folder_holding_another_run_says_how_to_keep_both(prepared, tmp_path):
     cfg = _cfg(prepared, tmp_path)
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / "config.json").write_text(json.dumps(engine._config_dict(replace(cfg, max_epochs=5))))
+    (cfg.run_dir / "last.pt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"different config \(\['max_epochs'\]\); remove that folder, or write "
                                          r"this run elsewhere: another --runs-dir \(train and reproduce\) or "
                                          r"--run-name \(train\)"):
         run(cfg)
+
+
+def test_a_folder_with_nothing_trained_takes_the_new_config(prepared, tmp_path):
+    """config.json alone (a first try that stopped mid-epoch on a bad input) is no run to keep: it no longer
+    refuses the corrected command. Any of last.pt (a run to resume), best.pt or DONE makes it one."""
+    cfg = _cfg(prepared, tmp_path)
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(json.dumps(engine._config_dict(replace(cfg, max_epochs=5))))
+    assert engine._same_run(cfg, engine._config_dict(cfg)) is False
+    for name in ("last.pt", "best.pt", "DONE"):
+        (cfg.run_dir / name).write_bytes(b"")
+        with pytest.raises(engine.RunFolderError, match=r"different config \(\['max_epochs'\]\)"):
+            engine._same_run(cfg, engine._config_dict(cfg))
+        (cfg.run_dir / name).unlink()
+
+
+def test_a_crop_missing_mid_run_is_one_line_and_the_corrected_command_runs(prepared, tmp_path, capsys):
+    """The audit's case: a crop of the prepared folder is gone, found as the first epoch validates (after
+    config.json). `train` names it in one line; prepared again without it (another manifest), the same command
+    trains instead of refusing the folder for its manifest_sha1."""
+    data = tmp_path / "prepared"
+    data.mkdir()
+    frame = pd.read_csv(prepared / "manifest.csv")
+    frame["path"] = [str(prepared / p) for p in frame["path"]]  # crops stay where they are
+    gone = frame.index[(frame["split"] == "val") & (frame["gender"] >= 0)][0]
+    frame.loc[gone, "path"] = str(tmp_path / "gone.jpg")
+    frame.to_csv(data / "manifest.csv", index=False)
+    argv = _train_argv(data, tmp_path / "runs")
+    assert engine.cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (f"train: error: cannot read image {tmp_path / 'gone.jpg'} (manifest.csv path "
+                                    f"'{tmp_path / 'gone.jpg'}'): [Errno 2] No such file or directory: "
+                                    f"'{tmp_path / 'gone.jpg'}'")  # after the epoch's progress bar
+    assert "Traceback" not in err
+    folder = engine.parse_config(argv).run_dir
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
+    frame.drop(index=gone).to_csv(data / "manifest.csv", index=False)
+    assert engine.cli(argv) == 0
+    assert (folder / "DONE").exists()
+    assert json.loads((folder / "config.json").read_text())["manifest_sha1"] == engine.sha1(data / "manifest.csv")
 
 
 def test_train_command_prints_the_average_accuracy_of_a_single_task_run(prepared, tmp_path, monkeypatch, capsys):
@@ -280,6 +429,57 @@ def test_an_interrupted_train_says_how_to_resume(tmp_path, monkeypatch, capsys):
     folder = engine.parse_config(argv).run_dir
     assert capsys.readouterr().err == (f"\ntrain: interrupted; the same command resumes {folder} from its last "
                                        "checkpoint (last.pt, written every 50 steps and at each epoch's end)\n")
+
+
+def test_a_second_train_on_a_folder_being_written_is_refused(prepared, tmp_path, monkeypatch, capsys):
+    """Two processes on one folder would both write last.pt: the second gets one line and writes nothing. The
+    lock is flock's, so a holder killed with kill -9 leaves an unlocked file that the next run takes."""
+    import fcntl
+
+    from replication import distributed
+
+    argv = _train_argv(prepared, tmp_path / "runs")
+    cfg = engine.parse_config(argv)
+    lock = tmp_path / "runs" / f".{cfg.name}.lock"
+    lock.parent.mkdir()
+    with open(lock, "a") as held:  # as another `train` holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert engine.cli(argv) == 2
+        assert capsys.readouterr().err == (
+            f"train: error: another process is writing {cfg.run_dir} now ({lock} is locked); once it has finished, "
+            f"the same command reuses or resumes its run; or write this run elsewhere: another --runs-dir (train "
+            f"and reproduce) or --run-name (train)\n")
+    assert not cfg.run_dir.exists()
+    real_fit = engine.Trainer.fit
+
+    def fit_while_locked(self):
+        with open(lock) as other, pytest.raises(BlockingIOError):  # held while the run is written
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        real_fit(self)
+
+    monkeypatch.setattr(engine.Trainer, "fit", fit_while_locked)
+    assert engine.cli(argv) == 0  # the file the killed holder left is taken, then removed
+    assert sorted(p.name for p in lock.parent.iterdir()) == [cfg.name] and (cfg.run_dir / "DONE").exists()
+    # under torchrun only rank 0 writes, and locks
+    with engine._writing(cfg, distributed.Dist(rank=1, world_size=2)):
+        assert not lock.exists()
+    # a holder lets go by deleting its file: a lock won on that deleted file excludes no one from the new file a
+    # third process may have made in between, so the lock is taken again on that one
+    real_flock, swapped = fcntl.flock, []
+
+    def flock_after_a_swap(file, operation):
+        if not swapped:
+            (lock.parent / "new").write_text("")
+            os.replace(lock.parent / "new", lock)
+            swapped.append(True)
+        real_flock(file, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_swap)
+    lock.write_text("")
+    with engine._writing(cfg, distributed.Dist()):
+        with open(lock) as other, pytest.raises(BlockingIOError):
+            real_flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert swapped and not lock.exists()
 
 
 def test_uw_log_variances_stay_out_of_weight_decay(prepared, tmp_path):
@@ -589,7 +789,7 @@ def test_a_task_without_validation_labels_is_an_error(prepared, tmp_path):
     frame.loc[frame["split"] == "val", "emotion"] = -1
     (tmp_path / "p").mkdir()
     frame.to_csv(tmp_path / "p" / "manifest.csv", index=False)
-    with pytest.raises(ValueError, match=r"no val rows labelled for \['emotion'\]"):
+    with pytest.raises(engine.ManifestError, match=r"no val rows labelled for \['emotion'\]"):
         engine.Trainer(_cfg(tmp_path / "p", tmp_path / "runs"))
 
 
@@ -600,5 +800,15 @@ def test_an_unreadable_image_is_named_by_its_manifest_path(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "rafdb" / "ok.jpg")
     data = engine.FaceDataset(tmp_path, frame, ("emotion",), lambda image: image)
     assert data[0][1].tolist() == [1]
-    with pytest.raises(RuntimeError, match=r"missing\.jpg \(manifest\.csv path 'rafdb/missing\.jpg'\)"):
+    message = (f"cannot read image {tmp_path / 'rafdb' / 'missing.jpg'} (manifest.csv path 'rafdb/missing.jpg'): "
+               f"[Errno 2] No such file or directory: '{tmp_path / 'rafdb' / 'missing.jpg'}'")
+    with pytest.raises(engine.ManifestError) as err:  # what `train` reports in one line
         data[1]
+    assert str(err.value) == message
+    # read in a DataLoader worker (the full profile's 8), torch rebuilds it from the worker's traceback text:
+    # still the message alone
+    loader = torch.utils.data.DataLoader(engine._Rows(data, np.array([1])), num_workers=1,
+                                         collate_fn=lambda items: items)
+    with pytest.raises(engine.ManifestError) as err:
+        next(iter(loader))
+    assert str(err.value) == message

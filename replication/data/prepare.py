@@ -296,7 +296,13 @@ class ManifestError(ValueError):
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Load ``manifest.csv`` and validate every value; errors name the row and what was expected."""
     path = Path(path)
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ManifestError(f"{path}: empty file, expected a CSV with the header {','.join(MANIFEST_COLUMNS)}"
+                            ) from None
+    except pd.errors.ParserError as err:  # pandas names the line and what it found there
+        raise ManifestError(f"{path}: not a CSV pandas can read: {err}".rstrip()) from None
     if list(df.columns) != MANIFEST_COLUMNS:
         raise ManifestError(f"{path}: columns {list(df.columns)}, expected {MANIFEST_COLUMNS}")
     allowed = {"dataset": set(DATASETS), "split": {"train", "val", "test"}}
