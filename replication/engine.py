@@ -73,9 +73,9 @@ _RANGES = {"batch_size": (lambda v: v >= 1, ">= 1"), "max_epochs": (lambda v: v 
 class TrainConfig:
     """Everything that defines a run (nanoGPT style: one flat config, every field overridable on the CLI).
 
-    The defaults are the thesis's training settings (§3.1, as the full profile has them) with the demo's model
-    and folders, on the CPU in fp32, for programmatic use; `train` and the notebooks take every value from a profile
-    (profiles.py)."""
+    The defaults are the thesis's training settings (§3.1, as the full profile has them) with the demo's
+    model and folders, on the CPU in fp32, for programmatic use; `train` and the notebooks take every value
+    from a profile (profiles.py)."""
     method: str                              # lp | ap | ft4 | lora | dora | mtlora | zero_shot
     tasks: tuple[str, ...]                   # subset of labels.TASKS, in any order
     weighting: str = "uw"                    # §3.7.3 uw | ema (multi-task); none (single-task)
