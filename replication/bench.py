@@ -51,9 +51,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from replication import accounting, distributed, engine
+from replication.arguments import positive_int, reported
 from replication.config import get_config
 from replication.engine import FaceDataset, TrainConfig, build_model
-from replication.files import atomic_write_text
+from replication.files import atomic_write_text, check_writable
 from replication.labels import NUM_CLASSES
 from replication.lora import merge_adapters
 from replication.losses import make_weighting
@@ -578,7 +579,7 @@ def project_activations(small: dict, large: dict, batch: int) -> dict:
     points (the activations grow with the batch; the fixed part is autocast's low-precision weight copies)."""
     same = ("config", "dtype", "checkpoint_blocks")
     if any(small[k] != large[k] for k in same) or small["batch"] == large["batch"]:
-        raise ValueError(f"project_activations needs two results that differ in batch only ({', '.join(same)}): "
+        raise InputError(f"project_activations needs two results that differ in batch only ({', '.join(same)}): "
                          f"got {[small[k] for k in same + ('batch',)]} and {[large[k] for k in same + ('batch',)]}")
     (b1, r1), (b2, r2) = sorted(((r["batch"], r) for r in (small, large)), key=lambda x: x[0])
 
@@ -609,7 +610,7 @@ def _require_block_counts(measurements: dict, source: str) -> None:
     plan and the wall-clock estimate read: say so instead of a bare KeyError."""
     old = [method for method, m in measurements.items() if "checkpointed_blocks" not in m]
     if old:
-        raise ValueError(f"{source}: no checkpointed_blocks for {', '.join(old)}: written by an older bench "
+        raise InputError(f"{source}: no checkpointed_blocks for {', '.join(old)}: written by an older bench "
                          "(before --checkpoint-blocks counted blocks); run it again")
 
 
@@ -631,7 +632,7 @@ def plan_checkpointing(off: dict, every: dict, memory_gib: float, headroom: floa
     keys = ("config", "dtype", "batch")
     if any(off[k] != every[k] for k in keys) or any(r["checkpointed_blocks"] for r in off["rows"]) \
             or any(r["checkpointed_blocks"] != r["graph_blocks"] for r in every["rows"]):
-        raise ValueError("plan_checkpointing needs projections of one config, dtype and batch, the first without "
+        raise InputError("plan_checkpointing needs projections of one config, dtype and batch, the first without "
                          f"checkpointing and the second with every block: got {[off[k] for k in keys]} checkpointing "
                          f"{off['checkpoint_blocks']} and {[every[k] for k in keys]} checkpointing "
                          f"{every['checkpoint_blocks']}")
@@ -649,7 +650,7 @@ def plan_checkpointing(off: dict, every: dict, memory_gib: float, headroom: floa
         else:
             per_block = (r["saved_gib"] - a["saved_gib"]) / graph
             if per_block <= 0:
-                raise ValueError(f"{r['method']}: checkpointing all {graph} graph blocks keeps {a['saved_gib']:.2f} GiB "
+                raise InputError(f"{r['method']}: checkpointing all {graph} graph blocks keeps {a['saved_gib']:.2f} GiB "
                                  f"of activations, not less than none ({r['saved_gib']:.2f} GiB): are the two "
                                  "projections of the same model?")
             left = min(graph, max(0, int((usable - fixed - a["saved_gib"]) // per_block)))
@@ -765,19 +766,45 @@ def format_wall_clock(estimate: dict) -> str:
     return "\n".join(lines)
 
 
-def read_bench_result(path: Path) -> dict:
-    """The JSON a measuring `bench` run writes (--wall-clock's input), checked for the keys wall_clock reads,
-    so that another file is named as such instead of failing with a KeyError inside."""
-    wanted = "the JSON a GPU `bench` run writes (e.g. benchmarks/results/<date>-<gpu>/profile.json)"
+class InputError(ValueError):
+    """A file given to --wall-clock, --project or --plan-checkpointing that is not what the option reads, or two
+    that do not go together; the message names the file(s) and what was expected."""
+
+
+_RESULT = ("the JSON a GPU `bench` run writes (e.g. benchmarks/results/<date>-<gpu>/profile.json), not the output "
+           "of --project, --plan-checkpointing or --wall-clock")
+# option -> (the keys its functions read from each file, what the file should be)
+INPUTS = {
+    "wall_clock": (("command", "date", "device", "config", "dtype", "batch", "rows"), _RESULT),
+    "project": (("command", "device", "config", "dtype", "batch", "checkpoint_blocks", "rows"), _RESULT),
+    "plan_checkpointing": (("sources", "config", "dtype", "batch", "checkpoint_blocks", "rows"),
+                           "the JSON `bench --project SMALL.json LARGE.json --out FILE` writes"),
+}
+
+
+def read_input(path: Path, option: str) -> dict:
+    """The JSON object in ``path`` given to ``--<option>`` (a key of INPUTS), with the keys it reads; anything
+    else (no such file, a folder, an empty file, not JSON, another JSON) is an InputError naming the file and
+    what was expected, instead of a traceback from inside (a KeyError, a JSONDecodeError without the file)."""
+    keys, expected = INPUTS[option]
+
+    def error(problem: str) -> InputError:
+        return InputError(f"{path}: {problem}; expected {expected}")
+
+    if path.is_dir():
+        raise error("a folder")
+    if not path.is_file():
+        raise error("no such file")
+    data = path.read_bytes()
+    if not data.strip():
+        raise error("the file is empty")
     try:
-        result = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON ({err}); expected {wanted}") from None
-    keys = ("command", "date", "device", "config", "dtype", "batch", "rows")
+        result = json.loads(data)
+    except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError of a binary file
+        raise error(f"not JSON ({err})") from None
     missing = [k for k in keys if k not in result] if isinstance(result, dict) else list(keys)
     if missing:
-        raise ValueError(f"{path}: not the result of a measuring `bench` run (no {', '.join(missing)}); expected "
-                         f"{wanted}, not the output of --project, --plan-checkpointing or --wall-clock")
+        raise error(f"no {', '.join(missing)}")
     return result
 
 
@@ -845,34 +872,43 @@ def cli(argv: list[str] | None = None) -> int:
     full = get_profile("full")
     p.add_argument("--wall-clock", type=Path, metavar="RESULT.json",
                    help="measure nothing: the full replication's training time at the rates of a result")
-    p.add_argument("--epochs", type=int, nargs="+", default=[full.patience + 1, full.max_epochs],
+    p.add_argument("--epochs", type=positive_int, nargs="+", default=[full.patience + 1, full.max_epochs],
                    help="epochs per run for --wall-clock (default: the early-stopping minimum and the cap)")
     args = p.parse_args(argv)
+    return reported("bench", lambda: _bench(p, args, argv), (OSError, InputError))
+
+
+def _bench(p: argparse.ArgumentParser, args, argv: list[str]) -> int:
+    """The measurement, or the computation on earlier results, that ``cli`` was asked for."""
+    measuring = not (args.wall_clock or args.project or args.plan_checkpointing)
+    if measuring:
+        check_measurement_arguments(p, args)
+    out = args.out or (result_path("bench", torch.device(args.device)) if measuring else None)
+    if out:
+        check_writable(out, "file")
     if args.wall_clock:
-        estimate = wall_clock(read_bench_result(args.wall_clock), tuple(args.epochs))
+        estimate = wall_clock(read_input(args.wall_clock, "wall_clock"), tuple(args.epochs))
         print(format_wall_clock(estimate))
-        if args.out:
-            write_json(estimate, args.out)
+        if out:
+            write_json(estimate, out)
         return 0
     if args.plan_checkpointing:
-        plan = plan_checkpointing(*(json.loads(f.read_text()) for f in args.plan_checkpointing),
+        plan = plan_checkpointing(*(read_input(f, "plan_checkpointing") for f in args.plan_checkpointing),
                                   memory_gib=args.memory_gib, headroom=args.headroom)
         print(format_plan(plan))
-        if args.out:
-            write_json(plan, args.out)
+        if out:
+            write_json(plan, out)
         return 0
     if args.project:
-        projection = project_activations(*(json.loads(f.read_text()) for f in args.project), batch=args.batch)
+        projection = project_activations(*(read_input(f, "project") for f in args.project), batch=args.batch)
         print(f"saved activations at batch {args.batch} ({projection['config']}, {projection['dtype']}, "
               f"checkpoint blocks {projection['checkpoint_blocks']}), from batches {projection['from_batches']}:")
         for r in projection["rows"]:
             print(f"  {r['method']:10s} {r['per_image_mib']:8.1f} MiB/image + {r['fixed_gib']:.2f} GiB "
                   f"= {r['saved_gib']:6.1f} GiB")
-        if args.out:
-            write_json(projection, args.out)
+        if out:
+            write_json(projection, out)
         return 0
-    check_measurement_arguments(p, args)
-    out = args.out or result_path("bench", torch.device(args.device))
     result = run(args, argv, out)
     print(format_table(result))
     write_json(result, out)

@@ -1,4 +1,4 @@
-"""Atomic file writes and file hashes.
+"""Atomic file writes, a check that an output can be written, and file hashes.
 
 Results are written atomically (a temporary file beside the target, then os.replace) so that an interrupted
 run never leaves a half-written file that a later run would trust: resuming, and skipping finished work, go by
@@ -21,6 +21,23 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def check_writable(path: str | Path, kind: str) -> None:
+    """Raise an OSError naming ``path`` unless a ``kind`` ("file" or "folder") can be written there: no folder
+    where the file goes, no file where the folder or one above it goes, and write permission where it is made.
+    Commands call it before their work: an output that could not be written used to fail only after it (bench's
+    measurements, pretrain's training), losing the results."""
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; expected a file")
+    place = (path if kind == "folder" else path.parent).absolute()
+    existing = next(p for p in (place, *place.parents) if p.exists())  # the root always exists
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{path} is a file; expected a folder" if existing == path.absolute() else
+                                 f"{path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{path}: no permission to write in {existing}")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

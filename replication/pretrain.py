@@ -37,10 +37,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from replication.arguments import positive_int, reported
 from replication.checkpoint import load_clip, save_clip_meta_layout
 from replication.config import get_config
 from replication.data import read_manifest
-from replication.files import atomic_write
+from replication.files import atomic_write, check_writable
 from replication.labels import MISSING, TASKS
 from replication.profiles import PROFILES, demo_inputs_help
 from replication.tokenizer import get_tokenizer, merges_in_vocab, train_bpe
@@ -147,9 +148,13 @@ def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo
              steps: int = 800, batch_size: int = 128, lr: float = 2e-3, seed: int = 0) -> Path:
     """Pre-train demo-tiny contrastively on the training crops; returns the checkpoint path."""
     prepared, checkpoint, bpe = Path(prepared), Path(checkpoint), Path(bpe)
-    if checkpoint.exists():
+    if checkpoint.is_file():
         print(f"pretrain: {checkpoint} exists, nothing to do")
         return checkpoint
+    # both written only after the minutes of training (the merges file when missing): checked now
+    check_writable(checkpoint, "file")
+    if not bpe.is_file():
+        check_writable(bpe, "file")
     # lr 2e-3: at 1e-3 the loss was still falling at the end of a 400-step run; with the augmentation
     # below the larger rate reaches a lower loss in the same time budget
     rng = np.random.default_rng(seed)
@@ -235,14 +240,18 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=demo.checkpoint)
     parser.add_argument("--bpe", type=Path, default=demo.bpe)
     parser.add_argument("--config", default=demo.model_config)
-    parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=positive_int, default=800)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not (args.prepared / "manifest.csv").exists():
         parser.error(f"{args.prepared / 'manifest.csv'} not found.\n"
                      + demo_inputs_help(args.prepared, args.checkpoint, args.bpe))
+    return reported("pretrain", lambda: _pretrain(args), (OSError, ValueError))
+
+
+def _pretrain(args: argparse.Namespace) -> int:
     pretrain(args.prepared, args.checkpoint, args.bpe, config=args.config, steps=args.steps,
              batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     return 0

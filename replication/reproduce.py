@@ -17,6 +17,7 @@ figures/<profile>/ unless given). Before the notebooks, the data is made ready:
 
 Interrupted? Run the same command again: finished runs are reused by the engine (a run folder
 with DONE is never retrained, an unfinished one resumes), so the batch continues where it stopped.
+Ctrl-C interrupts the running cell, as in Jupyter (a second one stops at once).
 
 This module also holds ``Settings``: the notebooks' parameters resolved against the profile,
 which turns a method and tasks into the engine's ``TrainConfig``.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -33,8 +35,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from replication import engine, tables
+from replication.arguments import positive_int, reported
 from replication.checkpoint import PE_CORE_WEIGHTS
 from replication.engine import AMP_MODES, TrainConfig
+from replication.files import check_writable
 from replication.labels import TASKS
 from replication.methods import METHODS
 from replication.profiles import REPO, RUN_FIELDS, get_profile
@@ -249,6 +253,8 @@ def _absolute(text: str) -> Path:
 
 
 def _check(code: int, step: str) -> None:
+    if code == 130:  # the step was interrupted and said so: reproduce says how to go on
+        raise KeyboardInterrupt
     if code != 0:
         raise SystemExit(f"reproduce: `{step}` failed (exit code {code})")
 
@@ -257,10 +263,27 @@ def _check(code: int, step: str) -> None:
 
 def select(only: str | None) -> list[str]:
     """The notebooks to run: all, or those whose name starts with ``only`` ('04_3', '04', ...)."""
-    chosen = [n for n in NOTEBOOKS if only is None or n.startswith(only)]
+    # an empty --only (e.g. an unset shell variable) is refused: every name starts with it
+    chosen = [n for n in NOTEBOOKS if only is None or (only and n.startswith(only))]
     if not chosen:
         raise SystemExit(f"--only {only!r} matches no notebook; known: {', '.join(NOTEBOOKS)}")
     return chosen
+
+
+class NotebookError(Exception):
+    """A cell of a notebook failed; the message names the notebook, the cell, the error and the partial copy."""
+
+
+def _kernel_manager(groups: list[int]):
+    """jupyter_client's kernel manager, appending the process group of the kernel it starts to ``groups``."""
+    from jupyter_client import AsyncKernelManager
+
+    class GroupRecordingKernelManager(AsyncKernelManager):
+        async def _async_post_start_kernel(self, **kwargs) -> None:
+            await super()._async_post_start_kernel(**kwargs)
+            groups.append(self.provisioner.pgid)
+
+    return GroupRecordingKernelManager
 
 
 def execute(name: str, out_dir: Path, parameters: dict, log=print) -> Path:
@@ -268,19 +291,46 @@ def execute(name: str, out_dir: Path, parameters: dict, log=print) -> Path:
 
     papermill saves the copy cell by cell, so it writes <name>.partial.ipynb and renames it only once every
     cell ran: a failed or killed notebook leaves the last complete copy in place, and the partial one (with
-    papermill's error cell) beside it."""
+    papermill's error cell) beside it. A failed cell is a NotebookError, Ctrl-C a KeyboardInterrupt."""
     import papermill
+    from papermill.exceptions import PapermillExecutionError
     from traitlets.config import Config
 
     out_dir.mkdir(parents=True, exist_ok=True)
     output, partial = out_dir / f"{name}.ipynb", out_dir / f"{name}.partial.ipynb"
     start = time.time()
-    # the kernel is local: over IPC sockets, not TCP ports, which ipykernel warns are unencrypted (Windows has
-    # no IPC transport and keeps TCP)
-    local = {"config": Config({"KernelManager": {"transport": "ipc"}})} if os.name == "posix" else {}
-    papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(partial),
-                               parameters=parameters, kernel_name="python3", cwd=str(REPO),
-                               progress_bar=False, **local)
+    kernel: list[int] = []  # the kernel's process group, once it runs
+    ctrl_c = signal.getsignal(signal.SIGINT)
+
+    def interrupt_cell(signum, frame):
+        """Ctrl-C interrupts the running cell, as in Jupyter: the cell fails with KeyboardInterrupt and the kernel
+        is shut down idle. (Ctrl-C stopping papermill mid-cell shut the kernel down with the cell's reply unsent,
+        which ipykernel printed as ZMQError tracebacks.) The kernel runs in a process group of its own, which the
+        terminal's Ctrl-C does not reach. A second Ctrl-C, or one before the kernel runs, stops papermill."""
+        signal.signal(signal.SIGINT, ctrl_c)
+        if not kernel:
+            raise KeyboardInterrupt
+        os.killpg(kernel[0], signal.SIGINT)
+
+    # the kernel is local: over IPC sockets, not TCP ports, which ipykernel warns are unencrypted (Windows has no
+    # IPC transport and keeps TCP, nor process groups to interrupt a cell by: there Ctrl-C stops papermill)
+    local = {"config": Config({"KernelManager": {"transport": "ipc"}}),
+             "kernel_manager_class": _kernel_manager(kernel)} if os.name == "posix" else {}
+    if local:
+        signal.signal(signal.SIGINT, interrupt_cell)
+    try:
+        papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(partial),
+                                   parameters=parameters, kernel_name="python3", cwd=str(REPO),
+                                   progress_bar=False, **local)
+    except PapermillExecutionError as err:
+        if err.ename == "KeyboardInterrupt":  # Ctrl-C, handed to the cell
+            raise KeyboardInterrupt from None
+        # N is the cell's execution count, shown as [N] beside it in the partial copy (which also holds the
+        # parameters cell papermill adds, so the source notebook's cell positions would not find it)
+        raise NotebookError(f"{name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}; the partly "
+                            f"executed copy: {partial}") from None
+    finally:
+        signal.signal(signal.SIGINT, ctrl_c)
     os.replace(partial, output)
     log(f"reproduce: {name} done in {time.time() - start:.0f}s -> {output}")
     return output
@@ -304,9 +354,9 @@ def cli(argv: list[str] | None = None) -> int:
             ("--runs-dir", "run folders (default: the profile's)"),
             ("--tables-dir", "default tables/<profile>"), ("--figures-dir", "default figures/<profile>")):
         parser.add_argument(flag, type=_absolute, help=help_)
-    parser.add_argument("--max-epochs", type=int)
-    parser.add_argument("--max-train-samples", type=int)
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-epochs", type=positive_int)
+    parser.add_argument("--max-train-samples", type=positive_int)
+    parser.add_argument("--batch-size", type=positive_int)
     parser.add_argument("--device")
     parser.add_argument("--amp", choices=AMP_MODES, help="autocast dtype (default: the profile's; full: fp16 "
                         "with a GradScaler, §3.1)")
@@ -327,6 +377,18 @@ def cli(argv: list[str] | None = None) -> int:
              "checkpoint": args.checkpoint, "bpe": args.bpe, "prepared": args.prepared,
              "runs_dir": args.runs_dir}
     profile = profile.with_paths(**{k: v for k, v in given.items() if v is not None})
+    return reported("reproduce", lambda: _reproduce(args, profile, notebooks, checkpoint_blocks),
+                    (OSError, NotebookError),
+                    resume="continues: finished runs are reused and an interrupted one resumes from its last "
+                           "checkpoint")
+
+
+def _reproduce(args: argparse.Namespace, profile, notebooks: list[str], checkpoint_blocks: dict | None) -> int:
+    """The data, then the notebooks, as ``cli`` was asked."""
+    out_dir = args.out or profile.executed_notebooks
+    written = settings(profile.name, tables_dir=args.tables_dir, figures_dir=args.figures_dir)
+    for folder in (out_dir, written.tables_dir, written.figures_dir):  # before the data and the training
+        check_writable(folder, "folder")
     start = time.time()
     (ready_demo if profile.name == "demo" else ready_full)(profile)
     parameters = {"profile": profile.name, "prepared": str(profile.prepared),
@@ -336,7 +398,6 @@ def cli(argv: list[str] | None = None) -> int:
                   "max_train_samples": args.max_train_samples, "batch_size": args.batch_size,
                   "device": args.device, "amp": args.amp, "checkpoint_blocks": checkpoint_blocks}
     parameters = {k: v for k, v in parameters.items() if v is not None}
-    out_dir = args.out or profile.executed_notebooks
     for name in notebooks:
         execute(name, out_dir, parameters)
     print(f"reproduce: {args.profile} profile finished in {time.time() - start:.0f}s; executed "

@@ -254,8 +254,9 @@ def test_project_activations_fits_a_line_through_two_batches(tmp_path, capsys):
     assert rows["lora"]["saved_gib"] == pytest.approx(0.5 + 0.25 * 128)
     assert rows["dora"]["per_image_mib"] == pytest.approx(384) and rows["dora"]["fixed_gib"] == pytest.approx(0.5)
     assert "32.5 GiB" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="differ in batch only"):
-        cli(["--project", str(small), str(small)])
+    assert cli(["--project", str(small), str(small)]) == 2
+    assert capsys.readouterr().err.startswith("bench: error: project_activations needs two results that differ in "
+                                              "batch only")
 
 
 def test_checkpoint_blocks_modes_and_what_recomputation_costs(tmp_path):
@@ -337,8 +338,8 @@ def test_plan_checkpointing_leaves_as_many_blocks_unchecked_as_the_card_holds(tm
     renamed = plan_checkpointing(_projection("0", {m: (r["blocks"], r["graph_blocks"], r["saved_gib"]) for m, r in
                                                    ((r["method"], r) for r in off["rows"])}), every, 45, 0.2)
     assert renamed["rows"] == plan["rows"]
-    with pytest.raises(ValueError, match="the first without checkpointing and the second with every block"):
-        cli(["--plan-checkpointing", str(paths[1]), str(paths[0])])
+    assert cli(["--plan-checkpointing", str(paths[1]), str(paths[0])]) == 2
+    assert "the first without checkpointing and the second with every block" in capsys.readouterr().err
     worse = _projection("all", {"lora": (24, 24, 95.0)})  # more kept with checkpointing than without
     with pytest.raises(ValueError, match="lora: checkpointing all 24 graph blocks keeps 95.00 GiB"):
         plan_checkpointing(off, worse, 45, 0.2)
@@ -415,19 +416,62 @@ def test_wall_clock_sums_every_thesis_run_at_the_measured_rates(capsys, tmp_path
         wall_clock(result, (1,))
 
 
-@pytest.mark.parametrize("content, says", [
-    ({"config": "PE-Core-L14-336", "dtype": "fp16", "batch": 128, "memory_gib": 44.99, "rows": []},  # a plan
-     "no command, date, device"),
-    ({"runs": [], "total_hours": {}}, "no command, date, device, config, dtype, batch, rows"),  # an estimate
-    ([1, 2], "no command"),
-    ("not json", "not JSON"),
+RESULT = ("the JSON a GPU `bench` run writes (e.g. benchmarks/results/<date>-<gpu>/profile.json), not the output of "
+          "--project, --plan-checkpointing or --wall-clock")
+PROJECTION = "the JSON `bench --project SMALL.json LARGE.json --out FILE` writes"
+
+
+@pytest.mark.parametrize("option, content, says", [
+    ("--wall-clock", {"config": "PE-Core-L14-336", "dtype": "fp16", "batch": 128, "memory_gib": 44.99, "rows": []},
+     "no command, date, device"),  # a plan
+    ("--wall-clock", {"runs": [], "total_hours": {}},  # an estimate
+     "no command, date, device, config, dtype, batch, rows"),
+    ("--wall-clock", [1, 2], "no command, date, device, config, dtype, batch, rows"),
+    ("--wall-clock", "not json", "not JSON (Expecting value: line 1 column 1 (char 0))"),
+    ("--wall-clock", None, "no such file"),
+    ("--wall-clock", "", "the file is empty"),
+    ("--wall-clock", "folder", "a folder"),
+    ("--project", _projection("off", {}), "no command, device"),  # a projection for a measuring run's result
+    ("--project", None, "no such file"),
+    ("--project", "folder", "a folder"),
+    ("--plan-checkpointing", {"config": "PE-Core-L14-336", "dtype": "fp16", "batch": 128, "checkpoint_blocks": "off",
+                              "command": "bench", "rows": []}, "no sources"),  # a result for a projection
+    ("--plan-checkpointing", "", "the file is empty"),
+    ("--plan-checkpointing", "{", "not JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+                                  "(char 1))"),
 ])
-def test_wall_clock_of_another_file_names_it(tmp_path, content, says):
-    # it used to fail with KeyError: 'rows' (or a JSONDecodeError without the file's name)
+def test_an_input_file_that_is_not_what_the_option_reads_is_named_in_one_line(tmp_path, capsys, option, content, says):
+    # they used to end in tracebacks: FileNotFoundError, IsADirectoryError, JSONDecodeError, KeyError 'rows'/'config'/
+    # 'sources', and even read_bench_result's own ValueError
     path = tmp_path / "other.json"
-    path.write_text(content if isinstance(content, str) else json.dumps(content))
-    with pytest.raises(ValueError, match=rf"other.json: .*{says}.*the JSON a GPU `bench` run writes"):
-        cli(["--wall-clock", str(path)])
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    files = [str(path)] * (1 if option == "--wall-clock" else 2)
+    assert cli([option, *files]) == 2
+    expected = RESULT if option != "--plan-checkpointing" else PROJECTION
+    assert capsys.readouterr().err == f"bench: error: {path}: {says}; expected {expected}\n"
+
+
+def test_epochs_below_one_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli(["--wall-clock", "r.json", "--epochs", "10", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith("error: argument --epochs: expected a whole number >= 1, got '0'\n")
+
+
+def test_an_out_that_cannot_be_written_is_said_before_measuring(tmp_path, capsys, monkeypatch):
+    """It failed with a traceback after the measurements (their results lost), or after --wall-clock's table."""
+    import replication.bench as bench
+
+    monkeypatch.setattr(bench, "run", lambda *args: pytest.fail("bench measured with an --out it cannot write"))
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "bench.json"
+    assert cli(["--device", "cpu", "--config", "demo-tiny", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"bench: error: {out}: {tmp_path / 'afile'} is a file, not a folder\n"
+    assert cli(["--wall-clock", "r.json", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr() == ("", f"bench: error: {tmp_path} is a folder; expected a file\n")
 
 
 def test_gpu_script_runs_its_steps_and_copies_the_results_to_out(tmp_path):

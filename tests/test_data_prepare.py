@@ -1,7 +1,11 @@
 """``demo-data`` + ``prepare`` end to end: every bad input is counted with its file name,
 nothing is dropped silently, re-runs resume, and the manifest validates."""
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -335,3 +339,107 @@ def test_workers_give_the_same_manifest(demo_run, tmp_path):
     removed = sum(r["skipped"][k]["count"] for r in report["datasets"].values() for k in composed_out
                   if k in r["skipped"])
     assert sum(r["written"] for r in report["datasets"].values()) == report["manifest_rows"] + removed
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--size", "0", "a whole number >= 2"), ("--size", "-64", "a whole number >= 2"),
+    ("--margin", "-0.9", "a number >= 0"), ("--margin", "nan", "a number >= 0"),
+    ("--threshold", "0", "a number > 0 and <= 1"), ("--threshold", "1.5", "a number > 0 and <= 1"),
+    ("--workers", "-2", "a whole number >= 1"), ("--workers", "0", "a whole number >= 1"),
+])
+def test_cli_refuses_settings_out_of_range(tmp_path, capsys, flag, value, expected):
+    # --size 0 used to write an empty manifest (every crop failed) and exit 0; the others were taken as given
+    with pytest.raises(SystemExit) as exit_:
+        prep.cli(["--data-root", str(tmp_path), "--out", str(tmp_path / "out"), flag, value])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: argument {flag}: expected {expected}, got '{value}'\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_says_in_one_line_when_the_out_folder_cannot_be_made(tmp_path, capsys):
+    raw = _boxed_raw(tmp_path / "raw", np.full((60, 60, 3), 200, np.uint8), {"train_00001": "10 10 30 30"},
+                     "n000001/0001_01,10,10,20,20\n")
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "out"
+    assert prep.cli(["--data-root", str(raw), "--out", str(out), "--detector", "boxes"]) == 2
+    assert capsys.readouterr().err == f"prepare: error: {out}: {tmp_path / 'afile'} is a file, not a folder\n"
+
+
+def test_cli_says_in_one_line_when_the_out_folder_is_not_writable(tmp_path, capsys, monkeypatch):
+    # os.access is asked, not chmod tried: root may write anywhere, so the refusal is staged for the test
+    (tmp_path / "raw" / "fairface").mkdir(parents=True)
+    (tmp_path / "locked").mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: path != tmp_path / "locked")
+    out = tmp_path / "locked" / "new" / "out"
+    assert prep.cli(["--data-root", str(tmp_path / "raw"), "--out", str(out), "--detector", "boxes"]) == 2
+    assert capsys.readouterr().err == f"prepare: error: {out}: no permission to write in {tmp_path / 'locked'}\n"
+    assert not out.exists()
+
+
+def test_cli_names_an_empty_label_csv(tmp_path, capsys):
+    (tmp_path / "raw" / "fairface").mkdir(parents=True)
+    (tmp_path / "raw" / "fairface" / "fairface_label_train.csv").write_bytes(b"")
+    assert prep.cli(["--data-root", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--detector", "boxes"]) == 2
+    assert capsys.readouterr().err == (f"prepare: error: {tmp_path / 'raw' / 'fairface' / 'fairface_label_train.csv'}: "
+                                       "the file is empty; expected a header with the columns file, age, gender\n")
+
+
+def test_an_interrupted_prepare_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prep, "run_prepare", interrupted)
+    out = tmp_path / "out"
+    assert prep.cli(["--data-root", str(tmp_path), "--out", str(out)]) == 130
+    assert capsys.readouterr().err == (f"\nprepare: interrupted; the same command resumes: the crops already in {out} "
+                                       "are reused\n")
+
+
+def test_ctrl_c_stops_the_workers_without_tracebacks_and_the_same_command_resumes(demo_run, tmp_path):
+    """Ctrl-C as a terminal sends it, to the whole process group (the pool's workers too): one line, exit 130,
+    and the crops written before it are reused by the next run."""
+    raw = demo_run[0]
+    out = tmp_path / "out"
+    # large crops keep the run going for seconds after its first crop
+    argv = ["--data-root", str(raw), "--out", str(out), "--detector", "boxes", "--size", "1536", "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "replication", "prepare", *argv], cwd=Path(__file__).parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    journal = out / "journal.jsonl"
+    while proc.poll() is None and not (journal.is_file() and journal.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)  # the pool used to wait for the work its dead workers had dropped
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.endswith(f"\nprepare: interrupted; the same command resumes: the crops already in {out} are reused\n")
+    kept = journal.read_text().count("\n")
+    report = run_prepare(raw, out, detector="boxes", size=1536, workers=2, progress=False)
+    assert sum(r["reused"] for r in report["datasets"].values()) == kept > 0
+
+
+@pytest.mark.parametrize("scale", ["0", "-1"])
+def test_demo_data_refuses_a_scale_that_is_not_positive(tmp_path, capsys, scale):
+    # it wrote the minimum set (12 images per split) as if asked for it
+    with pytest.raises(SystemExit) as exit_:
+        demo.cli(["--out", str(tmp_path / "raw"), "--scale", scale])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: argument --scale: expected a number > 0, got '{scale}'\n")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_demo_data_writes_only_into_a_new_or_empty_folder(tmp_path, capsys, monkeypatch):
+    """Another --seed into a folder already written mixed the two sets; a folder under a file was a traceback."""
+    make_demo = demo.make_demo
+    monkeypatch.setattr(demo, "make_demo", lambda out, seed, scale: make_demo(out, seed, 0.05))
+    (tmp_path / "raw").mkdir()
+    assert demo.cli(["--out", str(tmp_path / "raw")]) == 0  # empty: written
+    before = sorted(p for p in (tmp_path / "raw").rglob("*"))
+    assert demo.cli(["--out", str(tmp_path / "raw"), "--seed", "1"]) == 2
+    assert capsys.readouterr().err == (f"demo-data: error: {tmp_path / 'raw'} is not empty; expected a new or empty "
+                                       "folder\n")
+    assert sorted(p for p in (tmp_path / "raw").rglob("*")) == before
+    label_csv = tmp_path / "raw" / "fairface" / "fairface_label_train.csv"
+    assert demo.cli(["--out", str(label_csv / "x")]) == 2
+    assert capsys.readouterr().err == f"demo-data: error: {label_csv / 'x'}: {label_csv} is a file, not a folder\n"

@@ -301,3 +301,15 @@ def test_celebahq_without_either_layout_names_both(tmp_path):
     assert str(e.value) == (f"CelebA-HQ not found: expected {tmp_path / 'celeba_hq'}/{{train,val}}/{{male,female}}/ "
                             f"(StarGAN v2, the split Table 3.2 fits) or "
                             f"{tmp_path / 'CelebAMask-HQ' / 'CelebAMask-HQ-attribute-anno.txt'}")
+
+
+@pytest.mark.parametrize("read, name, columns", [
+    (read_fairface, "fairface_label_train.csv", "file, age, gender"),
+    (read_lagenda, "lagenda_annotation.csv", "img_name, age, gender, face_x0, face_y0, face_x1, face_y1"),
+    (lambda folder: parse_loose_boxes(folder / "loose_bb_test.csv"), "loose_bb_test.csv", "NAME_ID, X, Y, W, H"),
+])
+def test_an_empty_label_csv_is_said_to_be_empty(tmp_path, read, name, columns):
+    # it was "header None lacks columns [...]"
+    (tmp_path / name).write_bytes(b"")
+    assert _message(read, tmp_path) == (f"{tmp_path / name}: the file is empty; expected a header with the "
+                                        f"columns {columns}")

@@ -8,6 +8,9 @@ shared between notebooks through the engine, exactly as in `reproduce`.
 import ast
 import json
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -353,3 +356,104 @@ def test_train_command_and_notebooks_take_the_same_config_from_a_profile(profile
     assert from_cli == s.train_config(method, tuple(tasks.split(",")))
     # §3.1 batch 128 fits 48 GB only with some of LoRA/DoRA/MTLoRA's blocks checkpointed (README, Performance)
     assert (from_cli.checkpoint_blocks > 0) == (profile == "full" and method in ("lora", "dora", "mtlora"))
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--max-epochs", "--max-train-samples"])
+@pytest.mark.parametrize("value", ["0", "-8"])
+def test_reproduce_refuses_a_number_below_one_before_any_work(monkeypatch, capsys, flag, value):
+    # it reached the notebooks, which failed inside
+    monkeypatch.setattr(reproduce, "ready_demo", lambda profile: pytest.fail("data made before the numbers were "
+                                                                             "checked"))
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.cli([flag, value])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: argument {flag}: expected a whole number >= 1, got '{value}'\n")
+
+
+def test_an_empty_only_is_refused(monkeypatch):
+    # every name starts with "": it ran the whole batch
+    monkeypatch.setattr(reproduce, "ready_demo", lambda profile: pytest.fail("an empty --only was taken"))
+    with pytest.raises(SystemExit, match="--only '' matches no notebook"):
+        reproduce.cli(["--only", ""])
+
+
+@pytest.mark.parametrize("flag", ["--out", "--tables-dir", "--figures-dir"])
+def test_an_output_folder_that_cannot_be_made_is_said_before_any_work(monkeypatch, tmp_path, capsys, flag):
+    monkeypatch.setattr(reproduce, "ready_demo", lambda profile: pytest.fail("data made before the folders were "
+                                                                             "checked"))
+    (tmp_path / "afile").write_text("")
+    folders = {f: str(tmp_path / f.strip("-")) for f in ("--out", "--tables-dir", "--figures-dir")}
+    folders[flag] = str(tmp_path / "afile" / "sub")
+    assert reproduce.cli([x for item in folders.items() for x in item]) == 2
+    assert capsys.readouterr().err == (f"reproduce: error: {folders[flag]}: {tmp_path / 'afile'} is a file, not a "
+                                       "folder\n")
+
+
+@pytest.mark.parametrize("raised, code, says", [
+    (KeyboardInterrupt, 130, "\nreproduce: interrupted; the same command continues: finished runs are reused and an "
+                             "interrupted one resumes from its last checkpoint\n"),
+    (reproduce.NotebookError("02_datasets failed in cell 3: ValueError: bad; the partly executed copy: x"), 2,
+     "reproduce: error: 02_datasets failed in cell 3: ValueError: bad; the partly executed copy: x\n"),
+])
+def test_an_interrupted_or_failed_notebook_is_one_line(monkeypatch, tmp_path, capsys, raised, code, says):
+    def execute(name, out, parameters):
+        raise raised
+    monkeypatch.setattr(reproduce, "ready_demo", lambda profile: None)
+    monkeypatch.setattr(reproduce, "execute", execute)
+    assert reproduce.cli(["--out", str(tmp_path / "nb"), "--tables-dir", str(tmp_path / "t"),
+                          "--figures-dir", str(tmp_path / "f")]) == code
+    assert capsys.readouterr().err == says
+
+
+def test_a_failed_cell_is_named_with_the_partly_executed_copy(monkeypatch, tmp_path):
+    """[2] is what the partial copy shows beside the failed cell."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("x / 0")])
+    nbformat.write(nb, tmp_path / "tiny.ipynb")
+    monkeypatch.setattr(reproduce, "NOTEBOOK_DIR", tmp_path)
+    with pytest.raises(reproduce.NotebookError) as err:
+        reproduce.execute("tiny", tmp_path / "executed", {}, log=lambda text: None)
+    partial = tmp_path / "executed" / "tiny.partial.ipynb"
+    assert str(err.value) == ("tiny failed in cell 2: ZeroDivisionError: division by zero; the partly executed copy: "
+                              f"{partial}")
+    executed = [c for c in nbformat.read(partial, as_version=4).cells if c.cell_type == "code"]
+    assert [c.execution_count for c in executed] == [1, 2] and executed[1].outputs[0]["ename"] == "ZeroDivisionError"
+
+
+def test_ctrl_c_interrupts_the_running_cell_and_the_kernel_stops_quietly(monkeypatch, tmp_path, capfd):
+    """Ctrl-C (SIGINT to reproduce) is handed to the running cell, which fails with KeyboardInterrupt into the partial
+    copy; papermill stopped mid-cell instead shut the kernel down with the cell's reply unsent (ipykernel's ZMQError
+    tracebacks) and saved no error."""
+    started = tmp_path / "started"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(120)")])
+    nbformat.write(nb, tmp_path / "slow.ipynb")
+    monkeypatch.setattr(reproduce, "NOTEBOOK_DIR", tmp_path)
+
+    def press_ctrl_c():
+        for _ in range(1200):  # at most 2 minutes for the kernel to start
+            if started.exists():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.execute("slow", tmp_path / "executed", {}, log=lambda text: None)
+    cell = nbformat.read(tmp_path / "executed" / "slow.partial.ipynb", as_version=4).cells[-1]
+    assert cell.outputs[-1]["ename"] == "KeyboardInterrupt"
+    assert not (tmp_path / "executed" / "slow.ipynb").exists()
+    assert "Traceback" not in capfd.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is the caller's again
+
+
+def test_reproduce_generates_the_demo_data_over_a_half_written_partial_folder(monkeypatch, tmp_path):
+    """demo-data refuses a non-empty --out; reproduce's generation writes into a .partial folder it empties first."""
+    profile = get_profile("demo").with_paths(raw_data=tmp_path / "raw", prepared=tmp_path / "prepared")
+    (tmp_path / "raw.partial" / "fairface").mkdir(parents=True)  # what an interrupted generation left
+    make_demo = demo.make_demo
+    monkeypatch.setattr(demo, "make_demo", lambda out, seed, scale: make_demo(out, seed, 0.05))
+    monkeypatch.setattr(prepare, "cli", lambda argv: 0)
+    monkeypatch.setattr(pretrain, "pretrain", lambda *args, **kwargs: None)
+    reproduce.ready_demo(profile, log=lambda text: None)
+    assert sorted(d.name for d in profile.raw_data.iterdir()) == sorted(demo.DATASETS)
+    assert not (tmp_path / "raw.partial").exists()

@@ -129,3 +129,27 @@ def test_a_mistyped_demo_path_is_answered_with_the_demo_s_own(tmp_path, monkeypa
                          f"you mean --prepared {own}?", "Make the demo's data and encoder in the folders given:"]
     (tmp_path / "elsewhere").mkdir()  # a folder that exists (empty) is the user's choice: no question
     assert demo_inputs_help(prepared=tmp_path / "elsewhere").splitlines()[0].startswith("Make the demo's data")
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch-size", "0"), ("--batch-size", "-8")])
+def test_cli_refuses_steps_or_batch_size_below_one(prepared, capsys, flag, value):
+    # --steps 0 was a ZeroDivisionError in the schedule, a batch size below one an error inside the training
+    with pytest.raises(SystemExit) as exit_:
+        pretrain.cli(["--prepared", str(prepared), flag, value])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: argument {flag}: expected a whole number >= 1, got '{value}'\n")
+
+
+def test_cli_refuses_outputs_it_could_write_only_after_training(prepared, tmp_path, capsys, monkeypatch):
+    """A folder as --checkpoint was taken as a finished pre-training ("exists, nothing to do"); a checkpoint or
+    merges file under a file failed with a traceback, the checkpoint's only after the training."""
+    monkeypatch.setattr(pretrain, "load_split", lambda *args: pytest.fail("pretrain trained with an unwritable output"))
+    (tmp_path / "afile").write_text("")
+    for given, says in (
+            (["--checkpoint", str(tmp_path)], f"{tmp_path} is a folder; expected a file"),
+            (["--checkpoint", str(tmp_path / "afile" / "demo.pt")],
+             f"{tmp_path / 'afile' / 'demo.pt'}: {tmp_path / 'afile'} is a file, not a folder"),
+            (["--checkpoint", str(tmp_path / "demo.pt"), "--bpe", str(tmp_path / "afile" / "bpe.txt.gz")],
+             f"{tmp_path / 'afile' / 'bpe.txt.gz'}: {tmp_path / 'afile'} is a file, not a folder")):
+        assert pretrain.cli(["--prepared", str(prepared), *given]) == 2
+        assert capsys.readouterr() == ("", f"pretrain: error: {says}\n")

@@ -43,6 +43,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from replication.arguments import number, reported
+from replication.files import check_writable
 from replication.labels import DATASETS
 
 from .readers import FAIRFACE_AGES
@@ -379,10 +381,17 @@ def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m replication demo-data", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="raw data root to write (one folder per dataset)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every dataset's size")
+    p.add_argument("--scale", type=number(float, 0, above=True), default=1.0, help="multiply every dataset's size")
     a = p.parse_args(argv)
+    return reported("demo-data", lambda: _demo_data(Path(a.out), a.seed, a.scale), (OSError,))
+
+
+def _demo_data(out: Path, seed: int, scale: float) -> int:
+    check_writable(out, "folder")
+    if out.is_dir() and any(out.iterdir()):  # files of another seed or scale would stay among the new ones
+        raise FileExistsError(f"{out} is not empty; expected a new or empty folder")
     start = time.perf_counter()
-    out = make_demo(a.out, a.seed, a.scale)
+    make_demo(out, seed, scale)
     n = sum(1 for f in out.rglob("*") if f.suffix in (".jpg", ".png"))
     print(f"wrote {n} demo images under {out} in {time.perf_counter() - start:.1f}s")
     return 0

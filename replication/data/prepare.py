@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import signal
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -36,12 +37,12 @@ import cv2
 import pandas as pd
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook kernel without ipywidgets (not a dependency)
 
-from replication.files import atomic_write_text
+from replication.arguments import number, reported
+from replication.files import atomic_write_text, check_writable
 from replication.labels import DATASETS, NUM_CLASSES, TASKS
 
 from .compose import compose, training_totals
-from .faces import (DetectorFilesError, ImageError, SSDFaceDetector, load_rgb, locate_ssd_files, resize,
-                    save_jpeg, square_crop)
+from .faces import ImageError, SSDFaceDetector, load_rgb, locate_ssd_files, resize, save_jpeg, square_crop
 from .readers import READERS, Record, box_has_area
 from .stats import class_counts, records_frame
 
@@ -73,6 +74,13 @@ _WORKER: dict = {}
 def _init_worker(settings: dict, ssd=None) -> None:
     _WORKER.clear()
     _WORKER.update(settings, ssd=ssd)
+
+
+def _init_pool_worker(settings: dict) -> None:
+    # Ctrl-C reaches every process of the terminal's group: the main process alone reports it and stops the
+    # pool, instead of each worker printing its own KeyboardInterrupt traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(settings)
 
 
 def _crop_one(task: tuple[Record, str, str]) -> tuple[str, str | None, list[str]]:
@@ -155,6 +163,7 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
     if not present:
         raise FileNotFoundError(f"no dataset folder in {root}: expected some of {', '.join(datasets)} "
                                 "(see the README for the layout of each)")
+    check_writable(out, "folder")
     crop = {d: crop_mode(d, detector, tuple(aligned)) for d in DATASETS}
     modes = {d: crop[d] for d in present}
     if ssd is None and {"ssd", "box_else_ssd"} & set(modes.values()):
@@ -199,7 +208,7 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
 
     _init_worker(settings, ssd)
     bar = tqdm(total=len(tasks), desc="prepare", unit="img", mininterval=1.0, disable=not progress)
-    pool = mp.get_context().Pool(workers, _init_worker, (settings,)) if workers > 1 and ssd is None else None
+    pool = mp.get_context().Pool(workers, _init_pool_worker, (settings,)) if workers > 1 and ssd is None else None
     try:
         results = pool.imap(_crop_one, tasks, chunksize=32) if pool else map(_crop_one, tasks)
         with open(journal_path, "a") as journal:
@@ -211,8 +220,8 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
                 bar.update()
     finally:
         bar.close()
-        if pool:
-            pool.close()
+        if pool:  # every result is in unless interrupted, and then the crops still queued are dropped
+            pool.terminate()
             pool.join()
 
     written = [r for res in reads.values() for r in res.records if outcome[(r.dataset, r.key)][0] is None]
@@ -328,23 +337,26 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--detector-dir", help="folder with deploy.prototxt + res10 caffemodel")
     p.add_argument("--aligned", default="", help="comma-separated datasets whose images are face chips")
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset to prepare")
-    p.add_argument("--size", type=int, default=336, help="crop side in pixels (model resolution)")
-    p.add_argument("--margin", type=float, default=0.2, help="box margin per side, fraction of the box")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum SSD confidence")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--size", type=number(int, 2), default=336, help="crop side in pixels (model resolution)")
+    p.add_argument("--margin", type=number(float, 0), default=0.2, help="box margin per side, fraction of the box")
+    p.add_argument("--threshold", type=number(float, 0, 1, above=True), default=0.5, help="minimum SSD confidence")
+    p.add_argument("--workers", type=number(int, 1), default=1)
     p.add_argument("--seed", type=int, default=0, help="seed of the 80/20 train/val splits")
     a = p.parse_args(argv)
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
     unknown = set(split(a.aligned) + split(a.datasets)) - set(DATASETS)
     if unknown:
         p.error(f"unknown dataset(s) {sorted(unknown)}; known: {', '.join(DATASETS)}")
-    try:
-        report = run_prepare(a.data_root, a.out, detector=a.detector, detector_dir=a.detector_dir, size=a.size,
-                         workers=a.workers, seed=a.seed, aligned=split(a.aligned), margin=a.margin,
-                         threshold=a.threshold, datasets=split(a.datasets))
-    except (DetectorFilesError, FileNotFoundError, ValueError) as e:
-        print(f"prepare: error: {e}", file=sys.stderr)
-        return 2
+    # the journal keeps every crop written, so an interrupted run loses none of them
+    return reported("prepare", lambda: _prepare(a, split(a.aligned), split(a.datasets)), (OSError, ValueError),
+                    resume=f"resumes: the crops already in {a.out} are reused")
+
+
+def _prepare(a: argparse.Namespace, aligned: tuple[str, ...], datasets: tuple[str, ...]) -> int:
+    """The run ``cli`` asked for, and its summary on the console."""
+    report = run_prepare(a.data_root, a.out, detector=a.detector, detector_dir=a.detector_dir, size=a.size,
+                         workers=a.workers, seed=a.seed, aligned=aligned, margin=a.margin,
+                         threshold=a.threshold, datasets=datasets)
     for d, r in report["datasets"].items():
         skips = ", ".join(f"{k} {v['count']}" for k, v in r["skipped"].items()) or "none"
         print(f"{d:9s} read {r['rows_read']:7d}  manifest {r['manifest']}  skipped: {skips}")

@@ -76,6 +76,18 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def _csv_with_columns(f, path: Path, columns: tuple[str, ...]) -> csv.DictReader:
+    """A DictReader over the open ``f`` (read from ``path``) whose header holds ``columns``, else a ValueError
+    naming the file and what it lacks (an empty file has no header at all: said as such, not as header None)."""
+    reader = csv.DictReader(f)
+    if reader.fieldnames is None:
+        raise ValueError(f"{path}: the file is empty; expected a header with the columns {', '.join(columns)}")
+    missing = set(columns) - set(reader.fieldnames)
+    if missing:
+        raise ValueError(f"{path}: header {reader.fieldnames} lacks columns {sorted(missing)}")
+    return reader
+
+
 def _first_existing(paths: Iterable[Path]) -> Path | None:
     return next((p for p in paths if p.exists()), None)
 
@@ -99,10 +111,7 @@ def read_fairface_csv(label_csv: Path, image_root: Path, result: ReadResult) -> 
     """Append the rows of one ``fairface_label_{train,val}.csv`` (split = its name's part)."""
     split = "train" if "train" in label_csv.name else "val"
     with open(_need(label_csv, "FairFace label CSV"), newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"file", "age", "gender"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{label_csv}: header {reader.fieldnames} lacks columns {sorted(missing)}")
+        reader = _csv_with_columns(f, label_csv, ("file", "age", "gender"))
         for row in reader:
             result.rows_read += 1
             name = row["file"]
@@ -187,10 +196,7 @@ def read_lagenda(folder: Path) -> ReadResult:
     path = _need(folder / "lagenda_annotation.csv", "LAGENDA annotation CSV")
     box_cols = ("face_x0", "face_y0", "face_x1", "face_y1")
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"img_name", "age", "gender", *box_cols} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: header {reader.fieldnames} lacks columns {sorted(missing)}")
+        reader = _csv_with_columns(f, path, ("img_name", "age", "gender", *box_cols))
         for row in reader:
             row_no = reader.line_num  # the file's line, which a blank line above does not shift
             result.rows_read += 1
@@ -408,10 +414,7 @@ def parse_loose_boxes(path: Path) -> dict[str, Box]:
     """``loose_bb_test.csv``: NAME_ID,X,Y,W,H (xywh) -> {NAME_ID.jpg: xyxy}."""
     boxes = {}
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"NAME_ID", "X", "Y", "W", "H"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: header {reader.fieldnames} lacks columns {sorted(missing)}")
+        reader = _csv_with_columns(f, path, ("NAME_ID", "X", "Y", "W", "H"))
         for row in reader:
             try:
                 x, y, w, h = (float(row[c]) for c in ("X", "Y", "W", "H"))

@@ -1,0 +1,47 @@
+"""What the commands' ``cli()`` share: numbers checked as they are parsed, and one line instead of a traceback
+for a mistake the user can fix or for Ctrl-C (as ``train`` reports them)."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Callable
+
+
+def number(kind: type, low: float, high: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse ``type=``: ``kind(text)``, finite, at least ``low`` (more than it when ``above``) and at most
+    ``high``; anything else is argparse's one-line error saying what was expected. A number out of range used to
+    reach the work and fail inside it, or quietly do nothing (``prepare --size 0`` cropped no face)."""
+    expected = (f"{'a whole number' if kind is int else 'a number'} {'>' if above else '>='} {low}"
+                + ("" if high == math.inf else f" and <= {high}"))
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > low if above else value >= low) and value <= high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = number(int, 1)
+
+
+def reported(command: str, work: Callable[[], int], errors: tuple[type[BaseException], ...],
+             resume: str | None = None) -> int:
+    """``work()``'s exit status. An error in ``errors`` (what the user can fix, whose message names the file and
+    what was expected) is one line ``<command>: error: ...``, exit 2, like argparse's. Given ``resume`` (what
+    running the same command again does), Ctrl-C is one line saying so, exit 130; without it, Ctrl-C goes on up."""
+    try:
+        return work()
+    except errors as err:
+        print(f"{command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if resume is None:
+            raise
+        print(f"\n{command}: interrupted; the same command {resume}", file=sys.stderr)
+        return 130
