@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook kernel without ipywidgets (not a dependency)
 
 from replication import distributed
+from replication.arguments import reported
 from replication.checkpoint import PE_CORE_WEIGHTS, CheckpointError, load_clip, load_vision
 from replication.config import CONFIGS, get_config
 from replication.data import ManifestError, read_manifest
@@ -1012,27 +1013,25 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"train: error: {problem}", file=sys.stderr)
         return 2
     finished = (cfg.run_dir / "DONE").exists()
-    try:
+
+    def train() -> int:
         folder = run(cfg)
-    # the user's to fix, not a bug: no traceback
-    except (MissingInputError, ManifestError, RunFolderError, BatchSizeError, CheckpointError) as err:
-        print(f"train: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C: say how to go on rather than print a traceback
-        again = ("runs it again (the zero-shot baseline trains nothing)" if cfg.method == "zero_shot" else
-                 f"resumes {cfg.run_dir} from its last checkpoint (last.pt, written every {cfg.checkpoint_every} "
-                 f"steps and at each epoch's end)")
-        print(f"\ntrain: interrupted; the same command {again}", file=sys.stderr)
-        return 130
-    if int(os.environ.get("RANK", "0")) == 0:
-        if finished:
-            print(f"train: {folder} was already finished: its test results are read back, nothing was trained",
-                  file=sys.stderr)
-        results = load_run(folder).results
-        print(json.dumps({"run": str(folder),
-                          "average_accuracy": {t: r["average_accuracy"] for t, r in results["tasks"].items()},
-                          **{k: v for k, v in results.items() if k == "overall_average_accuracy"}}))
-    return 0
+        if int(os.environ.get("RANK", "0")) == 0:
+            if finished:
+                print(f"train: {folder} was already finished: its test results are read back, nothing was trained",
+                      file=sys.stderr)
+            results = load_run(folder).results
+            print(json.dumps({"run": str(folder),
+                              "average_accuracy": {t: r["average_accuracy"] for t, r in results["tasks"].items()},
+                              **{k: v for k, v in results.items() if k == "overall_average_accuracy"}}))
+        return 0
+
+    again = ("runs it again (the zero-shot baseline trains nothing)" if cfg.method == "zero_shot" else
+             f"resumes {cfg.run_dir} from its last checkpoint (last.pt, written every {cfg.checkpoint_every} "
+             f"steps and at each epoch's end)")
+    # the user's to fix, not a bug: one line, no traceback
+    return reported("train", train, (MissingInputError, ManifestError, RunFolderError, BatchSizeError,
+                                     CheckpointError), resume=again)
 
 
 if __name__ == "__main__":
