@@ -281,7 +281,10 @@ def _kernel_manager(groups: list[int]):
     class GroupRecordingKernelManager(AsyncKernelManager):
         async def _async_post_start_kernel(self, **kwargs) -> None:
             await super()._async_post_start_kernel(**kwargs)
-            groups.append(self.provisioner.pgid)
+            # a provisioner without a process group (another jupyter_client) leaves Ctrl-C stopping papermill
+            pgid = getattr(self.provisioner, "pgid", None)
+            if pgid is not None:
+                groups.append(pgid)
 
     return GroupRecordingKernelManager
 
