@@ -772,6 +772,18 @@ def _image_size(cfg: TrainConfig) -> int:
     return get_config(cfg.model_config).vision.image_size
 
 
+def crop_size_note(cfg: TrainConfig) -> str | None:
+    """A note when `prepare` cut the crops at another size than the model takes (prepare_settings.json): the
+    transforms resize them, so a run works either way, but crops prepared for another model (--size 224 for
+    the 336-px PE-Core-L14-336) would lose detail without a word."""
+    path = Path(cfg.prepared) / "prepare_settings.json"
+    size = json.loads(path.read_text()).get("size") if path.is_file() else None
+    if size is None or size == _image_size(cfg):
+        return None
+    return (f"the crops in {cfg.prepared} are {size} px, {cfg.model_config} takes {_image_size(cfg)} px: "
+            f"every crop is resized (`prepare --size {_image_size(cfg)}` makes crops of the model's size)")
+
+
 # --- runs ---------------------------------------------------------------------------------------------
 class RunFolderError(ValueError):
     """The run's folder holds a run with other settings, or another process is writing it; the message says
@@ -884,6 +896,9 @@ def run(cfg: TrainConfig) -> Path:
     d = distributed.setup(cfg.device)
     try:
         _same_run(cfg, config)  # a folder holding another run is refused before anything loads
+        note = crop_size_note(cfg)
+        if note and d.is_main:
+            print(f"note: {note}", file=sys.stderr)
         # config.json only once the model and data are built from the inputs: a first try that fails on one
         # (an unreadable checkpoint, a split without labels) leaves no folder to refuse the corrected command
         test = evaluation_frame(cfg)

@@ -812,3 +812,20 @@ def test_an_unreadable_image_is_named_by_its_manifest_path(tmp_path):
     with pytest.raises(engine.ManifestError) as err:
         next(iter(loader))
     assert str(err.value) == message
+
+
+def test_crops_of_another_size_than_the_model_takes_are_noted(prepared, tmp_path, capsys):
+    """prepare_settings.json's crop side against the model's input: a note on stderr, once, and none when they
+    agree (the transforms resize either way; a full-profile run on crops cut for a 224-px model would lose
+    detail without a word)."""
+    import shutil
+    folder = Path(shutil.copytree(prepared, tmp_path / "prepared"))
+    cfg = _cfg(folder, tmp_path / "runs", method="lp", tasks=("gender",), weighting="none", max_epochs=1)
+    assert engine.crop_size_note(cfg) is None  # no prepare_settings.json (crops made elsewhere): nothing to say
+    (folder / "prepare_settings.json").write_text(json.dumps({"size": 64}))
+    assert engine.crop_size_note(cfg) is None  # demo-tiny takes 64 px
+    (folder / "prepare_settings.json").write_text(json.dumps({"size": 32}))
+    run(cfg)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: the crops in {folder} are 32 px, demo-tiny takes 64 px: every crop is resized "
+                     f"(`prepare --size 64` makes crops of the model's size)"]
