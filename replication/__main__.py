@@ -12,7 +12,7 @@ COMMANDS = {
     "prepare": ("replication.data.prepare", "crop faces and write manifest.csv + report.json"),
     "pretrain": ("replication.pretrain", "demo only: CLIP-style pre-training of the tiny encoder"),
     "counts": ("replication.accounting", "parameter counts and GFLOPs, thesis vs replicated"),
-    "train": ("replication.engine", "train/evaluate one method (resumable run folder)"),
+    "train": ("replication.runs", "train/evaluate one method (resumable run folder)"),
     "reproduce": ("replication.reproduce", "run the notebooks in chapter order with papermill"),
     "bench": ("replication.bench", "GPU throughput/memory benchmark of every method"),
 }

@@ -20,7 +20,7 @@
   runs' predictions (Table 4.15: share of samples with equal predictions).
 
 Predictions are DataFrames with columns path, dataset, task, label, pred (one row per sample and task,
-the engine's predictions.csv). Values are fractions in [0, 1].
+a run folder's predictions.csv, runs.py). Values are fractions in [0, 1].
 """
 from __future__ import annotations
 

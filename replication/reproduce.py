@@ -15,7 +15,7 @@ figures/<profile>/ unless given). Before the notebooks, the data is made ready:
   the merges, and while the prepared manifest is missing the datasets and the SSD face detector
   that ``prepare`` then crops with.
 
-Interrupted? Run the same command again: finished runs are reused by the engine (a run folder
+Interrupted? Run the same command again: finished runs are reused by runs.run (a run folder
 with DONE is never retrained, an unfinished one resumes), so the batch continues where it stopped.
 Ctrl-C interrupts the running cell, as in Jupyter (a second one stops at once).
 
@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from replication import engine, tables
+from replication import runs, tables
 from replication.arguments import positive_int, reported
 from replication.checkpoint import PE_CORE_WEIGHTS
 from replication.engine import AMP_MODES, TrainConfig
@@ -118,10 +118,10 @@ class Settings:
             checkpoint_blocks=self.checkpoint_blocks.get(method, 0),
             **{f: _str(getattr(self, f)) if f in _PATHS else getattr(self, f) for f in RUN_FIELDS})
 
-    def run(self, method: str, tasks=tuple(TASKS), weighting: str | None = None) -> engine.RunResult:
+    def run(self, method: str, tasks=tuple(TASKS), weighting: str | None = None) -> runs.RunResult:
         """The finished run of ``method`` on ``tasks``: trained (or resumed) if it is not finished yet,
         read back as it is if it is (a notebook run again recomputes nothing)."""
-        return engine.load_run(engine.run(self.train_config(method, tasks, weighting)))
+        return runs.load_run(runs.run(self.train_config(method, tasks, weighting)))
 
     def single_task_predictions(self, method: str):
         """§4.3: the method's three single-task runs, one per task, as one model's test predictions."""

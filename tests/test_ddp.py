@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 _WRAPPER = """
 import sys, torch
 sys.path.insert(0, {tests!r})
-from replication import engine
+from replication import engine, runs
 real_fit = engine.Trainer.fit
 def fit(self):
     real_fit(self)
@@ -29,7 +29,7 @@ def fit(self):
               "draws": self.sampler.draws()[0]}}
     torch.save(state, {out!r} + f"/rank{{self.d.rank}}.pt")
 engine.Trainer.fit = fit
-sys.exit(engine.cli(sys.argv[1:]))
+sys.exit(runs.cli(sys.argv[1:]))
 """
 
 

@@ -18,9 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from replication import engine
+from replication import engine, runs
 from replication.checkpoint import CheckpointError
-from replication.engine import TrainConfig, load_run, run
+from replication.engine import TrainConfig
+from replication.runs import load_run, run
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_helpers import write_prepared  # noqa: E402
@@ -33,9 +34,9 @@ def prepared(tmp_path_factory):
     return write_prepared(tmp_path_factory.mktemp("prepared"))
 
 
-def _cfg(prepared, runs, **kw):
+def _cfg(prepared, runs_dir, **kw):
     base = dict(method="ft4", tasks=("age", "gender", "emotion"), weighting="uw", prepared=str(prepared),
-                runs_dir=str(runs), batch_size=8, max_epochs=2, patience=10, lr_head=1e-2, lr_backbone=1e-2,
+                runs_dir=str(runs_dir), batch_size=8, max_epochs=2, patience=10, lr_head=1e-2, lr_backbone=1e-2,
                 seed=3, checkpoint_every=2)
     base.update(kw)
     return TrainConfig(**base)
@@ -67,14 +68,14 @@ def test_multitask_run_writes_run_folder_and_is_not_retrained(prepared, tmp_path
     accs = [e["val_average_accuracy"] for e in result.epochs]
     assert best["epoch"] == 1 + accs.index(max(accs))
     # load_model rebuilds the selected model: it reproduces the stored test predictions
-    model = engine.load_model(folder)
+    model = runs.load_model(folder)
     assert not model.training
     rows = p[p.task == "gender"].head(6)
     images = torch.stack([engine.eval_transform(64)(Image.open(prepared / path).convert("RGB")) for path in rows.path])
     with torch.no_grad():
         assert model(images)["gender"].argmax(1).tolist() == rows.pred.tolist()
     # a finished run is not retrained
-    monkeypatch.setattr(engine, "Trainer", None)
+    monkeypatch.setattr(runs, "Trainer", None)
     assert run(cfg) == folder
     # a folder written before checkpoint_blocks replaced the grad_checkpointing flag still loads and is reused
     # (both are execution only)
@@ -99,14 +100,14 @@ def test_a_finished_run_moved_with_its_project_is_reused(tmp_path, monkeypatch):
         (tmp_path / "a" / "data" / folder / "manifest.csv").write_text("path,dataset,split,age,gender,emotion\n")
     (tmp_path / "a" / "data" / "ckpt.pt").write_bytes(b"weights")
     old.run_dir.mkdir(parents=True)
-    (old.run_dir / "config.json").write_text(json.dumps(engine._config_dict(old)))
+    (old.run_dir / "config.json").write_text(json.dumps(runs._config_dict(old)))
     (old.run_dir / "DONE").write_text("")
     (tmp_path / "a").rename(tmp_path / "b")
-    monkeypatch.setattr(engine, "Trainer", None)
+    monkeypatch.setattr(runs, "Trainer", None)
     moved = cfg(tmp_path / "b")
     assert run(moved) == moved.run_dir
     # and analyses (load_model) find its frozen backbone where it moved to
-    assert engine.load_config(moved.run_dir).checkpoint == moved.checkpoint
+    assert runs.load_config(moved.run_dir).checkpoint == moved.checkpoint
     with pytest.raises(ValueError, match=r"different config \(\['prepared'\]\)"):
         run(cfg(tmp_path / "b", prepared="data/other"))
 
@@ -119,9 +120,9 @@ def test_a_finished_run_whose_inputs_changed_is_refused(prepared, tmp_path, monk
     manifest.write_text((prepared / "manifest.csv").read_text())
     cfg = _cfg(manifest.parent, tmp_path / "runs", checkpoint=str(checkpoint))
     cfg.run_dir.mkdir(parents=True)
-    (cfg.run_dir / "config.json").write_text(json.dumps(engine._config_dict(cfg)))
+    (cfg.run_dir / "config.json").write_text(json.dumps(runs._config_dict(cfg)))
     (cfg.run_dir / "DONE").write_text("")
-    monkeypatch.setattr(engine, "Trainer", None)
+    monkeypatch.setattr(runs, "Trainer", None)
     assert run(cfg) == cfg.run_dir
     checkpoint.write_bytes(b"other weights")
     with pytest.raises(ValueError, match=r"different config \(\['checkpoint_sha1'\]\)"):
@@ -131,9 +132,9 @@ def test_a_finished_run_whose_inputs_changed_is_refused(prepared, tmp_path, monk
     with pytest.raises(ValueError, match=r"different config \(\['manifest_sha1'\]\)"):
         run(cfg)
     # the merges file counts only for the zero-shot baseline: a trained run needs none, and ignores a new one
-    assert "bpe_sha1" not in engine._config_dict(replace(cfg, bpe=str(tmp_path / "absent.txt.gz")))
+    assert "bpe_sha1" not in runs._config_dict(replace(cfg, bpe=str(tmp_path / "absent.txt.gz")))
     with pytest.raises(FileNotFoundError, match="BPE merges file not found"):
-        engine._config_dict(replace(cfg, method="zero_shot", bpe=str(tmp_path / "absent.txt.gz")))
+        runs._config_dict(replace(cfg, method="zero_shot", bpe=str(tmp_path / "absent.txt.gz")))
 
 
 def test_paths_are_absolute_so_a_finished_run_is_found_from_any_folder(prepared, tmp_path, monkeypatch):
@@ -150,13 +151,13 @@ def test_paths_are_absolute_so_a_finished_run_is_found_from_any_folder(prepared,
     # as `train --prepared data` beside the profile's absolute runs folder
     relative = _cfg("data", project / "runs", method="lp", tasks=("age",), weighting="none")
     relative.run_dir.mkdir(parents=True)
-    (relative.run_dir / "config.json").write_text(json.dumps(engine._config_dict(relative)))
+    (relative.run_dir / "config.json").write_text(json.dumps(runs._config_dict(relative)))
     (relative.run_dir / "DONE").write_text("")
-    monkeypatch.setattr(engine, "Trainer", None)
+    monkeypatch.setattr(runs, "Trainer", None)
     monkeypatch.chdir(tmp_path)
     absolute = _cfg(project / "data", project / "runs", method="lp", tasks=("age",), weighting="none")
     assert run(absolute) == absolute.run_dir
-    assert engine.load_config(absolute.run_dir) == absolute
+    assert runs.load_config(absolute.run_dir) == absolute
 
 
 def test_train_command_reports_a_bad_value_in_one_line_naming_the_valid_ones(capsys):
@@ -180,7 +181,7 @@ def test_train_command_reports_a_bad_value_in_one_line_naming_the_valid_ones(cap
              "without a path separator and not '.' or '..' (the run is written to --runs-dir/<run name>), got "
              "'../escape'")):
         with pytest.raises(SystemExit):
-            engine.parse_config(argv)
+            runs.parse_config(argv)
         assert expected in capsys.readouterr().err.splitlines()[-1], argv
 
 
@@ -213,23 +214,23 @@ def test_train_command_names_a_device_this_machine_lacks(tmp_path, monkeypatch, 
     config itself does not depend on the machine (the full profile's cuda is read on a CPU one too)."""
     argv = ["--method", "lp", "--tasks", "age", "--runs-dir", str(tmp_path / "runs"), "--device"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(engine, "run", None)
+    monkeypatch.setattr(runs, "run", None)
     for device, message in (("gpu", "--device 'gpu' is not a torch device (e.g. cpu, cuda, cuda:1)"),
                             ("cuda", "--device cuda but CUDA is not available"),
                             ("cuda:0", "--device cuda:0 but CUDA is not available")):
-        assert engine.cli(argv + [device]) == 2
+        assert runs.cli(argv + [device]) == 2
         assert capsys.readouterr().err == f"train: error: {message}\n"
-    assert engine.parse_config(argv + ["cuda"]).device == "cuda"
+    assert runs.parse_config(argv + ["cuda"]).device == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert engine.cli(argv + ["cuda:2"]) == 2
+    assert runs.cli(argv + ["cuda:2"]) == 2
     assert capsys.readouterr().err == ("train: error: --device cuda:2 but this machine has only 2 GPU(s), numbered "
                                        "from 0\n")
     assert not (tmp_path / "runs").exists()
 
 
 def test_train_command_reports_a_missing_input_without_a_traceback(tmp_path, capsys):
-    code = engine.cli(["--method", "lp", "--tasks", "age", "--prepared", str(tmp_path / "nowhere"),
+    code = runs.cli(["--method", "lp", "--tasks", "age", "--prepared", str(tmp_path / "nowhere"),
                        "--runs-dir", str(tmp_path / "runs"), "--checkpoint", ""])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"train: error: prepared manifest not found: {tmp_path / 'nowhere'}")
@@ -240,7 +241,7 @@ def test_train_command_reports_a_bad_manifest_value_without_a_traceback(tmp_path
     (tmp_path / "prepared").mkdir()
     (tmp_path / "prepared" / "manifest.csv").write_text("path,dataset,split,age,gender,emotion\n"
                                                       "crops/a.jpg,fairface,train,9,0,-1\n")
-    code = engine.cli(["--method", "lp", "--tasks", "age", "--prepared", str(tmp_path / "prepared"),
+    code = runs.cli(["--method", "lp", "--tasks", "age", "--prepared", str(tmp_path / "prepared"),
                        "--runs-dir", str(tmp_path / "runs"), "--checkpoint", ""])
     err = capsys.readouterr().err
     assert code == 2 and err == (f"train: error: {tmp_path / 'prepared' / 'manifest.csv'} row 1 (line 2): age='9', "
@@ -248,8 +249,8 @@ def test_train_command_reports_a_bad_manifest_value_without_a_traceback(tmp_path
     assert not (tmp_path / "runs").exists()
 
 
-def _train_argv(prepared, runs, *extra):
-    return ["--method", "lp", "--tasks", "gender", "--prepared", str(prepared), "--runs-dir", str(runs),
+def _train_argv(prepared, runs_dir, *extra):
+    return ["--method", "lp", "--tasks", "gender", "--prepared", str(prepared), "--runs-dir", str(runs_dir),
             "--checkpoint", "", "--batch-size", "8", "--max-epochs", "1", "--checkpoint-every", "100", *extra]
 
 
@@ -260,7 +261,7 @@ def test_train_command_reports_a_batch_larger_than_an_epoch_without_a_traceback(
                                                        "at most 4, or a larger --max-train-samples (now 4)"),
                         (["--batch-size", "64"], f"36 training draws fill no batch of 64: give a --batch-size of at "
                                                  f"most 36, or more training rows in {prepared / 'manifest.csv'}")):
-        assert engine.cli(_train_argv(prepared, tmp_path / "runs", *extra)) == 2
+        assert runs.cli(_train_argv(prepared, tmp_path / "runs", *extra)) == 2
         assert capsys.readouterr().err == f"train: error: an epoch's {what}\n"
     assert not (tmp_path / "runs").exists()
 
@@ -288,24 +289,24 @@ def test_train_command_reports_an_unusable_checkpoint_without_a_traceback(prepar
              "truncated.pt": good.read_bytes()[:len(good.read_bytes()) // 2]}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-        assert engine.cli(_train_argv(prepared, tmp_path / "runs", "--checkpoint", str(tmp_path / name))) == 2
+        assert runs.cli(_train_argv(prepared, tmp_path / "runs", "--checkpoint", str(tmp_path / name))) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"train: error: {tmp_path / name} ({len(data):,} bytes) is not a readable PyTorch "
                               f"checkpoint (torch.load raised "), name
         assert len(err.splitlines()) == 1, name
-    assert engine.cli(_train_argv(prepared, tmp_path / "runs", "--checkpoint", str(good), "--model-config",
+    assert runs.cli(_train_argv(prepared, tmp_path / "runs", "--checkpoint", str(good), "--model-config",
                                   "PE-Core-T16-384")) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"train: error: checkpoint {good} does not match the model:\n  missing keys (")
     assert "Traceback" not in err
-    assert engine.cli(_train_argv(prepared, tmp_path / "runs", "--checkpoint", str(tmp_path))) == 2
+    assert runs.cli(_train_argv(prepared, tmp_path / "runs", "--checkpoint", str(tmp_path))) == 2
     assert capsys.readouterr().err == f"train: error: checkpoint {tmp_path} is a folder; expected a .pt file\n"
     assert not (tmp_path / "runs").exists()
 
 
 def test_train_help_gives_each_profiles_default(capsys):
     with pytest.raises(SystemExit):
-        engine.parse_config(["--help"])
+        runs.parse_config(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--batch-size BATCH_SIZE demo: 64; full: 128" in out
     assert "--checkpoint-blocks CHECKPOINT_BLOCKS first N blocks activation-checkpointed; default: the profile's " \
@@ -340,7 +341,7 @@ def test_a_folder_holding_another_run_says_how_to_keep_both(prepared, tmp_path):
     """`reproduce` has no --run-name: the way out must be one that both commands have."""
     cfg = _cfg(prepared, tmp_path)
     cfg.run_dir.mkdir(parents=True)
-    (cfg.run_dir / "config.json").write_text(json.dumps(engine._config_dict(replace(cfg, max_epochs=5))))
+    (cfg.run_dir / "config.json").write_text(json.dumps(runs._config_dict(replace(cfg, max_epochs=5))))
     (cfg.run_dir / "last.pt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"different config \(\['max_epochs'\]\); remove that folder, or write "
                                          r"this run elsewhere: another --runs-dir \(train and reproduce\) or "
@@ -353,12 +354,12 @@ def test_a_folder_with_nothing_trained_takes_the_new_config(prepared, tmp_path):
     refuses the corrected command. Any of last.pt (a run to resume), best.pt or DONE makes it one."""
     cfg = _cfg(prepared, tmp_path)
     cfg.run_dir.mkdir(parents=True)
-    (cfg.run_dir / "config.json").write_text(json.dumps(engine._config_dict(replace(cfg, max_epochs=5))))
-    assert engine._same_run(cfg, engine._config_dict(cfg)) is False
+    (cfg.run_dir / "config.json").write_text(json.dumps(runs._config_dict(replace(cfg, max_epochs=5))))
+    assert runs._same_run(cfg, runs._config_dict(cfg)) is False
     for name in ("last.pt", "best.pt", "DONE"):
         (cfg.run_dir / name).write_bytes(b"")
-        with pytest.raises(engine.RunFolderError, match=r"different config \(\['max_epochs'\]\)"):
-            engine._same_run(cfg, engine._config_dict(cfg))
+        with pytest.raises(runs.RunFolderError, match=r"different config \(\['max_epochs'\]\)"):
+            runs._same_run(cfg, runs._config_dict(cfg))
         (cfg.run_dir / name).unlink()
 
 
@@ -374,36 +375,36 @@ def test_a_crop_missing_mid_run_is_one_line_and_the_corrected_command_runs(prepa
     frame.loc[gone, "path"] = str(tmp_path / "gone.jpg")
     frame.to_csv(data / "manifest.csv", index=False)
     argv = _train_argv(data, tmp_path / "runs")
-    assert engine.cli(argv) == 2
+    assert runs.cli(argv) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == (f"train: error: cannot read image {tmp_path / 'gone.jpg'} (manifest.csv path "
                                     f"'{tmp_path / 'gone.jpg'}'): [Errno 2] No such file or directory: "
                                     f"'{tmp_path / 'gone.jpg'}'")  # after the epoch's progress bar
     assert "Traceback" not in err
-    folder = engine.parse_config(argv).run_dir
+    folder = runs.parse_config(argv).run_dir
     assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
     frame.drop(index=gone).to_csv(data / "manifest.csv", index=False)
-    assert engine.cli(argv) == 0
+    assert runs.cli(argv) == 0
     assert (folder / "DONE").exists()
-    assert json.loads((folder / "config.json").read_text())["manifest_sha1"] == engine.sha1(data / "manifest.csv")
+    assert json.loads((folder / "config.json").read_text())["manifest_sha1"] == runs.sha1(data / "manifest.csv")
 
 
 def test_train_command_prints_the_average_accuracy_of_a_single_task_run(prepared, tmp_path, monkeypatch, capsys):
     argv = ["--method", "lp", "--tasks", "gender", "--prepared", str(prepared), "--runs-dir", str(tmp_path),
             "--checkpoint", ""]
-    cfg = engine.parse_config(argv)
+    cfg = runs.parse_config(argv)
     cfg.run_dir.mkdir(parents=True)
-    (cfg.run_dir / "config.json").write_text(json.dumps(engine._config_dict(cfg)))
+    (cfg.run_dir / "config.json").write_text(json.dumps(runs._config_dict(cfg)))
     (cfg.run_dir / "results.json").write_text(json.dumps({"tasks": {"gender": {"average_accuracy": 0.75}}}))
     (cfg.run_dir / "predictions.csv").write_text("path,dataset,task,label,pred\n")
     (cfg.run_dir / "DONE").write_text("")
-    monkeypatch.setattr(engine, "Trainer", None)
-    assert engine.cli(argv) == 0
+    monkeypatch.setattr(runs, "Trainer", None)
+    assert runs.cli(argv) == 0
     out, err = capsys.readouterr()
     assert json.loads(out) == {"run": str(cfg.run_dir), "average_accuracy": {"gender": 0.75}}
     assert err == f"train: {cfg.run_dir} was already finished: its test results are read back, nothing was trained\n"
     # the same folder asked for with another setting: one line saying how to keep both, no traceback
-    assert engine.cli(argv + ["--max-epochs", "3"]) == 2
+    assert runs.cli(argv + ["--max-epochs", "3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"train: error: {cfg.run_dir} holds a run with a different config (['max_epochs'])")
     assert len(err.splitlines()) == 1
@@ -422,11 +423,11 @@ def test_the_entry_point_lists_its_commands_and_names_an_unknown_one(capsys):
 def test_an_interrupted_train_says_how_to_resume(tmp_path, monkeypatch, capsys):
     def interrupted(cfg):
         raise KeyboardInterrupt
-    monkeypatch.setattr(engine, "run", interrupted)
+    monkeypatch.setattr(runs, "run", interrupted)
     argv = ["--method", "lp", "--tasks", "gender", "--runs-dir", str(tmp_path), "--checkpoint", "",
             "--checkpoint-every", "50"]
-    assert engine.cli(argv) == 130
-    folder = engine.parse_config(argv).run_dir
+    assert runs.cli(argv) == 130
+    folder = runs.parse_config(argv).run_dir
     assert capsys.readouterr().err == (f"\ntrain: interrupted; the same command resumes {folder} from its last "
                                        "checkpoint (last.pt, written every 50 steps and at each epoch's end)\n")
 
@@ -439,12 +440,12 @@ def test_a_second_train_on_a_folder_being_written_is_refused(prepared, tmp_path,
     from replication import distributed
 
     argv = _train_argv(prepared, tmp_path / "runs")
-    cfg = engine.parse_config(argv)
+    cfg = runs.parse_config(argv)
     lock = tmp_path / "runs" / f".{cfg.name}.lock"
     lock.parent.mkdir()
     with open(lock, "a") as held:  # as another `train` holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert engine.cli(argv) == 2
+        assert runs.cli(argv) == 2
         assert capsys.readouterr().err == (
             f"train: error: another process is writing {cfg.run_dir} now ({lock} is locked); once it has finished, "
             f"the same command reuses or resumes its run; or write this run elsewhere: another --runs-dir (train "
@@ -458,10 +459,10 @@ def test_a_second_train_on_a_folder_being_written_is_refused(prepared, tmp_path,
         real_fit(self)
 
     monkeypatch.setattr(engine.Trainer, "fit", fit_while_locked)
-    assert engine.cli(argv) == 0  # the file the killed holder left is taken, then removed
+    assert runs.cli(argv) == 0  # the file the killed holder left is taken, then removed
     assert sorted(p.name for p in lock.parent.iterdir()) == [cfg.name] and (cfg.run_dir / "DONE").exists()
     # under torchrun only rank 0 writes, and locks
-    with engine._writing(cfg, distributed.Dist(rank=1, world_size=2)):
+    with runs._writing(cfg, distributed.Dist(rank=1, world_size=2)):
         assert not lock.exists()
     # a holder lets go by deleting its file: a lock won on that deleted file excludes no one from the new file a
     # third process may have made in between, so the lock is taken again on that one
@@ -476,7 +477,7 @@ def test_a_second_train_on_a_folder_being_written_is_refused(prepared, tmp_path,
 
     monkeypatch.setattr(fcntl, "flock", flock_after_a_swap)
     lock.write_text("")
-    with engine._writing(cfg, distributed.Dist()):
+    with runs._writing(cfg, distributed.Dist()):
         with open(lock) as other, pytest.raises(BlockingIOError):
             real_flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert swapped and not lock.exists()
@@ -536,7 +537,7 @@ def test_single_task_selects_on_accuracy_and_stops_on_loss(prepared, tmp_path, c
 _KILLER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from replication import engine
+from replication import engine, runs
 steps = 0
 real_step = engine.train_step
 def train_step(*args, **kwargs):
@@ -546,7 +547,7 @@ def train_step(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)   # a real kill -9, mid-epoch
     return real_step(*args, **kwargs)
 engine.train_step = train_step
-sys.exit(engine.cli(sys.argv[1:]))
+sys.exit(runs.cli(sys.argv[1:]))
 """
 
 
@@ -727,7 +728,7 @@ def test_zero_shot_run_writes_predictions_without_training(prepared, tmp_path, m
     assert len(result.predictions) == 8 * 3 * 2 + 8
     assert 0 <= result.results["overall_average_accuracy"] <= 1
     # the baseline is shared by batches with other training settings (its name leaves them out), not refused
-    monkeypatch.setattr(engine, "_test", None)
+    monkeypatch.setattr(runs, "_test", None)
     assert run(replace(cfg, max_train_samples=5, seed=7, max_epochs=3, batch_size=4, lr_head=1.0)) == cfg.run_dir
     with pytest.raises(ValueError, match="different config"):  # what it predicts with still counts
         run(replace(cfg, amp="bf16"))
@@ -821,9 +822,9 @@ def test_crops_of_another_size_than_the_model_takes_are_noted(prepared, tmp_path
     import shutil
     folder = Path(shutil.copytree(prepared, tmp_path / "prepared"))
     cfg = _cfg(folder, tmp_path / "runs", method="lp", tasks=("gender",), weighting="none", max_epochs=1)
-    assert engine.crop_size_note(cfg) is None  # no prepare_settings.json (crops made elsewhere): nothing to say
+    assert runs.crop_size_note(cfg) is None  # no prepare_settings.json (crops made elsewhere): nothing to say
     (folder / "prepare_settings.json").write_text(json.dumps({"size": 64}))
-    assert engine.crop_size_note(cfg) is None  # demo-tiny takes 64 px
+    assert runs.crop_size_note(cfg) is None  # demo-tiny takes 64 px
     (folder / "prepare_settings.json").write_text(json.dumps({"size": 32}))
     run(cfg)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]

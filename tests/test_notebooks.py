@@ -17,7 +17,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from replication import engine, pretrain, reproduce, tables, thesis
+from replication import pretrain, reproduce, runs, tables, thesis
 from replication.data import demo, prepare, read_manifest
 from replication.profiles import DEMO_LABEL, get_profile
 
@@ -352,7 +352,7 @@ def test_train_command_and_notebooks_take_the_same_config_from_a_profile(profile
     if profile == "full":
         argv += ["--checkpoint", "PE-Core-L14-336.pt"]
         s = reproduce.settings(profile, checkpoint="PE-Core-L14-336.pt")
-    from_cli = engine.parse_config(argv)
+    from_cli = runs.parse_config(argv)
     assert from_cli == s.train_config(method, tuple(tasks.split(",")))
     # §3.1 batch 128 fits 48 GB only with some of LoRA/DoRA/MTLoRA's blocks checkpointed (README, Performance)
     assert (from_cli.checkpoint_blocks > 0) == (profile == "full" and method in ("lora", "dora", "mtlora"))

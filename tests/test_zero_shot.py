@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from replication import engine
+from replication import runs
 from replication.checkpoint import load_clip
 from replication.config import CLIPConfig, TextConfig, get_config
 from replication.labels import TASKS
@@ -108,7 +108,7 @@ def test_train_command_needs_the_merges_file(capsys):
     argv = ["--method", "zero_shot", "--tasks", "age,gender,emotion"]
     for extra in (["--profile", "full", "--checkpoint", "PE-Core-L14-336.pt"], ["--bpe", ""]):
         with pytest.raises(SystemExit):
-            engine.parse_config(argv + extra)
+            runs.parse_config(argv + extra)
         assert "zero_shot needs --bpe" in capsys.readouterr().err
-    cfg = engine.parse_config(argv + ["--profile", "full", "--checkpoint", "x.pt", "--bpe", "bpe.txt.gz"])
+    cfg = runs.parse_config(argv + ["--profile", "full", "--checkpoint", "x.pt", "--bpe", "bpe.txt.gz"])
     assert cfg.bpe == os.path.abspath("bpe.txt.gz")
