@@ -53,7 +53,7 @@ from torch.utils.flop_counter import flop_registry
 from replication import accounting, distributed, engine
 from replication.arguments import positive_int, reported
 from replication.config import get_config
-from replication.engine import FaceDataset, TrainConfig, build_model
+from replication.engine import FaceDataset, TrainConfig, build_model, model_image_size
 from replication.files import atomic_write_text, check_writable
 from replication.labels import NUM_CLASSES
 from replication.lora import merge_adapters
@@ -249,10 +249,6 @@ def synthetic_batch(batch: int, size: int, device: torch.device, seed: int = 0):
     images = torch.randn(batch, 3, size, size, generator=g).to(device)
     targets = torch.stack([torch.randint(0, c, (batch,), generator=g) for c in NUM_CLASSES.values()], 1)
     return images, targets.to(device)
-
-
-def model_image_size(config: str) -> int:
-    return get_config(config).vision.image_size
 
 
 def _rates(times: list[float], batch: int, flops: int, peak: float) -> dict:

@@ -41,7 +41,7 @@ from replication.transforms import eval_transform, train_transform
 
 RUN_METHODS = ("zero_shot", *METHODS)  # §4.2 baseline + the adaptation methods of §3.3-3.6.1
 AMP_MODES = ("bf16", "fp16", "none")  # autocast dtype (fp16 with a GradScaler, §3.1), or fp32
-_INPUT_FIELDS = ("prepared", "checkpoint", "bpe")  # TrainConfig's inputs; runs_dir is its output
+INPUT_FIELDS = ("prepared", "checkpoint", "bpe")  # TrainConfig's inputs; runs_dir is its output
 # TrainConfig's numbers: a test its allowed values pass (and a NaN fails), and how `train` names them
 _RANGES = {"batch_size": (lambda v: v >= 1, ">= 1"), "max_epochs": (lambda v: v >= 1, ">= 1"),
            "patience": (lambda v: v >= 1, ">= 1 (epochs without improvement before stopping)"),
@@ -116,7 +116,7 @@ class TrainConfig:
                              f"(the run is written to --runs-dir/<run name>), got {self.run_name!r}")
         # absolute against the working directory: config.json then names the same files whichever folder a
         # later command (or a notebook, run in the repository root) starts from, relative or absolute flags alike
-        for name in (*_INPUT_FIELDS, "runs_dir"):
+        for name in (*INPUT_FIELDS, "runs_dir"):
             if getattr(self, name) is not None:
                 setattr(self, name, os.path.abspath(getattr(self, name)))
 
@@ -461,7 +461,7 @@ class Trainer:
             objective = DistributedDataParallel(objective, device_ids=ids, static_graph=True)
         self.objective = objective
 
-        size = _image_size(cfg)
+        size = model_image_size(cfg.model_config)
         root = Path(cfg.prepared)
         self.train_set = TrainingSet(cfg, read_split(cfg, "train"))
         self.val_frame = read_split(cfg, "val")
@@ -551,7 +551,7 @@ class Trainer:
     def _cache(self) -> tuple[dict, dict]:
         start = time.perf_counter()
         train_eval = FaceDataset(self.cfg.prepared, self.train_set.frame, self.cfg.tasks,
-                                 eval_transform(_image_size(self.cfg)))
+                                 eval_transform(model_image_size(self.cfg.model_config)))
         train, val = self._embed_all(train_eval), self._embed_all(self.val_images)
         self._log(f"LP cache: embedded {len(train_eval)} train + {len(self.val_images)} val images once "
                   f"in {time.perf_counter() - start:.1f}s; epochs now run the heads only")
@@ -688,5 +688,6 @@ class Trainer:
             self._end_epoch(val_cache, time.perf_counter() - start)
 
 
-def _image_size(cfg: TrainConfig) -> int:
-    return get_config(cfg.model_config).vision.image_size
+def model_image_size(config: str) -> int:
+    """The side in pixels of the images the encoder of ``config`` takes (the transforms resize crops to it)."""
+    return get_config(config).vision.image_size

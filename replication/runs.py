@@ -29,8 +29,8 @@ from replication import distributed
 from replication.arguments import reported
 from replication.checkpoint import PE_CORE_WEIGHTS, CheckpointError, load_clip
 from replication.data import ManifestError
-from replication.engine import (_INPUT_FIELDS, RUN_METHODS, BatchSizeError, FaceDataset, Trainer, TrainConfig,
-                                _image_size, build_model, evaluation_frame, predict_logits, predictions_table)
+from replication.engine import (INPUT_FIELDS, RUN_METHODS, BatchSizeError, FaceDataset, Trainer, TrainConfig,
+                                build_model, evaluation_frame, model_image_size, predict_logits, predictions_table)
 from replication.files import atomic_write, atomic_write_text, sha1
 from replication.labels import TASKS
 from replication.metrics import summarize_predictions
@@ -110,10 +110,11 @@ def crop_size_note(cfg: TrainConfig) -> str | None:
     the 336-px PE-Core-L14-336) would lose detail without a word."""
     path = Path(cfg.prepared) / "prepare_settings.json"
     size = json.loads(path.read_text()).get("size") if path.is_file() else None
-    if size is None or size == _image_size(cfg):
+    wanted = model_image_size(cfg.model_config)
+    if size is None or size == wanted:
         return None
-    return (f"the crops in {cfg.prepared} are {size} px, {cfg.model_config} takes {_image_size(cfg)} px: "
-            f"every crop is resized (`prepare --size {_image_size(cfg)}` makes crops of the model's size)")
+    return (f"the crops in {cfg.prepared} are {size} px, {cfg.model_config} takes {wanted} px: every crop is resized "
+            f"(`prepare --size {wanted}` makes crops of the model's size)")
 
 
 # --- runs ---------------------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def _moved_with_the_runs(old: dict, new: dict, key: str) -> bool:
     """True if input file/folder ``key`` differs only as the whole project moved: it lies where it lay relative
     to the runs folder (another mount point, a copied clone). Absolute paths are what config.json holds, so
     without this every finished run of a moved project would be refused, and only retraining would follow."""
-    if key not in _INPUT_FIELDS or old.get(key) is None or new.get(key) is None:
+    if key not in INPUT_FIELDS or old.get(key) is None or new.get(key) is None:
         return False
     return os.path.relpath(old[key], old["runs_dir"]) == os.path.relpath(new[key], new["runs_dir"])
 
@@ -211,7 +212,8 @@ def _zero_shot_model(cfg: TrainConfig) -> ZeroShotClassifier:
 
 def _test(cfg: TrainConfig, model: nn.Module, frame: pd.DataFrame, d: distributed.Dist, extra: dict) -> None:
     """Predict the test rows ``frame`` with ``model`` and write predictions.csv, results.json and DONE."""
-    dataset = FaceDataset(Path(cfg.prepared), frame, cfg.tasks, eval_transform(_image_size(cfg)))
+    size = model_image_size(cfg.model_config)
+    dataset = FaceDataset(Path(cfg.prepared), frame, cfg.tasks, eval_transform(size))
     logits = predict_logits(model, dataset, cfg, d)
     if d.is_main:
         _finish(cfg, logits, frame, extra)
@@ -270,7 +272,7 @@ def load_config(path: str | Path) -> TrainConfig:
         values.pop(key, None)
     # a run whose project moved (_moved_with_the_runs) finds its inputs where they moved with it (load_model)
     runs_dir = Path(path).resolve().parent
-    for key in _INPUT_FIELDS:
+    for key in INPUT_FIELDS:
         if values[key] is not None and not Path(values[key]).exists():
             values[key] = os.path.normpath(runs_dir / os.path.relpath(values[key], values["runs_dir"]))
     return TrainConfig(**values)
