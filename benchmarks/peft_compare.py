@@ -23,7 +23,9 @@ import torch
 # run as a script, the repository root is not on the path: find this checkout's replication, installed or not
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from replication import bench  # noqa: E402
+from replication.arguments import reported  # noqa: E402
 from replication.engine import build_model  # noqa: E402
+from replication.files import check_writable  # noqa: E402
 from replication.lora import adapter_modules  # noqa: E402
 
 ADAPTERS = ("lora", "dora")
@@ -110,10 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=" ".join(COMMAND), description=__doc__.split("\n\n")[0])
     bench.add_measurement_arguments(p)
     p.add_argument("--out", type=Path, default=None,
-                   help="JSON path (default benchmarks/results/peft-<device>-<date>.json)")
+                   help="JSON path (default benchmarks/results/peft-<device>-<date-time>.json)")
     args = p.parse_args(argv)
     bench.check_measurement_arguments(p, args)
     out = args.out or bench.result_path("peft", torch.device(args.device))
+    return reported("peft_compare", lambda: _compare_and_write(args, argv, out), (OSError,))
+
+
+def _compare_and_write(args, argv: list[str], out: Path) -> int:
+    check_writable(out, "file")  # before the measurements, which a path that cannot be written would lose
     result = compare(args, argv, out)
     print(format_comparison(result))
     bench.write_json(result, out)

@@ -176,11 +176,9 @@ def _loraplus_groups(named: list[tuple[str, nn.Parameter]], lr_backbone, ratio, 
 
 
 def _lora_groups(vision, lr_head, lr_backbone, ratio, wd) -> list[dict]:
-    adapters = adapter_parameters(vision)  # A, B (and DoRA's m) of every adapter: what trains
-    for p in adapters:
+    for p in adapter_parameters(vision):  # A, B (and DoRA's m) of every adapter: what trains in the frozen tower
         p.requires_grad_(True)
-    ids = {id(p) for p in adapters}
-    named = [(name, p) for name, p in vision.named_parameters() if id(p) in ids]
+    named = [(name, p) for name, p in vision.named_parameters() if p.requires_grad]
     backbone = [(name, p) for name, p in named if not name.startswith("attn_pool.")]
     # the pooler's adapters: lr_head, without the LoRA+ ratio (§3.6)
     pool = [p for name, p in named if name.startswith("attn_pool.")]

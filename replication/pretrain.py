@@ -40,8 +40,8 @@ from PIL import Image
 from replication.arguments import positive_int, reported
 from replication.checkpoint import load_clip, save_clip_meta_layout
 from replication.config import get_config
-from replication.data import read_manifest
-from replication.files import atomic_write, check_writable
+from replication.data import ManifestError, read_manifest
+from replication.files import atomic_write, atomic_write_text, check_writable
 from replication.labels import MISSING, TASKS
 from replication.profiles import PROFILES, demo_inputs_help
 from replication.tokenizer import get_tokenizer, merges_in_vocab, train_bpe
@@ -206,12 +206,13 @@ def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo
               "final_loss": float(np.mean(losses[-20:]))}
 
     def save_and_score(tmp: Path) -> None:
-        # scored before it takes the checkpoint's name: an existing checkpoint means a finished pretrain
+        # scored, and its report written, before it takes the checkpoint's name: an existing checkpoint means
+        # a finished pretrain, so a kill between the two would leave no report ever written
         save_clip_meta_layout(model, tmp)
         report["val_zero_shot_accuracy"] = zero_shot_accuracy(tmp, bpe, prepared, config)
+        atomic_write_text(checkpoint.with_suffix(".json"), json.dumps(report, indent=2))
 
     atomic_write(checkpoint, save_and_score)
-    checkpoint.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(f"pretrain: wrote {checkpoint}; zero-shot accuracy on the validation split: "
           f"{report['val_zero_shot_accuracy']}")
     return checkpoint
@@ -248,7 +249,8 @@ def cli(argv: list[str] | None = None) -> int:
     if not (args.prepared / "manifest.csv").exists():
         parser.error(f"{args.prepared / 'manifest.csv'} not found.\n"
                      + demo_inputs_help(args.prepared, args.checkpoint, args.bpe))
-    return reported("pretrain", lambda: _pretrain(args), (OSError, ValueError))
+    # what the user can fix (an output that cannot be written, a bad manifest); a bug keeps its traceback
+    return reported("pretrain", lambda: _pretrain(args), (OSError, ManifestError))
 
 
 def _pretrain(args: argparse.Namespace) -> int:

@@ -109,7 +109,7 @@ class Settings:
 
     def train_config(self, method: str, tasks=tuple(TASKS), weighting: str | None = None
                      ) -> TrainConfig:
-        """The engine's run of ``method`` on ``tasks``: UW for multi-task unless told (§4.4.1)."""
+        """The run (runs.run) of ``method`` on ``tasks``: UW for multi-task unless told (§4.4.1)."""
         tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
         weighting = weighting or ("uw" if len(tasks) > 1 else "none")
         return TrainConfig(

@@ -28,7 +28,7 @@ from torch import nn
 from replication import distributed
 from replication.arguments import reported
 from replication.checkpoint import PE_CORE_WEIGHTS, CheckpointError, load_clip
-from replication.data import ManifestError
+from replication.data import ManifestError, read_prepare_settings
 from replication.engine import (INPUT_FIELDS, RUN_METHODS, BatchSizeError, FaceDataset, Trainer, TrainConfig,
                                 build_model, evaluation_frame, model_image_size, predict_logits, predictions_table)
 from replication.files import atomic_write, atomic_write_text, sha1
@@ -108,8 +108,7 @@ def crop_size_note(cfg: TrainConfig) -> str | None:
     """A note when `prepare` cut the crops at another size than the model takes (prepare_settings.json): the
     transforms resize them, so a run works either way, but crops prepared for another model (--size 224 for
     the 336-px PE-Core-L14-336) would lose detail without a word."""
-    path = Path(cfg.prepared) / "prepare_settings.json"
-    size = json.loads(path.read_text()).get("size") if path.is_file() else None
+    size = (read_prepare_settings(cfg.prepared) or {}).get("size")
     wanted = model_image_size(cfg.model_config)
     if size is None or size == wanted:
         return None

@@ -579,12 +579,18 @@ def test_peft_compare_times_ours_and_peft_on_the_same_modules(tmp_path, capsys):
     w0, qkv0 = sum(n * i * o for i, o, n in layers), N * w * 3 * w
     products = sum(i * i * RANK + i * RANK * o for i, o, _ in layers)
     assert rows["peft-dora"]["train"]["flops"] == lora_flops + 2 * B * (3 * (w0 - qkv0) + qkv0) + 3 * 2 * products
+    # an --out that cannot be written is refused in one line before anything is measured
+    (tmp_path / "afile").write_text("")
+    bad = tmp_path / "afile" / "peft.json"
+    assert compare.main(["--config", "demo-tiny", "--device", "cpu", "--out", str(bad)]) == 2
+    assert capsys.readouterr().err == f"peft_compare: error: {bad}: {tmp_path / 'afile'} is a file, not a folder\n"
 
 
-def test_bench_has_no_peft_option_and_the_library_imports_none_of_peft_timm_open_clip():
+def test_bench_has_no_peft_option_and_the_library_imports_none_of_peft_timm_open_clip(capsys):
     """peft, timm and open_clip serve only as reference oracles in tests and benchmarks/ (the project's rule)."""
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:  # refused at parsing, before any measurement
         cli(["--peft", "--device", "cpu"])
+    assert stop.value.code == 2 and "unrecognized arguments: --peft" in capsys.readouterr().err
     library = Path(__file__).resolve().parents[1] / "replication"
     imported = set()
     for path in library.rglob("*.py"):

@@ -38,7 +38,7 @@ def meta_state_dict(model):
 
 
 def timm_state_dict(meta_sd):
-    """timm's vit_pe_core_* layout from Meta's vision keys (docs §6), written independently of the loader."""
+    """timm's vit_pe_core_* layout from Meta's vision keys (timm's eva.py), written independently of the loader."""
     vis = {k[len("visual."):]: v for k, v in meta_sd.items() if k.startswith("visual.")}
     out = {"cls_token": vis.pop("class_embedding")[None, None], "pos_embed": vis.pop("positional_embedding")[None],
            "patch_embed.proj.weight": vis.pop("conv1.weight")}

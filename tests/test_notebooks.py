@@ -3,7 +3,7 @@
 One session fixture builds the tiny demo once: demo-data, prepare, a subset of the manifest
 (a few images per dataset and split, the crops shared by symlink), a few pre-training steps.
 The notebooks then run in chapter order with one-epoch runs on a handful of samples; runs are
-shared between notebooks through the engine, exactly as in `reproduce`.
+shared between notebooks through the run folders (runs.py), exactly as in `reproduce`.
 """
 import ast
 import json

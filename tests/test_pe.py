@@ -291,7 +291,7 @@ def test_forward_features_layer_idx_and_activation_checkpointing(replayed_blocks
 
 
 # ---------------------------------------------------------------------------------------------------------
-# parameter counts and keys (docs §1, §6) — big configs built on the meta device (no memory, no time)
+# parameter counts and keys (Meta's config.py and checkpoints) — big configs built on the meta device (no memory, no time)
 
 COUNTS = {  # vision tower, text tower + logit_scale, CLIP total
     "PE-Core-T16-384": (6_140_544, 63_405_057, 69_545_601),

@@ -133,17 +133,22 @@ def _listing(names: list[str]) -> dict:
     return {"count": len(names), "files": names[:MAX_LISTED]}
 
 
+def read_prepare_settings(prepared: str | Path) -> dict | None:
+    """The crop settings (CROP_SETTINGS: detector, size, margin, ...) a prepared folder's crops were made with;
+    None for a folder without prepare_settings.json (crops made elsewhere)."""
+    path = Path(prepared) / "prepare_settings.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _check_settings(out: Path, settings: dict) -> None:
     """Crops already in ``out`` are reused only if they were made with the same settings."""
-    path = out / "prepare_settings.json"
     wanted = {k: settings[k] for k in CROP_SETTINGS}
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != wanted:
-            raise ValueError(f"{out} holds crops made with {old}; this run asks for {wanted}. "
-                             "Use another --out folder (or delete it) to change crop settings.")
-    else:
-        atomic_write_text(path, json.dumps(wanted, indent=1))
+    old = read_prepare_settings(out)
+    if old is None:
+        atomic_write_text(out / "prepare_settings.json", json.dumps(wanted, indent=1))
+    elif old != wanted:
+        raise ValueError(f"{out} holds crops made with {old}; this run asks for {wanted}. "
+                         "Use another --out folder (or delete it) to change crop settings.")
 
 
 def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd", detector_dir=None,
