@@ -2,10 +2,10 @@
 
     python benchmarks/peft_compare.py [--batch 128] [--dtype fp16] [--checkpoint-blocks off|all|profile|N] [...]
 
-Ours are `bench`'s own rows (`bench.bench_method`: the engine's training step, then the merged model's
-inference). peft's LoRA and DoRA (`use_dora=True`) are injected at the very modules ours adapt, with our
-adapters' rank, alpha and dropout, in the same TaskModel (heads, BatchNorm), and timed with the same
-training step at the same batch, dtype and checkpointing. Prints bench's table (ours and peft's rows side by
+Ours are `bench`'s own rows (`bench.bench_method`, the engine's training step only: peft's rows have no
+merged inference to compare with, and `bench` times ours). peft's LoRA and DoRA (`use_dora=True`) are
+injected at the very modules ours adapt, with our adapters' rank, alpha and dropout, in the same TaskModel
+(heads, BatchNorm), and timed with the same training step at the same batch, dtype and checkpointing. Prints bench's table (ours and peft's rows side by
 side) and the ours / peft training speed per adapter; writes JSON shaped like bench's (device, torch and peft
 versions, date, command), so `bench --project` reads it too. peft stays out of replication/: the library's
 methods are written by hand, and peft serves only as a reference (benchmarks/README.md).
@@ -13,6 +13,7 @@ methods are written by hand, and peft serves only as a reference (benchmarks/REA
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import sys
 from pathlib import Path
@@ -79,7 +80,9 @@ def compare(args, argv: list[str], out: Path) -> dict:
     device, result = bench.start_result(args, shlex.join([*COMMAND, *argv]))
     result.update(peft=peft.__version__, ours_over_peft_speed={})
     for method in ADAPTERS:
-        for label, measure in ((method, bench.bench_method), (f"peft-{method}", bench_peft)):
+        # ours without the merged inference: the comparison is of training steps, and `bench` times inference
+        ours = functools.partial(bench.bench_method, infer=False)
+        for label, measure in ((method, ours), (f"peft-{method}", bench_peft)):
             result["rows"].append(bench.guarded(label, args.batch, measure, method, args, device,
                                                 result["peak_bf16_tflops"]))
             bench.reset_memory(device)

@@ -361,8 +361,9 @@ def _infer(fn, inputs, cfg: TrainConfig, args, device, peak: float) -> dict:
 
 
 # --- one method ------------------------------------------------------------------------------------------
-def bench_method(method: str, args, device: torch.device, peak: float) -> dict:
-    """Training step, inference (merged where possible) and, for LP, the frozen encoder alone."""
+def bench_method(method: str, args, device: torch.device, peak: float, infer: bool = True) -> dict:
+    """Training step, inference (merged where possible; ``infer=False`` skips it) and, for LP, the frozen
+    encoder alone."""
     cfg = train_config(method, args)
     adapted = build_model(cfg)
     model = adapted.model.to(device).train()
@@ -387,6 +388,8 @@ def bench_method(method: str, args, device: torch.device, peak: float) -> dict:
     row["train"]["epoch_minutes"] = thesis_epoch_images() * seconds_per_image / 60
     del step
     model.zero_grad(set_to_none=True)
+    if not infer:
+        return row
 
     # Inference of the deployable model: LoRA/DoRA folded into the weights (§3.6, no extra cost); MTLoRA's
     # task-specific branches cannot be folded (§3.6.1), merge_adapters folds the shared ones.

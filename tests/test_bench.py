@@ -561,6 +561,7 @@ def test_peft_compare_times_ours_and_peft_on_the_same_modules(tmp_path, capsys):
     assert result["dtype"] == "fp32" and result["batch"] == 2 and result["device_type"] == "cpu"
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["lora", "peft-lora", "dora", "peft-dora"]
+    assert not any("infer" in r for r in rows.values())  # training steps only: `bench` times merged inference
     for m in ("lora", "dora"):
         ours, theirs = rows[m], rows[f"peft-{m}"]
         assert theirs["target_modules"] == 27
