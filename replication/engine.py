@@ -426,6 +426,26 @@ class BatchSizeError(ValueError):
     processes); the message says what to change."""
 
 
+class RunStateError(ValueError):
+    """A run folder's last.pt or best.pt cannot be read back, or was written by another number of processes
+    or for another model; the message says what to do."""
+
+
+def read_run_state(path: Path) -> dict:
+    """A run folder's last.pt or best.pt, onto the CPU. A file that torch cannot read (a disk that failed,
+    a copy cut short: the engine itself writes them atomically) is named, with the way out, not a traceback."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)  # our own files: RNG states, numpy
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch.load gives EOFError, RuntimeError, UnpicklingError, ... by format
+        raise RunStateError(f"{path} cannot be read ({type(err).__name__}: {err}); {_START_OVER.format(path.parent)}"
+                            ) from None
+
+
+_START_OVER = "remove the folder {} to train this run from the start"
+
+
 class Trainer:
     """Builds everything a run needs from its config; ``fit()`` trains (resuming from last.pt)."""
 
@@ -503,16 +523,24 @@ class Trainer:
             return False
         # onto the CPU whatever the run's device: torch.set_rng_state takes only a CPU tensor (a CUDA run's
         # resume failed on it), and load_state_dict copies every other tensor onto its parameter's device
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.model.load_trainable_state_dict(state["model"])
-        self.weighting.load_state_dict(state["weighting"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.progress = Progress(**state["progress"])
+        state = read_run_state(path)
+        # each rank resumes its own §3.2 sampler shard and generators: another world size cannot continue them
         if len(state["rng"]) != self.d.world_size:
-            raise ValueError(f"{path} was written by {len(state['rng'])} processes; resume with as many "
-                             f"(now {self.d.world_size})")
+            raise RunStateError(f"{path} was written by {len(state['rng'])} processes, this run has "
+                                f"{self.d.world_size}: resume with as many (torchrun --nproc_per_node "
+                                f"{len(state['rng'])}), or {_START_OVER.format(self.dir)}")
+        try:
+            self.model.load_trainable_state_dict(state["model"])
+            self.weighting.load_state_dict(state["weighting"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.progress = Progress(**state["progress"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            # config.json matched (runs._same_run), so the code that wrote it differed (another version)
+            raise RunStateError(f"{path} does not fit this run's model or optimizer (written by another version "
+                                f"of the code?): {type(err).__name__}: {err}; {_START_OVER.format(self.dir)}"
+                                ) from None
         _set_rng_state(state["rng"][self.d.rank], self.d.device)
         return True
 

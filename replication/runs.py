@@ -22,15 +22,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
-import torch
 from torch import nn
 
 from replication import distributed
 from replication.arguments import reported
 from replication.checkpoint import PE_CORE_WEIGHTS, CheckpointError, load_clip
 from replication.data import ManifestError, read_prepare_settings
-from replication.engine import (INPUT_FIELDS, RUN_METHODS, BatchSizeError, FaceDataset, Trainer, TrainConfig,
-                                build_model, evaluation_frame, model_image_size, predict_logits, predictions_table)
+from replication.engine import (INPUT_FIELDS, RUN_METHODS, BatchSizeError, FaceDataset, RunStateError, Trainer,
+                                TrainConfig, build_model, evaluation_frame, model_image_size, predict_logits,
+                                predictions_table, read_run_state)
 from replication.files import atomic_write, atomic_write_text, sha1
 from replication.labels import TASKS
 from replication.metrics import summarize_predictions
@@ -247,7 +247,7 @@ def run(cfg: TrainConfig) -> Path:
             else:
                 trainer.fit()
                 distributed.barrier(d)  # rank 0 commits best.pt after the last collective of fit()
-                best = torch.load(cfg.run_dir / "best.pt", map_location="cpu", weights_only=False)
+                best = read_run_state(cfg.run_dir / "best.pt")
                 trainer.model.load_trainable_state_dict(best["model"])
                 _test(cfg, trainer.model, test, d, {"best_epoch": best["epoch"], "epochs": trainer.progress.epoch})
             distributed.barrier(d)
@@ -294,7 +294,7 @@ def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
     if cfg.method == "zero_shot":
         return _zero_shot_model(cfg).to(device)
     model = build_model(cfg).model
-    model.load_trainable_state_dict(torch.load(Path(path) / "best.pt", map_location="cpu", weights_only=False)["model"])
+    model.load_trainable_state_dict(read_run_state(Path(path) / "best.pt")["model"])
     return model.to(device).eval()
 
 
@@ -379,7 +379,7 @@ def cli(argv: list[str] | None = None) -> int:
              f"steps and at each epoch's end)")
     # the user's to fix, not a bug: one line, no traceback
     return reported("train", train, (MissingInputError, ManifestError, RunFolderError, BatchSizeError,
-                                     CheckpointError), resume=again)
+                                     CheckpointError, RunStateError), resume=again)
 
 
 if __name__ == "__main__":

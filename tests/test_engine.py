@@ -266,6 +266,37 @@ def test_train_command_reports_a_batch_larger_than_an_epoch_without_a_traceback(
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_last_pt_that_cannot_resume_the_run_is_one_line_naming_it(prepared, tmp_path, capsys):
+    """A damaged last.pt (empty, junk), one written by 2 processes, or one of another code version's model used
+    to end in torch's traceback; now one line names the file, what is wrong and the way out."""
+    argv = _train_argv(prepared, tmp_path / "runs")
+    assert runs.cli(argv) == 0
+    folder = runs.parse_config(argv).run_dir
+    (folder / "DONE").unlink()  # as if killed after the last epoch's last.pt: the next command resumes from it
+    last = folder / "last.pt"
+    good = torch.load(last, weights_only=False)
+    capsys.readouterr()
+    out_of_band = f"remove the folder {folder} to train this run from the start"
+    for content, what in ((b"", f"{last} cannot be read (EOFError: "),
+                          (b"not a checkpoint", f"{last} cannot be read (UnpicklingError: "),
+                          ({**good, "rng": good["rng"] * 2},
+                           f"{last} was written by 2 processes, this run has 1: resume with as many (torchrun "
+                           f"--nproc_per_node 2), or {out_of_band}"),
+                          ({**good, "model": {"head.weight": torch.zeros(1)}},
+                           f"{last} does not fit this run's model or optimizer (written by another version of the "
+                           f"code?): KeyError: ")):
+        if isinstance(content, bytes):
+            last.write_bytes(content)
+        else:
+            torch.save(content, last)
+        assert runs.cli(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"train: error: {what}") and err.endswith(f"{out_of_band}\n"), err
+        assert len(err.splitlines()) == 1 and not (folder / "DONE").exists()
+    torch.save(good, last)
+    assert runs.cli(argv) == 0 and (folder / "DONE").exists()
+
+
 def test_a_batch_that_the_processes_cannot_share_is_a_batch_size_error(prepared, tmp_path, monkeypatch):
     from replication import distributed
 
