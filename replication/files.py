@@ -1,4 +1,4 @@
-"""Atomic file writes, a check that an output can be written, and file hashes.
+"""Atomic file writes, a check that an output can be written, reading a text input, and file hashes.
 
 Results are written atomically (a temporary file beside the target, then os.replace) so that an interrupted
 run never leaves a half-written file that a later run would trust: resuming, and skipping finished work, go by
@@ -42,6 +42,26 @@ def check_writable(path: str | Path, kind: str) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+class NotTextError(ValueError):
+    """An input file is not UTF-8 text (read_text); the message names the file, line and byte."""
+
+
+def read_text(path: str | Path, expected: str) -> str:
+    """The text of input file ``path``, which should be ``expected`` (what the file is, for the message). The
+    datasets' label files and the manifest are ASCII/UTF-8 as released and as written: a byte-order mark (which
+    spreadsheet programs add) is dropped, and any other encoding (a binary, a UTF-16 or Latin-1 re-save) is a
+    NotTextError naming the file, line and byte. The bare codec error named neither, and the locale's encoding
+    (which ``open`` uses by default) read such a file differently on another machine."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise NotTextError(f"{path} line {line}: byte 0x{data[err.start]:02x} is not UTF-8 text; expected {expected}, "
+                         f"not a binary file or a copy saved in another encoding") from None
 
 
 def sha1(path: Path) -> str:

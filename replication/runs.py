@@ -35,7 +35,7 @@ from replication.files import atomic_write, atomic_write_text, sha1
 from replication.labels import TASKS
 from replication.metrics import summarize_predictions
 from replication.profiles import PROFILES, RUN_FIELDS, demo_inputs_help, get_profile
-from replication.tokenizer import CLIP_MERGES
+from replication.tokenizer import CLIP_MERGES, MergesError
 from replication.transforms import eval_transform
 from replication.zero_shot import ZeroShotClassifier
 
@@ -379,7 +379,7 @@ def cli(argv: list[str] | None = None) -> int:
              f"steps and at each epoch's end)")
     # the user's to fix, not a bug: one line, no traceback
     return reported("train", train, (MissingInputError, ManifestError, RunFolderError, BatchSizeError,
-                                     CheckpointError, RunStateError), resume=again)
+                                     CheckpointError, RunStateError, MergesError), resume=again)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import collections
 import functools
 import gzip
 import html
+import zlib
 from pathlib import Path
 
 import ftfy
@@ -74,13 +75,21 @@ def pretokenize(text: str) -> list[str]:
     return ["".join(enc[b] for b in word.encode("utf-8")) for word in _PATTERN.findall(clean(text))]
 
 
+class MergesError(ValueError):
+    """A merges file that is not one, or not the one the text tower learned; the message names it."""
+
+
 def read_merges(path: str | Path, max_merges: int | None = None) -> list[tuple[str, str]]:
     """Merges of a BPE file (gzip or plain text): a header line, then one 'a b' pair per line, by rank."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"BPE merges file not found: {path} ({CLIP_MERGES})")
     raw = path.read_bytes()
-    text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+    try:
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as err:  # a download cut short, another file
+        raise MergesError(f"{path}: not a merges file ({type(err).__name__}: {err}); expected {CLIP_MERGES}, "
+                          f"or the demo's file written by train_bpe") from None
     lines = text.split("\n")[1:]  # line 0 is the '#version: 0.2' header
     merges = []
     for lineno, line in enumerate(lines, start=2):
@@ -88,11 +97,11 @@ def read_merges(path: str | Path, max_merges: int | None = None) -> list[tuple[s
             continue
         pair = tuple(line.split())
         if len(pair) != 2:
-            raise ValueError(f"{path}, line {lineno}: expected a merge 'a b', got {line!r}")
+            raise MergesError(f"{path}, line {lineno}: expected a merge 'a b', got {line!r}")
         merges.append(pair)
     if not merges:
         # without merges every word falls apart into bytes: a 514-token vocabulary that tokenizes silently
-        raise ValueError(f"{path}: no BPE merges after the header line (expected CLIP's "
+        raise MergesError(f"{path}: no BPE merges after the header line (expected CLIP's "
                          f"bpe_simple_vocab_16e6.txt.gz, or the demo's file written by train_bpe)")
     return merges[:max_merges]
 

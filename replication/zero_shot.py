@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .labels import AGE_GROUPS, EMOTIONS, GENDERS, TASKS
-from .tokenizer import CLIP_VOCAB_SIZE, get_tokenizer
+from .tokenizer import CLIP_VOCAB_SIZE, MergesError, get_tokenizer
 
 # Age: "between 0 and 2 years old" ... "between 60 and 69 years old", and "70 years old or older" for the
 # open-ended last bin. §4.2 gives only the template; these are the 18 prompts of the thesis's public scripts
@@ -59,7 +59,7 @@ class ZeroShotClassifier(nn.Module):
         # A text tower with CLIP's vocabulary learned CLIP's merges: any other file still yields valid ids,
         # just not the ones the embeddings were trained on. (The demo's smaller vocabulary is its own file's.)
         if clip.text_cfg.vocab_size == CLIP_VOCAB_SIZE and tokenizer.vocab_size != CLIP_VOCAB_SIZE:
-            raise ValueError(f"{bpe_path}: a vocabulary of {tokenizer.vocab_size:,} tokens, but the text tower "
+            raise MergesError(f"{bpe_path}: a vocabulary of {tokenizer.vocab_size:,} tokens, but the text tower "
                              f"has CLIP's {CLIP_VOCAB_SIZE:,}: expected CLIP's merges file "
                              f"bpe_simple_vocab_16e6.txt.gz")
         was_training = clip.training
@@ -68,7 +68,7 @@ class ZeroShotClassifier(nn.Module):
             for task in self.tasks:
                 tokens = tokenizer(PROMPTS[task]).to(clip.text_projection.device)
                 if int(tokens.max()) >= clip.text_cfg.vocab_size:
-                    raise ValueError(f"{bpe_path}: token id {int(tokens.max())} >= the text tower's vocab_size "
+                    raise MergesError(f"{bpe_path}: token id {int(tokens.max())} >= the text tower's vocab_size "
                                      f"{clip.text_cfg.vocab_size} (merges file does not belong to this model)")
                 self.register_buffer(f"text_{task}", clip.encode_text(tokens, normalize=True).float(), persistent=False)
         clip.train(was_training)

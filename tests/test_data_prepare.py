@@ -316,7 +316,12 @@ def test_read_manifest_names_a_file_that_is_no_csv(tmp_path):
     with pytest.raises(ManifestError) as err:
         read_manifest(path)
     assert str(err.value) == f"{path}: empty file, expected a CSV with the header path,dataset,split,age,gender,emotion"
-    path.write_bytes(bytes(range(256)) * 4)
+    path.write_bytes(bytes(range(256)) * 4)  # pandas < 3 (Python 3.10's) raised a bare UnicodeDecodeError here
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path)
+    assert str(err.value) == (f"{path} line 2: byte 0x80 is not UTF-8 text; expected the manifest.csv that "
+                              f"prepare writes, not a binary file or a copy saved in another encoding")
+    path.write_text("path,dataset\na,b\na,b,c,d\n")
     with pytest.raises(ManifestError) as err:
         read_manifest(path)
     # pandas's own words (not pinned) follow, naming the line

@@ -313,3 +313,31 @@ def test_an_empty_label_csv_is_said_to_be_empty(tmp_path, read, name, columns):
     (tmp_path / name).write_bytes(b"")
     assert _message(read, tmp_path) == (f"{tmp_path / name}: the file is empty; expected a header with the "
                                         f"columns {columns}")
+
+
+_FAIRFACE_ROWS = ("file,age,gender,race,service_test\ntrain/1.jpg,20-29,Male,White,True\n"
+                  "train/2.jpg,3-9,Female,Black,False\n")
+
+
+def test_a_label_file_in_another_encoding_names_the_file_line_and_byte(tmp_path):
+    """A Latin-1 or UTF-16 re-save (a spreadsheet's) used to end in the bare codec message, naming no file, and
+    its reading depended on the machine's locale; a UTF-8 byte-order mark is dropped, so the header still holds
+    'file'. The real label files are all UTF-8 (identity_meta.csv has non-ASCII names)."""
+    train, val = tmp_path / "fairface_label_train.csv", tmp_path / "fairface_label_val.csv"
+    val.write_text("file,age,gender,race,service_test\n", encoding="utf-8")
+    train.write_text(_FAIRFACE_ROWS, encoding="utf-8")
+    plain = read_fairface(tmp_path).records
+    assert [(r.name, r.age, r.gender) for r in plain] == [("train/1.jpg", 3, 0), ("train/2.jpg", 1, 1)]
+    train.write_bytes(b"\xef\xbb\xbf" + _FAIRFACE_ROWS.encode())  # BOM, as Excel's "CSV UTF-8" saves it
+    assert read_fairface(tmp_path).records == plain
+    suffix = "is not UTF-8 text; expected the FairFace label CSV as released, not a binary file or a copy saved in " \
+             "another encoding"
+    train.write_bytes(_FAIRFACE_ROWS.replace("Black", "Noir \xe9").encode("latin-1"))
+    assert _message(read_fairface, tmp_path) == f"{train} line 3: byte 0xe9 {suffix}"
+    train.write_text(_FAIRFACE_ROWS, encoding="utf-16")
+    assert _message(read_fairface, tmp_path) == f"{train} line 1: byte 0xff {suffix}"
+    listing = tmp_path / "list_patition_label.txt"
+    listing.write_bytes(b"train_00001.jpg 5\ntrain_00002.jpg \x85\n")
+    assert _message(read_rafdb_list, listing, tmp_path, ReadResult("rafdb")) == (
+        f"{listing} line 2: byte 0x85 is not UTF-8 text; expected the RAF-DB label list as released, not a binary "
+        f"file or a copy saved in another encoding")

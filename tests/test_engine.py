@@ -765,6 +765,24 @@ def test_zero_shot_run_writes_predictions_without_training(prepared, tmp_path, m
         run(replace(cfg, amp="bf16"))
 
 
+def test_train_command_reports_an_unusable_merges_file_in_one_line(prepared, tmp_path, capsys):
+    """A merges file cut short, in another encoding, or without merges ended the zero-shot baseline in gzip's
+    EOFError, a UnicodeDecodeError or a ValueError traceback; now one line names the file, and no folder is made."""
+    import gzip
+
+    whole = gzip.compress(b"#version: 0.2\n" + b"a b\n" * 5000)
+    for name, content, what in (("cut.txt.gz", whole[:len(whole) // 2], "not a merges file (EOFError: "),
+                                ("utf16.txt", "#version: 0.2\na b\n".encode("utf-16"),
+                                 "not a merges file (UnicodeDecodeError: "),
+                                ("header.txt", b"#version: 0.2\n", "no BPE merges after the header line")):
+        (tmp_path / name).write_bytes(content)
+        assert runs.cli(["--method", "zero_shot", "--tasks", "gender", "--prepared", str(prepared), "--runs-dir",
+                         str(tmp_path / "runs"), "--checkpoint", "", "--bpe", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"train: error: {tmp_path / name}: {what}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_run_without_test_rows_stops_before_its_folder_is_written(prepared, tmp_path):
     """The test sets are read before config.json: a manifest without any (or with emotion test rows only from
     datasets that are no emotion test set) stops the zero-shot baseline and a trained run before their folders
@@ -790,6 +808,7 @@ def test_a_run_without_test_rows_stops_before_its_folder_is_written(prepared, tm
                 run(cfg)
             assert str(err.value) == f"{tmp_path / name / 'manifest.csv'}: {message}"
     assert not (tmp_path / "runs").exists()
+
 
 def test_single_task_sampling_weights_average_every_label_a_row_has():
     """§3.2: a row's weight is the mean of the class weights of its available age, emotion and gender labels,

@@ -8,7 +8,7 @@ import ftfy
 import pytest
 import torch
 
-from replication.tokenizer import get_tokenizer, read_merges, tokenize, train_bpe
+from replication.tokenizer import MergesError, get_tokenizer, read_merges, tokenize, train_bpe
 from replication.zero_shot import PROMPTS
 
 BPE = Path(__file__).resolve().parents[2] / "shared" / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
@@ -153,8 +153,15 @@ def test_train_bpe_by_hand(tmp_path):
 
 def test_bad_merges_file(tmp_path):
     (tmp_path / "bad.txt").write_text("#version: 0.2\na b\nabc\n")
-    with pytest.raises(ValueError, match=r"bad.txt, line 3"):
+    with pytest.raises(MergesError, match=r"bad.txt, line 3"):
         read_merges(tmp_path / "bad.txt")
+    # a download cut short, or a file in another encoding: MergesError (which `train` reports in one line)
+    (tmp_path / "cut.txt.gz").write_bytes(gzip.compress(b"#version: 0.2\n" + b"a b\n" * 100)[:30])
+    with pytest.raises(MergesError, match=r"cut.txt.gz: not a merges file \(EOFError: .*bpe_simple_vocab_16e6"):
+        read_merges(tmp_path / "cut.txt.gz")
+    (tmp_path / "latin1.txt").write_bytes("#version: 0.2\na \xe9\n".encode("latin-1"))
+    with pytest.raises(MergesError, match=r"latin1.txt: not a merges file \(UnicodeDecodeError: "):
+        read_merges(tmp_path / "latin1.txt")
     with pytest.raises(FileNotFoundError, match="bpe_simple_vocab_16e6"):
         tokenize("x", tmp_path / "missing.txt.gz")
 

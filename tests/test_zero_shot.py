@@ -9,7 +9,7 @@ from replication.checkpoint import load_clip
 from replication.config import CLIPConfig, TextConfig, get_config
 from replication.labels import TASKS
 from replication.pe import CLIP
-from replication.tokenizer import tokenize, train_bpe
+from replication.tokenizer import MergesError, tokenize, train_bpe
 from replication.zero_shot import PROMPTS, ZeroShotClassifier
 from test_tokenizer import BPE, needs_bpe
 
@@ -77,7 +77,7 @@ def test_merges_file_too_large_for_vocab_is_an_error(demo_setup, tmp_path):
     words = [f"w{a}{b}{c}" for a in "abcdefgh" for b in "abcdefgh" for c in "abcdefgh"] * 2
     big = tmp_path / "big.txt"
     train_bpe(words + [p for task in PROMPTS.values() for p in task], num_merges=900, out_path=big)
-    with pytest.raises(ValueError, match="vocab_size 1024"):
+    with pytest.raises(MergesError, match="vocab_size 1024"):
         ZeroShotClassifier(clip, big)
 
 
@@ -93,7 +93,7 @@ def test_clip_vocabulary_needs_clip_merges_file(demo_setup):
     # the demo's merges file gives ids that all fit CLIP's vocabulary, so zero-shot used to run silently
     # on the embeddings of other tokens
     small_bpe = demo_setup[1]
-    with pytest.raises(ValueError, match=rf"{small_bpe.name}: a vocabulary of \d+ tokens, but the text tower has "
+    with pytest.raises(MergesError, match=rf"{small_bpe.name}: a vocabulary of \d+ tokens, but the text tower has "
                                          r"CLIP's 49,408: expected CLIP's merges file bpe_simple_vocab_16e6.txt.gz"):
         ZeroShotClassifier(clip_vocabulary_model(), small_bpe)
 

@@ -26,6 +26,7 @@ CSV edited between runs: its keys hold line numbers) is redone, not reused.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing as mp
 import signal
@@ -38,7 +39,7 @@ import pandas as pd
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook kernel without ipywidgets (not a dependency)
 
 from replication.arguments import number, reported
-from replication.files import atomic_write_text, check_writable
+from replication.files import NotTextError, atomic_write_text, check_writable, read_text
 from replication.labels import DATASETS, NUM_CLASSES, TASKS
 
 from .compose import compose, training_totals
@@ -311,7 +312,10 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     """Load ``manifest.csv`` and validate every value; errors name the row and what was expected."""
     path = Path(path)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        text = read_text(path, "the manifest.csv that prepare writes")
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except NotTextError as err:  # pandas < 3 raised a bare UnicodeDecodeError here, naming no file
+        raise ManifestError(str(err)) from None
     except pd.errors.EmptyDataError:
         raise ManifestError(f"{path}: empty file, expected a CSV with the header {','.join(MANIFEST_COLUMNS)}"
                             ) from None

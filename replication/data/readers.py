@@ -26,6 +26,7 @@ Expected layout under the raw data root (one folder per dataset id):
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from collections import defaultdict
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from replication.files import read_text
 from replication.labels import AGE_GROUPS, MISSING, age_to_group
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
@@ -76,6 +78,12 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def _label_text(path: Path, what: str) -> str:
+    """The text of label file ``path``, which is the dataset's ``what``: a missing file and one that is not UTF-8
+    text (files.read_text) are errors naming it."""
+    return read_text(_need(path, what), f"the {what} as released")
+
+
 def _csv_with_columns(f, path: Path, columns: tuple[str, ...]) -> csv.DictReader:
     """A DictReader over the open ``f`` (read from ``path``) whose header holds ``columns``, else a ValueError
     naming the file and what it lacks (an empty file has no header at all: said as such, not as header None)."""
@@ -110,7 +118,7 @@ FAIRFACE_IMAGE_FOLDERS = ("fairface-img-margin025-trainval", "fairface-img-margi
 def read_fairface_csv(label_csv: Path, image_root: Path, result: ReadResult) -> None:
     """Append the rows of one ``fairface_label_{train,val}.csv`` (split = its name's part)."""
     split = "train" if "train" in label_csv.name else "val"
-    with open(_need(label_csv, "FairFace label CSV"), newline="") as f:
+    with io.StringIO(_label_text(label_csv, "FairFace label CSV"), newline="") as f:
         reader = _csv_with_columns(f, label_csv, ("file", "age", "gender"))
         for row in reader:
             result.rows_read += 1
@@ -193,9 +201,9 @@ def read_lagenda(folder: Path) -> ReadResult:
     Rows are persons, several per image; unlabelled persons (-1) are counted as skipped.
     """
     result = ReadResult("lagenda")
-    path = _need(folder / "lagenda_annotation.csv", "LAGENDA annotation CSV")
+    path = folder / "lagenda_annotation.csv"
     box_cols = ("face_x0", "face_y0", "face_x1", "face_y1")
-    with open(path, newline="") as f:
+    with io.StringIO(_label_text(path, "LAGENDA annotation CSV"), newline="") as f:
         reader = _csv_with_columns(f, path, ("img_name", "age", "gender", *box_cols))
         for row in reader:
             row_no = reader.line_num  # the file's line, which a blank line above does not shift
@@ -237,7 +245,7 @@ RAFDB_LIST_NAMES = ("list_patition_label.txt", "list_partition_label.txt")  # re
 
 def read_rafdb_manual_gender(path: Path) -> int | None:
     """Line 6 of ``*_manu_attri.txt``: 0 male, 1 female, 2 unsure (returned as 2)."""
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    lines = [line.strip() for line in _label_text(path, "RAF-DB manual attribute file").splitlines() if line.strip()]
     if len(lines) < 6 or lines[5] not in ("0", "1", "2"):
         return None
     return int(lines[5])
@@ -248,8 +256,8 @@ def parse_rafdb_box(path: Path) -> Box:
 
     A corrupt box file stops the run (as VGGFace2's ``parse_loose_boxes`` does) rather than
     silently sending its image to the SSD."""
-    values = [(line_no, v) for line_no, line in enumerate(path.read_text().splitlines(), start=1)
-              for v in line.split()][:4]
+    lines = _label_text(path, "RAF-DB bounding box file").splitlines()
+    values = [(line_no, v) for line_no, line in enumerate(lines, start=1) for v in line.split()][:4]
     for line_no, v in values:
         try:
             float(v)
@@ -268,7 +276,7 @@ def read_rafdb_list(list_file: Path, image_dir: Path, result: ReadResult,
     whose line 6 is not 0/1/2 become -1 and are listed in ``result.notes`` (compose.py removes such
     training rows).
     """
-    for line in _need(list_file, "RAF-DB label list").read_text().splitlines():
+    for line in _label_text(list_file, "RAF-DB label list").splitlines():
         if not line.strip():
             continue
         result.rows_read += 1
@@ -322,7 +330,7 @@ def read_rafdb(folder: Path) -> ReadResult:
 
 def parse_celebamask_attributes(path: Path) -> dict[str, int]:
     """``CelebAMask-HQ-attribute-anno.txt`` -> {image name: gender id} from the ``Male`` column."""
-    lines = _need(path, "CelebAMask-HQ attribute file").read_text().splitlines()
+    lines = _label_text(path, "CelebAMask-HQ attribute file").splitlines()
     if not lines or not lines[0].strip().isdigit():
         raise ValueError(f"{path} line 1: expected the number of images, got {lines[0] if lines else ''!r}")
     if len(lines) < 2 or "Male" not in lines[1].split():
@@ -375,7 +383,7 @@ IDENTITY_META_HEADER = ["Class_ID", "Name", "Sample_Num", "Flag", "Gender"]
 def parse_identity_meta(path: Path) -> dict[str, tuple[int, int]]:
     """``identity_meta.csv`` -> {class id: (gender id, flag)}; CRLF, spaces after commas, quoted names."""
     out = {}
-    with open(_need(path, "VGGFace2 identity_meta.csv"), newline="") as f:
+    with io.StringIO(_label_text(path, "VGGFace2 identity_meta.csv"), newline="") as f:
         rows = csv.reader(f, skipinitialspace=True)
         first = next(rows, None)  # None: an empty file has no line 1 at all
         header = [h.strip() for h in first or []]
@@ -395,7 +403,7 @@ def parse_identity_meta(path: Path) -> dict[str, tuple[int, int]]:
 def parse_mivia_ages(path: Path) -> dict[str, float]:
     """MIVIA ``*.age_detected.csv``: image path in column 0, age (float years) in the last column."""
     ages = {}
-    with open(path, newline="") as f:
+    with io.StringIO(_label_text(path, "MIVIA age file"), newline="") as f:
         for line_no, row in enumerate(csv.reader(f, skipinitialspace=True, quotechar="|"), start=1):
             if not row:
                 continue
@@ -413,7 +421,7 @@ def parse_mivia_ages(path: Path) -> dict[str, float]:
 def parse_loose_boxes(path: Path) -> dict[str, Box]:
     """``loose_bb_test.csv``: NAME_ID,X,Y,W,H (xywh) -> {NAME_ID.jpg: xyxy}."""
     boxes = {}
-    with open(path, newline="") as f:
+    with io.StringIO(_label_text(path, "VGGFace2 loose_bb_test.csv"), newline="") as f:
         reader = _csv_with_columns(f, path, ("NAME_ID", "X", "Y", "W", "H"))
         for row in reader:
             try:
@@ -432,7 +440,7 @@ def read_vggface2_list(test_list: Path, identities: dict[str, tuple[int, int]], 
                        result: ReadResult, age_file: Path | None = None,
                        boxes: dict[str, Box] | None = None) -> None:
     """Every test image inherits its identity's gender; age from the MIVIA file ``age_file`` when given."""
-    names = _need(test_list, "VGGFace2 test_list.txt").read_text().split()
+    names = _label_text(test_list, "VGGFace2 test_list.txt").split()
     ages = parse_mivia_ages(age_file) if age_file else None
     if ages is not None and names and not any(name in ages for name in names):
         # Otherwise every image only gets an age_missing note and the age test set is silently empty.
