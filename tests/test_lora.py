@@ -289,3 +289,52 @@ def test_l14_adapter_state_is_a_small_fraction_of_the_backbone():
     adapter = sum(t.numel() for t in adapter_state_dict(vision).values())
     assert adapter == 24 * (64 * (1024 + 3072 + 2048 + 2 * 5120) + 9216) + 64 * (2048 + 2 * 5120) + 6144
     assert adapter * 4 < 200e6 and adapter < backbone / 10
+
+
+def test_default_alpha_is_no_scaling():
+    """§3.6 "We do not use a scaling factor": alpha defaults to the rank, so y = W0 x + b + B A x."""
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(16, 24).double(), rank=RANK)
+    _randomize(layer)
+    x = torch.randn(6, 16, dtype=torch.float64)
+    expected = x @ (layer.weight + layer.lora_b @ layer.lora_a).T + layer.bias
+    torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_lora_a_is_initialised_like_nn_linear():
+    """A gets nn.Linear's (and PEFT's) kaiming-uniform(a=sqrt(5)) init, U(-1/sqrt(in), 1/sqrt(in)): the same
+    draws as an nn.Linear(in, rank) made from the same random state."""
+    base = nn.Linear(16, 24)
+    torch.manual_seed(11)
+    layer = LoRALinear(base, rank=RANK)
+    torch.manual_seed(11)
+    reference = nn.Linear(16, RANK, bias=False).weight
+    assert torch.equal(layer.lora_a, reference)
+    assert layer.lora_a.abs().max() <= 16 ** -0.5
+
+
+def test_lora_dropout_acts_on_the_low_rank_branch_only():
+    """y = W0 x + b + s B A dropout(x) in training; no dropout in eval mode."""
+    _, layer = _layer(LoRALinear, torch.float64, dropout=0.5)
+    _randomize(layer)
+    layer.train()
+    x = torch.randn(6, 16, dtype=torch.float64)
+    torch.manual_seed(3)
+    y = layer(x)
+    torch.manual_seed(3)
+    z = layer.dropout(x)
+    assert not torch.equal(z, x)
+    delta = (ALPHA / RANK) * layer.lora_b @ layer.lora_a
+    torch.testing.assert_close(y, x @ layer.weight.T + z @ delta.T + layer.bias, rtol=1e-12, atol=1e-12)
+    layer.eval()
+    torch.testing.assert_close(layer(x), x @ (layer.weight + delta).T + layer.bias, rtol=1e-12, atol=1e-12)
+
+
+def test_adapter_parameters_select_by_kind():
+    vision = _tiny_vision()
+    inject_adapters(vision, TARGETS[:2], "dora", rank=RANK)
+    layers = [m for _, m in adapter_modules(vision)]
+    for which, attr in (("a", "lora_a"), ("b", "lora_b"), ("magnitude", "magnitude")):
+        got = adapter_parameters(vision, which)
+        assert len(got) == 2 and all(p is getattr(m, attr) for p, m in zip(got, layers))
+    assert len(adapter_parameters(vision)) == 6

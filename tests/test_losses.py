@@ -128,3 +128,12 @@ def test_sum_weighting_and_factory():
         assert "gradnorm" in str(e)
     else:
         raise AssertionError("unknown weighting accepted")
+
+
+def test_ema_weighting_built_by_name_uses_the_thesis_beta():
+    """§3.7.3 sets beta = 0.95; the engine builds the weighting by name, i.e. with the default beta."""
+    ema = make_weighting("ema", ("age",))
+    for loss in (2.0, 1.0):
+        ema.observe({"age": loss}, {"age": True})
+    ema.start_epoch()
+    assert abs(ema.log()["task_weights"]["age"] - 1 / (0.95 * 2.0 + 0.05 * 1.0)) < 1e-12

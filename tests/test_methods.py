@@ -201,3 +201,42 @@ def test_activation_checkpointing_changes_memory_not_numbers(method, replayed_bl
         calls.clear()
         assert torch.equal(loss0, loss1) and grads0.keys() == grads1.keys()
         assert all(torch.equal(grads0[n], grads1[n]) for n in grads0)
+
+
+def test_deeper_head_matches_hand_computation():
+    """§3.3 deeper head, eval mode: Linear(d, C)(GELU(Linear(d, d) x)) with the exact (erf) GELU."""
+    import math
+
+    torch.manual_seed(0)
+    head = DeepHead(6, 3, use_bn=False).double().eval()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    h = x @ head[1].weight.T + head[1].bias
+    h = h * 0.5 * (1 + torch.erf(h / math.sqrt(2)))
+    torch.testing.assert_close(head(x), h @ head[3].weight.T + head[3].bias, rtol=1e-12, atol=1e-12)
+
+
+def test_dropouts_reach_the_layers():
+    """head_dropout reaches every head; LoRA dropout defaults to 0.5 (the thesis's code) on every adapter,
+    MTLoRA's task-specific ones included."""
+    model = build_method("lora", ALL, _vision(), rank=4, head_dropout=0.3).model
+    assert all(h[1].p == 0.3 for h in model.heads.values())
+    adapters = [m for _, m in adapter_modules(model)]
+    assert adapters and all(m.dropout.p == 0.5 for m in adapters)
+    mt = build_method("mtlora", ALL, _vision(), rank=4).model
+    ts = [m for m in mt.modules() if isinstance(m, TaskLoRALinear)]
+    assert len(ts) == 12 and all(m.dropout.p == 0.5 for m in ts)
+
+
+def test_heads_read_proj_output_but_mtlora_heads_read_the_pooled_width():
+    """On a tower whose width (32) differs from its output_dim (16): heads of the projected methods take 16
+    inputs, MTLoRA's (no proj) take 32, and both forwards run."""
+    from replication.config import VisionConfig
+
+    cfg = VisionConfig(image_size=24, patch_size=8, width=32, layers=2, heads=2, mlp_dim=48, output_dim=16,
+                       pool_heads=4)
+    for method, dim in (("lora", 16), ("mtlora", 32)):
+        torch.manual_seed(0)
+        model = build_method(method, ALL, VisionTransformer(cfg), rank=4).model.eval()
+        assert all(h[0].num_features == dim for h in model.heads.values())
+        logits = model(torch.randn(2, 3, 24, 24))
+        assert {t: v.shape for t, v in logits.items()} == {t: (2, NUM_CLASSES[t]) for t in ALL}

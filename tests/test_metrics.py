@@ -60,6 +60,8 @@ def test_summary_averages_follow_section_4():
     assert age["datasets"]["vggface2"]["accuracy"] == 0.0
     assert age["average_accuracy"] == pytest.approx((0.75 + 0.5) / 2)  # mean over datasets, no VGGFace2
     assert age["average_over"] == ["utkface", "fairface"]
+    # the balanced-accuracy average leaves VGGFace2 out as well (utkface 3/4 by class, fairface (1 + 0) / 2)
+    assert age["average_balanced_accuracy"] == pytest.approx((0.75 + 0.5) / 2)
     gender = res["tasks"]["gender"]
     assert gender["average_accuracy"] == pytest.approx((1 + 1 + 0.5) / 3)  # not pooled (4/5)
     assert gender["datasets"]["vggface2"]["balanced_accuracy"] == pytest.approx(0.5)
@@ -112,3 +114,11 @@ def test_concordance_per_task_and_dataset():
     assert c.loc[("emotion", "rafdb"), "concordance"] == 1.0
     with pytest.raises(ValueError, match="different samples"):
         concordance(a, b.iloc[:2])
+
+
+def test_empty_inputs_are_refused():
+    """No samples is an error, not a NaN accuracy (numpy's mean of nothing) in a results table."""
+    with pytest.raises(ValueError, match="non-empty"):
+        accuracy([], [])
+    with pytest.raises(ValueError, match="no predictions for task 'age'"):
+        summarize_predictions(_predictions([("u0", "utkface", "gender", 0, 0)]), tasks=("age",))

@@ -94,3 +94,38 @@ def test_equals_the_plain_pooled_feature_at_init_and_differs_per_task_once_train
     assert (feats["gender"] - reference).abs().max() > 1e-3
     torch.testing.assert_close(feats["age"], reference, rtol=1e-5, atol=1e-5)
     assert all((feats[a] - feats[b]).abs().max() > 1e-3 for a, b in (("gender", "emotion"), ("age", "emotion")))
+
+
+def test_equals_the_plain_pooled_feature_with_random_biases_and_layernorms():
+    """At init the rebuilt block L and task pooling compute the plain tower's function for *any* weights: with
+    the default init the q|k|v biases are 0 and the LayerNorms 1/0, which would hide a mis-split bias or a
+    swapped ln_1/ln_2."""
+    plain = _vision()
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+            elif "ln" in name or "layernorm" in name:
+                p.normal_(1, 0.3)
+    enc = MTLoRAEncoder(copy.deepcopy(plain), TASKS, rank=RANK, alpha=ALPHA).eval()
+    x = _images()
+    reference = plain.pool(plain.forward_features(x))
+    feats = enc(x)
+    for t in TASKS:
+        torch.testing.assert_close(feats[t], reference, rtol=1e-5, atol=1e-5)
+
+
+def test_task_lora_dropout_acts_on_each_task_s_low_rank_branch():
+    """y_t = W0 x + b + s B_t A_t dropout(x) in training (dropout on every TS adapter's input)."""
+    torch.manual_seed(0)
+    layer = TaskLoRALinear(nn.Linear(8, 5).double(), TASKS, rank=RANK, alpha=ALPHA, dropout=0.5).train()
+    with torch.no_grad():
+        layer.lora_b["gender"].normal_()
+    x = torch.randn(3, 8, dtype=torch.float64)
+    torch.manual_seed(4)
+    y = layer(x, "gender")
+    torch.manual_seed(4)
+    z = layer.dropout(x)
+    assert not torch.equal(z, x)
+    delta = ALPHA / RANK * layer.lora_b["gender"] @ layer.lora_a["gender"]
+    torch.testing.assert_close(y, x @ layer.weight.T + z @ delta.T + layer.bias, rtol=1e-12, atol=1e-12)

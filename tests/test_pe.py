@@ -72,6 +72,20 @@ def test_rope_rotation_by_hand(dtype):
     torch.testing.assert_close(out, expected.to(dtype), rtol=1e-5, atol=1e-6)
 
 
+def test_rope_table_follows_a_new_grid():
+    """One Rope2D (shared by every block) used at two resolutions: after update_grid(3, 2) it rotates with the
+    3x2 table, not the cached 2x3 one (both have 7 rows, so only the values can tell)."""
+    rope = Rope2D(8, cls_token=True)
+    rope.update_grid(2, 3)
+    t = torch.randn(1, 1, 7, 8)
+    rope(t)
+    rope.update_grid(3, 2)
+    angles = torch.tensor(hand_angles(3, 2, 8, True), dtype=torch.float64)[:, ::2]  # pair (2i, 2i+1): angle 2i
+    a, b, cos, sin = t.double()[..., 0::2], t.double()[..., 1::2], torch.cos(angles), torch.sin(angles)
+    expected = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2)
+    torch.testing.assert_close(rope(t).double(), expected, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # float64 re-computation of the whole model
 

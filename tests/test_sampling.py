@@ -120,3 +120,33 @@ def test_weights_reproduce_thesis_table_3_2_weighted_columns():
     np.testing.assert_allclose(100 * shares["age"], table_age, atol=0.15)
     np.testing.assert_allclose(100 * shares["emotion"], table_emotion, atol=0.4)  # thesis: 10-run Monte Carlo
     np.testing.assert_allclose(100 * shares["gender"], table_gender, atol=0.5)
+
+
+def test_expected_task_shares_by_hand():
+    """Share of the weight mass on samples carrying the task's label: not a mean weight per sample."""
+    w = np.array([1.0, 3.0, 0.5, 0.5])
+    labels = {"age": np.array([0, 1, -1, -1]), "emotion": np.array([-1, -1, 2, 4])}
+    assert expected_task_shares(w, labels) == pytest.approx({"age": 4 / 5, "emotion": 1 / 5})
+
+
+def test_emotion_replication_factor_rounds_and_never_drops_emotion():
+    """k = round(share n_other / ((1 - share) n_e)), at least 1: (1/3) 100 / ((2/3) 40) = 1.25 -> 1 copy (not 2);
+    with emotion already over a third (0.125 -> 0) the emotion rows are kept once, never dropped."""
+    has_e = np.array([True] * 40 + [False] * 100)
+    assert emotion_replication_factor(has_e) == 1
+    assert emotion_replication_factor(np.array([True] * 40 + [False] * 140)) == 2  # 1.75 -> 2
+    crowded = np.array([True] * 40 + [False] * 10)
+    assert emotion_replication_factor(crowded) == 1
+    np.testing.assert_array_equal(replicate_emotion(crowded), np.arange(50))
+
+
+def test_ranks_interleave_the_single_process_draws():
+    """Rank r of w takes draws r, r + w, ... of the one global sequence: with 8 weights and 2 ranks (no
+    padding) the two ranks' draws interleaved are exactly the single-process draws, seeds included."""
+    w = np.array([1.0, 2.0, 0.0, 4.0, 1.0, 3.0, 2.0, 5.0])
+    single = BalancedSampler(w, seed=9)
+    ranks = [BalancedSampler(w, seed=9, rank=r, world_size=2) for r in range(2)]
+    for s in (single, *ranks):
+        s.set_epoch(1)
+    a, b = list(ranks[0]), list(ranks[1])
+    assert [x for pair in zip(a, b) for x in pair] == list(single)

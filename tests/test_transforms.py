@@ -50,3 +50,11 @@ def test_train_transform_output_and_determinism_under_seed():
     # augmentation is random: different seeds give different images
     torch.manual_seed(4)
     assert not torch.equal(a, t(image))
+
+
+def test_train_resize_is_bilinear():
+    """Listing 3.1's Resize is bilinear with antialiasing: on a PIL image it gives PIL's bilinear resize."""
+    image = _image(48, seed=2)
+    resize = train_transform(32).transforms[3]
+    got = np.asarray(resize(image))
+    np.testing.assert_array_equal(got, np.asarray(image.resize((32, 32), Image.BILINEAR)))
