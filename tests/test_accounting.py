@@ -113,3 +113,26 @@ def test_inference_parameters_of_table_4_14():
     ts = 2 * (4 * 64 * 2048 + 2 * 64 * 5120) * 4
     assert counts["mtlora"] == counts["ft4"] + ts + 2 * 1024
     assert int(counts["mtlora"] / 1e6) == 329 and int(counts["ft4"] / 1e6) == 320  # Table 4.14 (truncated M)
+
+
+def test_flop_convention_norms_beyond_the_vision_tower():
+    """The LayerNorm/BatchNorm elements FlopCounterMode does not see, by hand: text ln_1/ln_2 per block + ln_final
+    per prompt; one BatchNorm per head; MTLoRA's block 24, ln_post and pooler once per task stream. Table 4.14's
+    FT4 pipeline is the vision tower plus the three BN heads (Linear(1024, 1024), Linear(1024, C), C = 9 + 2 + 7)."""
+    cfg = get_config("PE-Core-L14-336")
+    t, v, n = cfg.text, cfg.vision, 24 * 24 + 1
+    assert text_ops(t, 18)["norm"] == 18 * (2 * t.layers + 1) * t.context_length * t.width
+    assert heads_ops(1024, ALL)["norm"] == 3 * 1024
+    assert mtlora_ops(v, ALL)["norm"] == (1 + 2 * 23) * n * 1024 + 3 * (3 * n * 1024 + 1024) + 3 * 1024
+    heads = 3 * 1024 + 3 * 2 * 1024 * 1024 + 2 * 1024 * 18
+    assert accounting.gflops()["ft4"] * 1e9 == pytest.approx(flops(vision_ops(v)) + heads, abs=1)
+
+
+def test_cli_table_says_which_figures_match(rows, capsys, monkeypatch):
+    monkeypatch.setattr(accounting, "rows", lambda config: rows)
+    assert accounting.cli([]) == 0
+    table = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()
+             if line.startswith(("s3.", "table4."))}
+    assert table["s3.3/lp_trainable"] == ["1,058,825", "1,058,825", "yes"]
+    ft4 = next(r for r in rows if r["figure"] == "table4.14/gflops_ft4")
+    assert abs(ft4["replicated"] - ft4["thesis"]) > 0.1 and table["table4.14/gflops_ft4"][-1] == "no"

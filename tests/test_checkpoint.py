@@ -108,6 +108,26 @@ def test_timm_layout_round_trip(model, tmp_path):
     assert set(read_state_dict(tmp_path / "timm.pt")) == vision_meta
 
 
+def test_timm_layout_maps_each_layernorm_to_its_own(model, tmp_path):
+    """Freshly built LayerNorms are all weight 1 / bias 0, so a swapped name (norm1/norm2, norm_pre/norm,
+    attn_pool.norm) would load the same values: every parameter gets its own values first. A RoPE table that a
+    timm version saved is recomputed, not reported as an unexpected key."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    tsd = timm_state_dict(meta_state_dict(model)) | {"rope.pos_embed": torch.zeros(5, 16)}
+    torch.save(tsd, tmp_path / "timm.pt")
+    assert_same_outputs(model.visual, load_vision(tmp_path / "timm.pt", config=CFG), text=False)
+
+
+def test_half_precision_checkpoint_loads_as_float32(model, tmp_path):
+    # Meta's model holds fp32: a checkpoint saved in half precision is converted, not kept in fp16
+    torch.save({k: v.half() for k, v in meta_state_dict(model).items()}, tmp_path / "half.pt")
+    loaded = load_clip(tmp_path / "half.pt", config=CFG)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert torch.equal(loaded.visual.proj, model.visual.proj.half().float())
+
+
 def test_timm_nonzero_head_bias_is_an_error(model, tmp_path):
     tsd = timm_state_dict(meta_state_dict(model))
     tsd["head.bias"][3] = 0.5

@@ -9,7 +9,7 @@ from replication.data.readers import (ReadResult, parse_celebamask_attributes, p
                                       parse_loose_boxes, parse_mivia_ages, parse_utkface_name, read_fairface,
                                       read_lagenda, read_rafdb, read_rafdb_list, read_utkface,
                                       read_utkface_names, read_vggface2, read_vggface2_list)
-from replication.labels import MISSING
+from replication.labels import MISSING, age_to_group
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference-labels"
 if not REF.is_dir():
@@ -341,3 +341,18 @@ def test_a_label_file_in_another_encoding_names_the_file_line_and_byte(tmp_path)
     assert _message(read_rafdb_list, listing, tmp_path, ReadResult("rafdb")) == (
         f"{listing} line 2: byte 0x85 is not UTF-8 text; expected the RAF-DB label list as released, not a binary "
         f"file or a copy saved in another encoding")
+
+
+def test_age_bins_floor_real_valued_ages():
+    """MIVIA's VGGFace2 ages are floats: 19.5 years is still "10-19" (§1.2.2's nine groups bin whole years),
+    so binning floors; a rounding bin would move every x.5+ age across a boundary."""
+    ages = [0, 2.99, 3, 9.99, 10, 19.5, 29.6, 69.99, 70, 116]
+    assert [age_to_group(a) for a in ages] == [0, 0, 1, 1, 2, 2, 3, 7, 8, 8]
+
+
+def test_vggface2_mivia_age_is_the_last_column_and_zero_is_an_age(tmp_path):
+    """formats.md §6: column 0 is the test_list path, the *last* column the age (other columns may come
+    between); 29.995 is binned 20-29 and a newborn's 0.0 is 0-2, not a missing age."""
+    res = read_vggface2(_vggface2_folder(tmp_path, ["n000001/0001_01.jpg,55,29.995", "n000001/0002_01.jpg,41,0.0"]))
+    assert [r.age for r in res.records] == [3, 0]
+    assert not res.notes["age_missing"]

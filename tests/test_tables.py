@@ -98,6 +98,14 @@ def test_an_average_lacking_a_test_set_says_which():
     assert not complete.note.str.contains("lacks").any()
 
 
+def test_table_4_6_average_is_the_gender_average():
+    # Table 4.6's "average" column is the gender task's (Table 4.5's is age's)
+    s = tables.scores(predictions())
+    df = tables.accuracy_table("4.6", {"dora": s}, "demo").set_index(["row", "column"])
+    assert df.at[("DoRA", "average"), "replicated"] == pytest.approx(
+        np.mean([s[f"{d}/gender"] for d in ("utkface", "fairface", "vggface2")]))
+
+
 def test_table_4_2_global_is_the_overall_average():
     s = tables.scores(predictions())
     df = tables.accuracy_table("4.2", {"zs": s}, "demo")
@@ -126,6 +134,20 @@ def test_concordance_table_is_the_share_of_equal_predictions():
     rows = (lp.dataset == "fairface") & (lp.task == "age")
     expected = 100 * np.mean(lp.pred[rows].to_numpy() == dora.pred[rows].to_numpy())
     assert df.at[("fairface/age", "lp_vs_lora"), "replicated"] == pytest.approx(expected)
+
+
+def test_concordance_columns_compare_the_runs_they_name():
+    # lp_vs_zs is LP against ZS and lora_vs_zs the multi-task DoRA against ZS (dora agrees with zs on every 4th row)
+    zs, lp = predictions(0), predictions(1)
+    dora = lp.assign(pred=np.where(np.arange(len(lp)) % 4 == 0, zs.pred, lp.pred))
+    df = tables.table_4_15({"zs": zs, "lp": lp, "dora": dora}, "demo").set_index(["row", "column"])
+    rows = (zs.dataset == "rafdb").to_numpy()
+
+    def share(a, b):
+        return 100 * np.mean(a.pred.to_numpy()[rows] == b.pred.to_numpy()[rows])
+    assert share(dora, zs) != share(lp, zs)
+    assert df.at[("rafdb/emotion", "lp_vs_zs"), "replicated"] == pytest.approx(share(lp, zs))
+    assert df.at[("rafdb/emotion", "lora_vs_zs"), "replicated"] == pytest.approx(share(dora, zs))
 
 
 def test_figure_4_3_table_reads_balanced_accuracy():
@@ -319,6 +341,16 @@ def test_section_5_1_repeats_the_replicated_cells_its_figures_come_from():
     assert df.at[("DoRA", "gflops"), "note"] == ("352 is Table 4.14's 352.18, rounded. Replicated as Table 4.14's "
                                                  "cell DoRA (merged) / GFLOPs.")
     assert tables.heading("conclusion") == "§5.1"
+
+
+def test_section_5_1_percentages_are_each_methods_own():
+    # §5.1's DoRA and FT4 shares are §3.6's 29,352,981 / 346,504,213 and §3.5's 64,040,969 / 320,324,629
+    params = tables.parameter_tables(ACCOUNTING, "demo")["params"]
+    t414 = tables.table_4_14(ACCOUNTING, {}, "demo", inference_params=dict.fromkeys(("zs", "ft4", "dora_merged",
+                                                                                     "mtlora"), 0))
+    df = tables.section_5_1(t414, params, "demo").set_index(["row", "column"])
+    assert df.at[("DoRA", "percent"), "replicated"] == pytest.approx(100 * 29_352_981 / 346_504_213)
+    assert df.at[("FT4", "percent"), "replicated"] == pytest.approx(100 * 64_040_969 / 320_324_629)
 
 
 def test_headings_name_tables_as_the_thesis_does():

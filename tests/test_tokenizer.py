@@ -8,7 +8,7 @@ import ftfy
 import pytest
 import torch
 
-from replication.tokenizer import MergesError, get_tokenizer, read_merges, tokenize, train_bpe
+from replication.tokenizer import MergesError, bytes_to_unicode, get_tokenizer, read_merges, tokenize, train_bpe
 from replication.zero_shot import PROMPTS
 
 BPE = Path(__file__).resolve().parents[2] / "shared" / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
@@ -175,3 +175,24 @@ def test_merges_file_without_merges_is_an_error(tmp_path, text):
         read_merges(path)
     with pytest.raises(ValueError, match="header-only.txt: no BPE merges"):
         tokenize("a photo", path)
+
+
+def test_byte_table_is_clips():
+    """CLIP's (= GPT-2's) byte -> unicode table, whose characters the merges file is written in: printable bytes
+    are themselves, the other 68 take chr(256), chr(257), ... in byte order (space is the well-known 'Ġ')."""
+    table = bytes_to_unicode()
+    assert len(set(table.values())) == 256
+    assert [table[b] for b in (0, 10, 32, 127, 160, 173)] == ["Ā", "Ċ", "Ġ", "ġ", "ł", "Ń"]
+    assert table[ord("a")] == "a" and table[0xE9] == "é"
+
+
+@needs_bpe
+def test_html_is_unescaped_twice_even_where_ftfy_does_not():
+    # ftfy unescapes entities itself, but not in text holding '<': there only CLIP's two html.unescape calls do
+    tok = get_tokenizer(BPE)
+    assert tok.encode("a < b &amp;amp; c") == tok.encode("a < b & c")
+
+
+def test_train_bpe_breaks_ties_by_the_smallest_pair(tmp_path):
+    # (a, b</w>) and (c, d</w>) both occur twice: the documented tie-break takes the smallest pair first
+    assert train_bpe(["cd ab", "ab cd"], num_merges=10, out_path=tmp_path / "m.txt") == [("a", "b</w>"), ("c", "d</w>")]

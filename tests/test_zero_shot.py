@@ -3,13 +3,14 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from replication import runs
 from replication.checkpoint import load_clip
 from replication.config import CLIPConfig, TextConfig, get_config
 from replication.labels import TASKS
 from replication.pe import CLIP
-from replication.tokenizer import MergesError, tokenize, train_bpe
+from replication.tokenizer import MergesError, get_tokenizer, tokenize, train_bpe
 from replication.zero_shot import PROMPTS, ZeroShotClassifier
 from test_tokenizer import BPE, needs_bpe
 
@@ -112,3 +113,35 @@ def test_train_command_needs_the_merges_file(capsys):
         assert "zero_shot needs --bpe" in capsys.readouterr().err
     cfg = runs.parse_config(argv + ["--profile", "full", "--checkpoint", "x.pt", "--bpe", "bpe.txt.gz"])
     assert cfg.bpe == os.path.abspath("bpe.txt.gz")
+
+
+def small_clip(**text):
+    """demo-tiny's vision tower and a one-block text tower of the given TextConfig fields."""
+    torch.manual_seed(0)
+    return CLIP(CLIPConfig("zs-test", get_config("demo-tiny").vision,
+                           TextConfig(width=16, layers=1, heads=2, mlp_dim=32, output_dim=64, **text)))
+
+
+def test_prompts_use_the_text_towers_context_length(demo_setup):
+    # PE-Core-G14's text tower takes 72 tokens, not the tokenizer's default 32
+    bpe = demo_setup[1]
+    clip = small_clip(vocab_size=1024, context_length=24).eval()
+    with torch.no_grad():
+        expected = F.normalize(clip.encode_text(tokenize(PROMPTS["age"], bpe, context_length=24)), dim=-1)
+    torch.testing.assert_close(ZeroShotClassifier(clip, bpe, tasks=("age",)).text_age, expected)
+
+
+def test_a_token_id_equal_to_vocab_size_is_an_error(demo_setup):
+    # EOT is the largest id (514 + merges + 1); a text tower one id short cannot embed it
+    bpe = demo_setup[1]
+    eot = get_tokenizer(bpe).eot_id
+    with pytest.raises(ValueError, match=rf"token id {eot} >= the text tower's vocab_size {eot}"):
+        ZeroShotClassifier(small_clip(vocab_size=eot), bpe)
+    ZeroShotClassifier(small_clip(vocab_size=eot + 1), bpe)  # just enough
+
+
+def test_the_clip_is_left_in_the_mode_it_was_given_in(demo_setup):
+    # the prompts are embedded in eval mode; a model being trained must not come back switched to eval
+    clip = small_clip(vocab_size=1024).train()
+    ZeroShotClassifier(clip, demo_setup[1])
+    assert all(m.training for m in clip.modules())
