@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from replication.data.faces import (PROTOTXT_SHA1, DetectorFilesError, ImageError, SSDFaceDetector, load_rgb,
-                                    locate_ssd_files, sha1, square_crop)
+                                    locate_ssd_files, resize, sha1, square_crop)
 
 PROTOTXT = Path(__file__).resolve().parents[2] / "shared" / "face-detector" / "deploy.prototxt"
 needs_prototxt = pytest.mark.skipif(not PROTOTXT.is_file(), reason="shared deploy.prototxt not available")
@@ -59,6 +59,40 @@ def test_square_crop_geometry():
     assert edge[:10].max() == 0 and edge.shape == (40, 40, 3)
 
 
+def test_square_crop_of_a_tall_box_is_its_height_wide():
+    """The square's side is the box's longer side (here the height, 30), times 1 + 2 x margin, centred on it."""
+    rgb = np.zeros((100, 100, 3), np.uint8)
+    rgb[40:70, 30:50] = 255  # a face 20 wide, 30 tall
+    crop = square_crop(rgb, (30, 40, 50, 70), size=30, margin=0.0)  # columns 25..55, rows 40..70
+    assert crop[:, 5:25].min() == 255 and crop[:, :5].max() == 0 and crop[:, 25:].max() == 0
+
+
+@pytest.mark.parametrize("box, face, pad", [
+    ((40, 40, 60, 60), (slice(10, 30), slice(10, 30)), (slice(None), slice(30, None))),   # at the right edge
+    ((20, 0, 40, 20), (slice(10, 30), slice(10, 30)), (slice(None, 10), slice(None))),    # at the top edge
+    ((20, 80, 40, 100), (slice(10, 30), slice(10, 30)), (slice(30, None), slice(None)))])  # at the bottom edge
+def test_square_crop_pads_black_beyond_any_edge_of_a_tall_image(box, face, pad):
+    """A 60 x 100 (w x h) grey image, a white 20-px face at an edge, margin 0.5: the 40-px square keeps the face
+    in its centre and is black where it leaves the image, on whichever side (not shifted, clamped or smeared)."""
+    rgb = np.full((100, 60, 3), 100, np.uint8)
+    x0, y0, x1, y1 = box
+    rgb[y0:y1, x0:x1] = 255
+    crop = square_crop(rgb, box, size=40, margin=0.5)
+    assert crop.shape == (40, 40, 3)
+    assert crop[face].min() == 255 and crop[pad].max() == 0
+    inside = np.ones((40, 40), bool)
+    inside[face] = inside[pad] = False
+    assert (crop[inside] == 100).all()  # the rest is the image around the face
+
+
+def test_resize_averages_when_shrinking():
+    """Shrinking takes the mean of each block (area interpolation), not a sample of it: one bright column in
+    five becomes a uniform 255 / 5 = 51, where linear or nearest sampling gives all black or all white."""
+    stripes = np.zeros((50, 50, 3), np.uint8)
+    stripes[:, ::5] = 255
+    assert (resize(stripes, 10) == 51).all()
+
+
 @pytest.mark.parametrize("box", [(30, 40, 30, 60), (30, 40, 50, 40), (50, 40, 30, 60), (30, 40, float("nan"), 60)])
 def test_square_crop_refuses_a_box_without_area(box):
     """Such a box used to give a 1x1 crop resized to a valid-looking image."""
@@ -103,12 +137,13 @@ def test_load_rgb_bad_inputs(tmp_path):
     rgba = np.dstack([rgb, np.zeros((40, 30), np.uint8)])  # fully transparent
     img, notes = load_rgb(_save(tmp_path, "alpha.jpg", rgba, fmt="PNG"))  # a PNG under a .jpg name
     assert notes == ["alpha_dropped"] and img.min() == 255  # composited on white
+    _save(tmp_path, "thin.png", rgb[:, :1], fmt="PNG")  # one pixel wide
     data = good.read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("hello")
     for name, reason in (("cut.jpg", "truncated_or_corrupt"), ("empty.jpg", "empty_file"),
-                         ("text.jpg", "not_an_image"), ("absent.jpg", "missing_file")):
+                         ("text.jpg", "not_an_image"), ("absent.jpg", "missing_file"), ("thin.png", "too_small")):
         with pytest.raises(ImageError) as e:
             load_rgb(tmp_path / name)
         assert e.value.reason == reason

@@ -21,6 +21,7 @@ from PIL import Image
 from replication import engine, runs
 from replication.checkpoint import CheckpointError
 from replication.engine import TrainConfig
+from replication.labels import TASKS
 from replication.runs import load_run, run
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -190,12 +191,14 @@ def test_train_config_checks_its_numbers_and_run_name():
     zero batch used to end in ZeroDivisionError, a zero or negative epoch count or learning rate ran silently."""
     for field, value, allowed in (
             ("batch_size", -8, ">= 1"), ("max_epochs", 0, ">= 1"), ("max_epochs", -1, ">= 1"),
-            ("patience", -1, ">= 1 (epochs without improvement before stopping)"), ("lr_head", -0.1, "> 0"),
+            ("patience", -1, ">= 1 (epochs without improvement before stopping)"),
+            ("patience", 0, ">= 1 (epochs without improvement before stopping)"), ("lr_head", -0.1, "> 0"),
             ("lr_backbone", float("nan"), "> 0"), ("weight_decay", -0.01, ">= 0"), ("seed", -1, ">= 0"),
             ("num_workers", -1, ">= 0 (0: images load in the training process)"),
             ("checkpoint_blocks", -1, ">= 0 (0: none)"),
             ("emotion_share", 1.5, "in (0, 1) (the emotion rows' share of the training draws)"),
             ("emotion_share", 0.0, "in (0, 1) (the emotion rows' share of the training draws)"),
+            ("emotion_share", 1.0, "in (0, 1) (the emotion rows' share of the training draws)"),
             ("max_train_samples", -5, ">= 1 (not set: every training row)"),
             ("checkpoint_every", 0, ">= 1 (steps between mid-epoch saves of last.pt)")):
         with pytest.raises(ValueError) as err:
@@ -380,6 +383,93 @@ def test_a_folder_holding_another_run_says_how_to_keep_both(prepared, tmp_path):
         run(cfg)
 
 
+def test_only_execution_settings_may_differ_in_a_kept_run_folder(prepared, tmp_path):
+    """A folder holding a run is resumed or reused only by a config that computes the same numbers: how it
+    executes (workers, checkpoint interval, device, activation checkpointing; a trained run's merges file) may
+    differ, every setting of the training or of its inputs may not. The zero-shot baseline trains nothing and
+    ignores the training settings, not the encoder it predicts with."""
+    cfg = _cfg(prepared, tmp_path, run_name="kept")
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(json.dumps(runs._config_dict(cfg)))
+    (cfg.run_dir / "last.pt").write_bytes(b"")
+    for field, value in (("num_workers", 4), ("checkpoint_every", 7), ("device", "cuda"), ("checkpoint_blocks", 2),
+                         ("bpe", str(tmp_path / "merges.txt"))):
+        other = replace(cfg, **{field: value})
+        assert runs._same_run(other, runs._config_dict(other)) is True, field
+    for field, value in (("seed", 4), ("lr_head", 0.5), ("lr_backbone", 0.5), ("weighting", "ema"), ("amp", "bf16"),
+                         ("batch_size", 4), ("patience", 3), ("max_train_samples", 20), ("weight_decay", 0.1),
+                         ("emotion_share", 0.5), ("cache_embeddings", True), ("method", "lora"),
+                         ("model_config", "PE-Core-T16-384")):
+        other = replace(cfg, **{field: value})
+        with pytest.raises(runs.RunFolderError, match=rf"different config \(\['{field}'\]\)"):
+            runs._same_run(other, runs._config_dict(other))
+    checkpoint, bpe = tmp_path / "ckpt.pt", tmp_path / "bpe.txt"
+    checkpoint.write_bytes(b"weights")
+    bpe.write_text("#version: 0.2\na b\n")
+    zero_shot = TrainConfig(method="zero_shot", tasks=("gender",), weighting="none", prepared=str(prepared),
+                            runs_dir=str(tmp_path), checkpoint=str(checkpoint), bpe=str(bpe))
+    zero_shot.run_dir.mkdir(parents=True)
+    (zero_shot.run_dir / "config.json").write_text(json.dumps(runs._config_dict(zero_shot)))
+    (zero_shot.run_dir / "DONE").write_text("")
+    other = replace(zero_shot, seed=5, batch_size=3, lr_head=0.5, max_train_samples=9)
+    assert runs._same_run(other, runs._config_dict(other)) is True
+    for path, content, key in ((checkpoint, b"other weights", "checkpoint_sha1"),
+                               (bpe, "#version: 0.2\na bc\n", "bpe_sha1")):
+        old = path.read_bytes()
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(runs.RunFolderError, match=rf"different config \(\['{key}'\]\)"):
+            runs._same_run(zero_shot, runs._config_dict(zero_shot))
+        path.write_bytes(old)
+
+
+def test_run_names_tell_apart_runs_that_compute_different_numbers():
+    """Each run of a `reproduce` batch gets its own folder: method, tasks, weighting (uw and ema of the same
+    tasks), subsample size and seed all name it; the zero-shot baseline's name has none of the training ones."""
+    base = dict(method="lora", tasks=("age", "gender", "emotion"), weighting="uw")
+    names = [TrainConfig(**{**base, **kw}).name for kw in (
+        {}, {"weighting": "ema"}, {"seed": 1}, {"max_train_samples": 100}, {"method": "dora"},
+        {"tasks": ("age", "gender")}, {"tasks": ("gender",), "weighting": "none"})]
+    assert len(set(names)) == len(names)
+    zero_shot = {TrainConfig(method="zero_shot", tasks=("gender",), weighting="none", **kw).name
+                 for kw in ({}, {"seed": 1}, {"max_train_samples": 100})}
+    assert len(zero_shot) == 1
+
+
+def test_results_name_the_selected_epoch_and_the_epochs_trained(prepared, tmp_path, monkeypatch):
+    """results.json: best_epoch is §4.1's selection (here the first of 3 epochs: the highest validation
+    accuracy), epochs the number trained; the test predictions are the selected checkpoint's."""
+    records = iter([{"val_loss": {"gender": x}, "val_accuracy": {"gender": a}, "val_average_accuracy": a}
+                    for x, a in ((1.0, 0.6), (0.9, 0.5), (0.8, 0.55))])
+    monkeypatch.setattr(engine, "validation_metrics", lambda *args: next(records))
+    cfg = _cfg(prepared, tmp_path, tasks=("gender",), weighting="none", max_epochs=3)
+    result = load_run(run(cfg))
+    assert result.results["best_epoch"] == 1 and result.results["epochs"] == 3
+    assert torch.load(cfg.run_dir / "best.pt", weights_only=False)["epoch"] == 1
+    p = result.predictions
+    images = torch.stack([engine.eval_transform(64)(Image.open(prepared / path).convert("RGB")) for path in p.path])
+    with torch.no_grad():
+        assert runs.load_model(cfg.run_dir)(images)["gender"].argmax(1).tolist() == p.pred.tolist()
+
+
+def test_done_is_written_after_the_results(prepared, tmp_path, monkeypatch):
+    """DONE means complete: a run stopped while writing results.json has no DONE, so the next command finishes
+    it instead of reusing a folder without results."""
+    cfg = _cfg(prepared, tmp_path, tasks=("gender",), weighting="none")
+    cfg.run_dir.mkdir(parents=True)
+    frame = engine.evaluation_frame(cfg)
+    real = runs.atomic_write_text
+
+    def write(path, text):
+        if Path(path).name == "results.json":
+            raise KeyboardInterrupt
+        real(path, text)
+
+    monkeypatch.setattr(runs, "atomic_write_text", write)
+    with pytest.raises(KeyboardInterrupt):
+        runs._finish(cfg, {"gender": torch.zeros(len(frame), 2)}, frame, {})
+    assert (cfg.run_dir / "predictions.csv").exists() and not (cfg.run_dir / "DONE").exists()
+
+
 def test_a_folder_with_nothing_trained_takes_the_new_config(prepared, tmp_path):
     """config.json alone (a first try that stopped mid-epoch on a bad input) is no run to keep: it no longer
     refuses the corrected command. Any of last.pt (a run to resume), best.pt or DONE makes it one."""
@@ -515,9 +605,10 @@ def test_a_second_train_on_a_folder_being_written_is_refused(prepared, tmp_path,
 
 
 def test_uw_log_variances_stay_out_of_weight_decay(prepared, tmp_path):
-    trainer = engine.Trainer(_cfg(prepared, tmp_path))
+    trainer = engine.Trainer(_cfg(prepared, tmp_path, lr_head=1e-3, lr_backbone=1e-5))
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
     assert groups["uncertainty_weighting"]["weight_decay"] == 0.0
+    assert groups["uncertainty_weighting"]["lr"] == 1e-3  # the heads' rate, not the backbone's
     assert groups["uncertainty_weighting"]["params"] == [trainer.weighting.log_vars]
     assert all(g["weight_decay"] == 0.01 for name, g in groups.items() if name != "uncertainty_weighting")
     # every trainable parameter is optimised exactly once
@@ -563,6 +654,172 @@ def test_single_task_selects_on_accuracy_and_stops_on_loss(prepared, tmp_path, c
     assert set(result.results["tasks"]) == {"gender"} and "overall_average_accuracy" not in result.results
     with pytest.raises(ValueError, match="single-task"):
         TrainConfig(method="lp", tasks=("age",), weighting="uw")
+
+
+def _scripted_epoch_ends(trainer, monkeypatch, records, batches=()):
+    """Runs ``trainer._end_epoch`` once per scripted validation result (validation_metrics' dict; the model's
+    validation pass is skipped), each epoch after ``_observe`` of ``batches(epoch)``, a list of (losses,
+    targets); returns per epoch (best epoch, epochs without improvement, finished, learning rate of group 0)."""
+    monkeypatch.setattr(engine, "predict_logits", lambda *args, **kwargs: None)
+    trainer.dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for epoch, record in enumerate(records):
+        for losses, targets in (batches(epoch) if batches else ()):
+            trainer._observe({t: torch.tensor(v) for t, v in losses.items()}, torch.tensor(targets))
+        monkeypatch.setattr(engine, "validation_metrics", lambda *args, record=record: record)
+        trainer._end_epoch(None, 0.0)
+        p = trainer.progress
+        out.append((p.best_epoch, p.bad_epochs, p.finished, trainer.optimizer.param_groups[0]["lr"]))
+    return out
+
+
+def test_multi_task_selects_and_stops_on_the_average_validation_accuracy(prepared, tmp_path, monkeypatch):
+    """§4.1: the checkpoint of the highest average validation accuracy, the first epoch that reached it; §3.1:
+    stop after `patience` epochs without improvement (a tie is none), the count starting again at each
+    improvement; the LR schedule watches the same accuracy as a maximum (never cut while it improves).
+    Train losses of metrics.jsonl: per task, the mean of this epoch's batch losses over the batches that
+    hold a label of the task."""
+    trainer = engine.Trainer(_cfg(prepared, tmp_path, patience=3, max_epochs=20))
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    accs = [0.5, 0.6, 0.6, 0.55, 0.7, 0.7, 0.7, 0.7]
+    records = [{"val_loss": {t: 1.0 for t in TASKS}, "val_accuracy": {t: a for t in TASKS},
+                "val_average_accuracy": a} for a in accs]
+
+    def batches(epoch):  # the first batch has no emotion label (its loss is then an exact 0)
+        return [({"age": 1.0 + epoch, "gender": 2.0, "emotion": 0.0}, [[1, 0, -1], [2, 1, -1]]),
+                ({"age": 3.0 + epoch, "gender": 4.0, "emotion": 5.0 + epoch}, [[3, -1, 2], [4, 0, -1]])]
+
+    out = _scripted_epoch_ends(trainer, monkeypatch, records, batches)
+    assert [o[0] for o in out] == [1, 2, 2, 2, 5, 5, 5, 5]
+    assert [o[1] for o in out] == [0, 0, 1, 2, 0, 1, 2, 3]
+    assert [o[2] for o in out] == [False] * 7 + [True]
+    assert [o[3] for o in out] == [lr] * 8
+    history = trainer.progress.history
+    assert [h["train_loss"] for h in history] == [{"age": 2.0 + e, "gender": 3.0, "emotion": 5.0 + e}
+                                                  for e in range(8)]
+    assert [h["best_epoch"] for h in history] == [1, 2, 2, 2, 5, 5, 5, 5]
+
+
+def test_single_task_selects_on_accuracy_stops_and_cuts_the_lr_on_loss(prepared, tmp_path, monkeypatch):
+    """Single-task: §4.1 selects the highest validation accuracy, §3.1 stops after `patience` epochs without a
+    lower validation loss, and ReduceLROnPlateau (factor 0.1, patience 5) watches that loss: it cuts the rate
+    at the 6th epoch after the last lower one, not while the loss still falls (whatever the accuracy does)."""
+    trainer = engine.Trainer(_cfg(prepared, tmp_path, tasks=("gender",), weighting="none", patience=6,
+                                  max_epochs=20))
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    losses = [1.0, 0.9, 0.8, 0.7, 0.7, 0.75, 0.7, 0.8, 0.7, 0.9]
+    accs = [0.5, 0.5, 0.5, 0.5, 0.5, 0.6, 0.5, 0.5, 0.5, 0.5]
+    records = [{"val_loss": {"gender": x}, "val_accuracy": {"gender": a}, "val_average_accuracy": a}
+               for x, a in zip(losses, accs)]
+    out = _scripted_epoch_ends(trainer, monkeypatch, records)
+    assert [o[0] for o in out] == [1, 1, 1, 1, 1, 6, 6, 6, 6, 6]
+    assert [o[1] for o in out] == [0, 0, 0, 0, 1, 2, 3, 4, 5, 6]
+    assert [o[2] for o in out] == [False] * 9 + [True]
+    assert [o[3] for o in out] == pytest.approx([lr] * 9 + [0.1 * lr])
+
+
+def test_ema_weights_of_an_epoch_are_the_inverse_ema_losses_at_the_previous_epoch_end(prepared, tmp_path):
+    """§3.7.3 EMA weighting inside the training loop: lambda_k = 1 / L~_k, frozen at each epoch's start from the
+    EMA of the previous epoch (as metrics.jsonl logs it); the first epoch is the plain sum."""
+    trainer = engine.Trainer(_cfg(prepared, tmp_path, weighting="ema", max_epochs=3))
+    trainer.fit()
+    epochs = trainer.progress.history
+    assert epochs[0]["task_weights"] == {t: 1.0 for t in TASKS}
+    for before, after in zip(epochs, epochs[1:]):
+        assert after["task_weights"] == pytest.approx({t: 1 / before["ema_losses"][t] for t in TASKS}, rel=1e-12)
+        assert after["ema_losses"] != before["ema_losses"]
+
+
+def test_every_module_trains_in_training_mode(prepared, tmp_path, monkeypatch):
+    """The encoder is built in eval mode (checkpoint.load_vision): fit must switch the whole model to training
+    mode from the first step on (LoRA dropout and activation checkpointing act in training mode only), and
+    back after each validation."""
+    modes, real = [], engine.train_step
+
+    def spy(objective, *args):
+        modes.append(all(m.training for m in objective.modules()))
+        return real(objective, *args)
+
+    monkeypatch.setattr(engine, "train_step", spy)
+    engine.Trainer(_cfg(prepared, tmp_path, method="lora", max_epochs=2)).fit()
+    assert len(modes) == 2 * 7 and all(modes)
+
+
+def test_predictions_are_eval_mode_outputs_without_autograd(prepared, tmp_path):
+    """predict_logits: the model's outputs in eval mode (dropout off), with no autograd graph kept (one per
+    batch would hold every activation of the whole split), and the model back in training mode after."""
+    trainer = engine.Trainer(_cfg(prepared, tmp_path, method="lora"))
+    trainer.model.train()
+    logits = engine.predict_logits(trainer.model, trainer.val_images, trainer.cfg, trainer.d)
+    assert trainer.model.training and not any(v.requires_grad for v in logits.values())
+    images = torch.stack([trainer.val_images[i][0] for i in range(len(trainer.val_images))])
+    with torch.no_grad():
+        expected = trainer.model.eval()(images)
+    for t in TASKS:
+        torch.testing.assert_close(logits[t], expected[t])
+
+
+def test_a_resumed_run_keeps_the_lr_schedule_s_count(prepared, tmp_path):
+    """last.pt carries ReduceLROnPlateau's state: a run resumed after 2 epochs without a lower validation loss
+    cuts the rate 4 epochs later, as the uninterrupted run does, not 6."""
+    cfg = _cfg(prepared, tmp_path, tasks=("gender",), weighting="none")
+    trainer = engine.Trainer(cfg)
+    trainer.dir.mkdir(parents=True)
+    for loss in (1.0, 1.1, 1.2):
+        trainer.scheduler.step(loss)
+    trainer._save_last()
+    resumed = engine.Trainer(cfg)
+    assert resumed._load_last()
+    assert resumed.scheduler.best == 1.0 and resumed.scheduler.num_bad_epochs == 2
+
+
+def test_lp_cache_batches_are_the_sampler_s_and_resume_at_their_step(prepared, tmp_path):
+    """The cached LP path draws the rows the image loader would (same labels, batch by batch), and a run resumed
+    at step 3 of an epoch gets that epoch's remaining 4 batches, not all 7 again."""
+    trainer = engine.Trainer(_cfg(prepared, tmp_path, method="lp", cache_embeddings=True))
+    cache, _ = trainer._cache()
+    whole = list(trainer._batches(cache))
+    assert len(whole) == trainer.steps_per_epoch == 7
+    assert [y.tolist() for _, y in whole] == [y.tolist() for _, y in trainer._batches(None)]
+    trainer.progress.step = 3
+    rest = list(trainer._batches(cache))
+    assert len(rest) == 4
+    for (xa, ya), (xb, yb) in zip(whole[3:], rest):
+        assert torch.equal(ya, yb) and all(torch.equal(xa[t], xb[t]) for t in xa)
+
+
+def test_amp_modes_autocast_to_their_precision():
+    """--amp fp16 computes the matrix products in float16 (with the GradScaler, §3.1), bf16 in bfloat16,
+    none in float32."""
+    for amp, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16), ("none", torch.float32)):
+        cfg = TrainConfig(method="lp", tasks=("age",), weighting="none", amp=amp)
+        with engine._autocast(cfg, torch.device("cpu")):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == dtype, amp
+
+
+def test_subsampled_training_rows_are_distinct(prepared):
+    """--max-train-samples N keeps N different rows of the split (no row twice), in manifest order."""
+    frame = pd.DataFrame({"path": [f"{i}.jpg" for i in range(20)], "age": [i % 9 for i in range(20)],
+                          "gender": [i % 2 for i in range(20)], "emotion": -1})
+    for seed in range(5):
+        cfg = TrainConfig(method="lp", tasks=("age",), weighting="none", max_train_samples=12, seed=seed)
+        kept = engine.TrainingSet(cfg, frame).frame["path"].tolist()
+        assert len(kept) == len(set(kept)) == 12 and set(kept) <= set(frame["path"])
+        assert kept == sorted(kept, key=lambda p: int(p.split(".")[0]))
+
+
+def test_predictions_keep_each_task_s_own_test_sets():
+    """predictions.csv: a task's rows are its labelled rows on its test sets (labels.TEST_SETS); a RAF-DB image
+    with a gender label is an emotion test image only."""
+    frame = pd.DataFrame({"path": ["u.jpg", "r1.jpg", "r2.jpg"], "dataset": ["utkface", "rafdb", "rafdb"],
+                          "age": [3, -1, -1], "gender": [1, 0, -1], "emotion": [-1, 3, 2]})
+    logits = {"gender": torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]),
+              "emotion": torch.nn.functional.one_hot(torch.tensor([0, 3, 1]), 7).float()}
+    table = engine.predictions_table(logits, frame, ("gender", "emotion"))
+    assert table.to_dict("records") == [
+        {"path": "u.jpg", "dataset": "utkface", "task": "gender", "label": 1, "pred": 1},
+        {"path": "r1.jpg", "dataset": "rafdb", "task": "emotion", "label": 3, "pred": 3},
+        {"path": "r2.jpg", "dataset": "rafdb", "task": "emotion", "label": 2, "pred": 1}]
 
 
 _KILLER = """
