@@ -83,9 +83,11 @@ def test_dora_matches_float64_formula_and_its_gradients():
     assert layer.weight.grad is None and layer.bias.grad is None
 
 
-def test_dora_dropout_acts_on_the_low_rank_branch_only():
-    """y = (m/||V||) (W0 x + s B A dropout(x)) + b: one W0 product per step, as LoRA."""
-    _, layer = _layer(DoRALinear, torch.float64, dropout=0.5)
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_dropout_acts_on_the_low_rank_branch_only(cls):
+    """LoRA: y = W0 x + b + s B A dropout(x); DoRA: y = (m/||V||) (W0 x + s B A dropout(x)) + b, one W0 product
+    per step, as LoRA. No dropout in eval mode."""
+    _, layer = _layer(cls, torch.float64, dropout=0.5)
     _randomize(layer)
     layer.train()
     x = torch.randn(6, 16, dtype=torch.float64)
@@ -94,13 +96,15 @@ def test_dora_dropout_acts_on_the_low_rank_branch_only():
     torch.manual_seed(3)
     z = layer.dropout(x)
     assert not torch.equal(z, x)
-    v = layer.weight + (ALPHA / RANK) * layer.lora_b @ layer.lora_a
-    scale = layer.magnitude / v.norm(dim=1)
-    expected = scale * (x @ layer.weight.T + z @ ((ALPHA / RANK) * layer.lora_b @ layer.lora_a).T) + layer.bias
-    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
-    layer.eval()  # no dropout: exactly W' x + b
-    torch.testing.assert_close(layer(x), _dora_oracle(layer.weight, layer.bias, layer.lora_a, layer.lora_b,
-                                                      layer.magnitude, x, ALPHA / RANK), rtol=1e-12, atol=1e-12)
+    delta = (ALPHA / RANK) * layer.lora_b @ layer.lora_a
+    scale = layer.magnitude / (layer.weight + delta).norm(dim=1) if cls is DoRALinear else 1.0
+
+    def expected(low_rank_input):
+        return scale * (x @ layer.weight.T + low_rank_input @ delta.T) + layer.bias
+
+    torch.testing.assert_close(y, expected(z), rtol=1e-12, atol=1e-12)
+    layer.eval()
+    torch.testing.assert_close(layer(x), expected(x), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -311,23 +315,6 @@ def test_lora_a_is_initialised_like_nn_linear():
     reference = nn.Linear(16, RANK, bias=False).weight
     assert torch.equal(layer.lora_a, reference)
     assert layer.lora_a.abs().max() <= 16 ** -0.5
-
-
-def test_lora_dropout_acts_on_the_low_rank_branch_only():
-    """y = W0 x + b + s B A dropout(x) in training; no dropout in eval mode."""
-    _, layer = _layer(LoRALinear, torch.float64, dropout=0.5)
-    _randomize(layer)
-    layer.train()
-    x = torch.randn(6, 16, dtype=torch.float64)
-    torch.manual_seed(3)
-    y = layer(x)
-    torch.manual_seed(3)
-    z = layer.dropout(x)
-    assert not torch.equal(z, x)
-    delta = (ALPHA / RANK) * layer.lora_b @ layer.lora_a
-    torch.testing.assert_close(y, x @ layer.weight.T + z @ delta.T + layer.bias, rtol=1e-12, atol=1e-12)
-    layer.eval()
-    torch.testing.assert_close(layer(x), x @ (layer.weight + delta).T + layer.bias, rtol=1e-12, atol=1e-12)
 
 
 def test_adapter_parameters_select_by_kind():
