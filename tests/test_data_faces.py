@@ -46,6 +46,9 @@ def test_most_confident_face_above_threshold():
     found = SSDFaceDetector(StubNet(det)).detect(np.zeros((100, 200, 3), np.uint8))
     assert found == ((50.0, 50.0, 150.0, 100.0), pytest.approx(0.9))
     assert SSDFaceDetector(StubNet(det), threshold=0.96).detect(np.zeros((100, 200, 3), np.uint8)) is None
+    # the threshold is the lowest confidence taken (README: "confidence ≥ 0.5"; --threshold 1 takes a sure face)
+    exact = [[0, 1, 0.5, 0.25, 0.5, 0.75, 1.0]]
+    assert SSDFaceDetector(StubNet(exact), threshold=0.5).detect(np.zeros((100, 200, 3), np.uint8))[1] == 0.5
 
 
 def test_square_crop_geometry():

@@ -1,7 +1,7 @@
 """Face cropping as in thesis §2.7: OpenCV DNN ``res10_300x300_ssd_iter_140000`` or the dataset's boxes.
 
 Three ways to get the face of an image (chosen per dataset in prepare.py):
-* ``ssd``   - the most confident SSD detection above a threshold (0.5 by default);
+* ``ssd``   - the most confident SSD detection at or above a threshold (0.5 by default);
 * ``boxes`` - the face box the dataset ships (LAGENDA, RAF-DB, VGGFace2 loose boxes), which
   §2.7 prefers to the SSD wherever a record has one;
 * ``none``  - the whole image, for datasets that ship aligned face chips.
