@@ -431,6 +431,9 @@ class RunStateError(ValueError):
     or for another model; the message says what to do."""
 
 
+_START_OVER = "remove the folder {} to train this run from the start"
+
+
 def read_run_state(path: Path) -> dict:
     """A run folder's last.pt or best.pt, onto the CPU. A file that torch cannot read (a disk that failed,
     a copy cut short: the engine itself writes them atomically) is named, with the way out, not a traceback."""
@@ -441,9 +444,6 @@ def read_run_state(path: Path) -> dict:
     except Exception as err:  # torch.load gives EOFError, RuntimeError, UnpicklingError, ... by format
         raise RunStateError(f"{path} cannot be read ({type(err).__name__}: {err}); {_START_OVER.format(path.parent)}"
                             ) from None
-
-
-_START_OVER = "remove the folder {} to train this run from the start"
 
 
 class Trainer:

@@ -60,8 +60,8 @@ def read_text(path: str | Path, expected: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise NotTextError(f"{path} line {line}: byte 0x{data[err.start]:02x} is not UTF-8 text; expected {expected}, "
-                         f"not a binary file or a copy saved in another encoding") from None
+        raise NotTextError(f"{path} line {line}: byte 0x{data[err.start]:02x} is not UTF-8 text; expected "
+                           f"{expected}, not a binary file or a copy saved in another encoding") from None
 
 
 def sha1(path: Path) -> str:
