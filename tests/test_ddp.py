@@ -121,3 +121,18 @@ def test_a_batch_split_over_two_ranks_has_the_whole_batchs_gradient(tmp_path):
         torch.testing.assert_close(split[name], p.grad, rtol=1e-5, atol=1e-7)
     s_grad = split["weighting.log_vars"]
     assert s_grad[0] != 0 and s_grad[1] == 0 and s_grad[2] != 0
+
+
+def test_the_helpers_average_and_gather_over_the_ranks(monkeypatch):
+    """all_reduce_mean divides torch's sum over ranks by the world size (float64, back on the CPU); all_gather
+    returns every rank's object in rank order. The collectives are replaced by what rank 1 of 2 would add."""
+    from replication import distributed
+
+    d = distributed.Dist(rank=0, world_size=2)
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda t: t.add_(torch.tensor([3.0, 5.0], dtype=t.dtype)))
+    mean = distributed.all_reduce_mean(d, torch.tensor([1.0, 2.0]))
+    assert mean.dtype == torch.float64 and mean.tolist() == [2.0, 3.5]
+    monkeypatch.setattr(distributed.dist, "all_gather_object",
+                        lambda out, obj: out.__setitem__(slice(None), [obj, "b"]))
+    assert distributed.all_gather(d, "a") == ["a", "b"]
+    assert distributed.all_gather(distributed.Dist(), "a") == ["a"]

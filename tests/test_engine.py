@@ -1137,3 +1137,45 @@ def test_crops_of_another_size_than_the_model_takes_are_noted(prepared, tmp_path
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert notes == [f"note: the crops in {folder} are 32 px, demo-tiny takes 64 px: every crop is resized "
                      f"(`prepare --size 64` makes crops of the model's size)"]
+
+
+def test_profiles_hold_the_thesis_settings_and_the_demo_its_cpu_ones():
+    """§3.1/§3.7.2: PE-Core-L14-336 at 336 px (SSD crops, §2.7), batch 128, early stopping after 10 epochs, fp16
+    AMP, LR 1e-4 heads / 1e-5 backbone; the demo runs on a CPU without autocast. An unknown name is an error,
+    and paths given as text become Paths."""
+    from replication.profiles import get_profile
+    full, demo = get_profile("full"), get_profile("demo")
+    assert (full.model_config, full.image_size, full.detector, full.batch_size, full.patience, full.amp,
+            full.lr_head, full.lr_backbone) == ("PE-Core-L14-336", 336, "ssd", 128, 10, "fp16", 1e-4, 1e-5)
+    assert (demo.model_config, demo.amp, demo.device) == ("demo-tiny", "none", "cpu")
+    assert demo.with_paths(prepared="x").prepared == Path("x")
+    with pytest.raises(KeyError, match="unknown profile 'thesis'"):
+        get_profile("thesis")
+
+
+def test_reproduce_trains_the_thesis_runs_and_hands_each_its_settings(monkeypatch):
+    """§4.3: LP, AP, FT4 and DoRA once per task (no weighting); §4.4–4.7: AP, FT4, LoRA, DoRA and MTLoRA on all
+    three tasks with uncertainty weighting, FT4 and MTLoRA also with EMA weighting: 19 runs. Settings.run trains
+    the weighting asked for, a notebook's seed and sample cap reach the run, and a method's single-task
+    predictions combine its three runs."""
+    from replication import reproduce
+
+    assert sorted(reproduce.training_runs()) == sorted(
+        [(m, (t,), "none") for m in ("lp", "ap", "ft4", "dora") for t in ("age", "gender", "emotion")]
+        + [(m, ("age", "gender", "emotion"), w) for m, w in (("ap", "uw"), ("ft4", "uw"), ("ft4", "ema"),
+                                                             ("lora", "uw"), ("dora", "uw"), ("mtlora", "uw"),
+                                                             ("mtlora", "ema"))])
+    s = reproduce.settings("demo", seed=3, max_train_samples=7)
+    cfg = s.train_config("lp", "age")
+    assert (cfg.seed, cfg.max_train_samples) == (3, 7)
+    trained = []
+    monkeypatch.setattr(reproduce.runs, "run", lambda c: trained.append((c.method, c.tasks, c.weighting)) or c)
+    monkeypatch.setattr(reproduce.runs, "load_run", lambda c: type("Run", (), {"predictions": c.tasks})())
+    monkeypatch.setattr(reproduce.tables, "combined_predictions", list)
+    s.run("mtlora", weighting="ema")
+    assert s.single_task_predictions("dora") == [("age",), ("gender",), ("emotion",)]
+    assert trained == [("mtlora", ("age", "gender", "emotion"), "ema")] + [("dora", (t,), "none") for t in
+                                                                          ("age", "gender", "emotion")]
+    assert reproduce.select("04_3") == ["04_3_single_task"]
+    with pytest.raises(SystemExit):
+        reproduce.select("3_single")  # names start with it, not contain it

@@ -77,6 +77,8 @@ def test_confusion_matrices_print_counts_shade_recall_and_say_so(tmp_path, monke
     shading = np.asarray(panels[0].collections[0].get_array()).reshape(3, 3)
     np.testing.assert_allclose(shading, [[0.99, 0.01, 0], [1 / 3, 2 / 3, 0], [0, 0, 0]])
     assert [t.get_text() for t in panels[0].texts] == [str(v) for v in cm.flat]
+    assert (panels[0].get_xlabel(), panels[0].get_ylabel()) == ("predicted", "true")
+    assert panels[0].collections[0].get_clim() == (0, 1)  # one scale for every panel: a share of 0..1
     colour_bars = [ax for ax in fig.axes if ax not in panels]
     assert [ax.get_ylabel() for ax in colour_bars] == ["share of the true class (diagonal: recall)"]
     plt.close(fig)
@@ -176,7 +178,8 @@ def test_lagenda_figure_shows_gender_within_each_age_group(tmp_path, monkeypatch
     vgg = manifest.assign(dataset="vggface2", split="test", age=[0] * 2 + [1] * 4)
     figures.dataset_distribution(vgg, "2.12", tmp_path, "demo")
     age = drawn[1].axes[0]
-    assert age.get_yscale() == "log" and len(drawn[1].axes) == 2  # no age-by-gender panel beyond LAGENDA
+    assert age.get_yscale() == "log" and drawn[1].axes[1].get_yscale() == "linear"  # the gender panel: linear
+    assert len(drawn[1].axes) == 2  # no age-by-gender panel beyond LAGENDA
     drawn[1].canvas.draw()
     assert any(t.get_text() for t in age.yaxis.get_minorticklabels())
     plt.close(drawn[1])
@@ -190,15 +193,15 @@ def test_example_predictions_name_each_tasks_class_and_the_true_one_where_labell
 
     for i in range(2):
         Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / f"{i}.jpg")
-    manifest = pd.DataFrame({"path": ["0.jpg", "1.jpg"], "dataset": "rafdb", "split": "test", "age": MISSING,
-                             "gender": [1, MISSING], "emotion": [2, 5]})
+    manifest = pd.DataFrame({"path": ["0.jpg", "1.jpg", "1.jpg"], "dataset": "rafdb", "split": ["test", "test", "val"],
+                             "age": MISSING, "gender": [1, MISSING, 0], "emotion": [2, 5, 1]})  # a val row: never shown
 
     def model(images):  # class 3 of age, 0 of gender, 4 of emotion for every image
         n = len(images)
         return {t: torch.nn.functional.one_hot(torch.full((n,), c), len(TASKS[t])).float()
                 for t, c in (("age", 3), ("gender", 0), ("emotion", 4))}
 
-    examples = figures.example_predictions(model, tmp_path, manifest, ["rafdb"], 2, 16)
+    examples = figures.example_predictions(model, tmp_path, manifest, ["rafdb"], 3, 16)
     predicted = {"age": TASKS["age"][3], "gender": TASKS["gender"][0], "emotion": TASKS["emotion"][4]}
     assert sorted((p.name, ds, pred, truth["emotion"], "gender" in truth) for p, ds, pred, truth in examples) == [
         ("0.jpg", "rafdb", predicted, TASKS["emotion"][2], True),
@@ -226,3 +229,42 @@ def test_celebahq_figure_adds_the_released_val_folder_from_the_report(tmp_path, 
     figures.dataset_distribution(manifest, "2.13", tmp_path, "demo")  # without a report: the manifest's splits
     assert [t.get_text() for t in drawn[1].axes[0].get_legend().get_texts()] == ["train", "val"]
     plt.close(drawn[1])
+
+
+def test_every_saved_figure_carries_the_demo_label_and_fig_4_1_plots_the_variances(tmp_path, monkeypatch):
+    """`save` draws the label on whatever figure it writes; Fig. 4.1 plots σ² = exp(s) per epoch, not s;
+    Fig. 5.1 names the true class beside the prediction where the image is labelled."""
+    fig = plt.figure()
+    figures.save(fig, tmp_path, "9.9", "demo")
+    assert [t.get_text() for t in fig.texts] == [DEMO_LABEL] and (tmp_path / "figure_9_9.png").exists()
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, *args: drawn.append(fig))
+    history = [{"age": -0.5 * e, "gender": 0.25 * e, "emotion": 0.0} for e in range(3)]
+    figures.learned_variances({"MTLoRA": history}, tmp_path, "demo")
+    lines = {line.get_label(): list(line.get_ydata()) for line in drawn[0].axes[0].get_lines()}
+    np.testing.assert_allclose(lines["age"], np.exp([0, -0.5, -1.0]))
+    crop = tmp_path / "c.jpg"
+    Image.new("RGB", (16, 16), "gray").save(crop)
+    figures.prediction_examples([(crop, "utkface", {"age": "20-29", "gender": "male"}, {"age": "30-39"})], tmp_path,
+                                "demo", columns=1)
+    assert drawn[1].axes[0].get_title().splitlines() == ["UTKFace test image", "age: 20-29 (true 30-39)",
+                                                         "gender: male"]
+    plt.close("all")
+
+
+def test_tsne_runs_on_the_first_50_principal_components_and_on_few_samples(monkeypatch):
+    """§4.8: t-SNE of the first 50 principal components; the notebooks map 20 samples, fewer than t-SNE's
+    default perplexity of 30 allows."""
+    x, _ = clusters(60, dim=80)
+    seen = []
+    real = figures.TSNE
+
+    class Recording(real):
+        def fit_transform(self, features):
+            seen.append((features, self.perplexity))
+            return super().fit_transform(features)
+
+    monkeypatch.setattr(figures, "TSNE", Recording)
+    figures.project(x, "tsne")
+    np.testing.assert_allclose(np.abs(seen[0][0]), np.abs(PCA(50, random_state=0).fit_transform(x)), atol=1e-6)
+    assert figures.project(x[:20], "tsne").shape == (20, 2) and seen[1][1] < 20 / 3

@@ -1,4 +1,5 @@
 """replication.pretrain: captions, multi-positive targets, and a tiny end-to-end pre-training."""
+import json
 import shutil
 
 import numpy as np
@@ -153,3 +154,42 @@ def test_cli_refuses_outputs_it_could_write_only_after_training(prepared, tmp_pa
              f"{tmp_path / 'afile' / 'bpe.txt.gz'}: {tmp_path / 'afile'} is a file, not a folder")):
         assert pretrain.cli(["--prepared", str(prepared), *given]) == 2
         assert capsys.readouterr() == ("", f"pretrain: error: {says}\n")
+
+
+def test_the_loss_is_the_symmetric_multi_positive_infonce_at_the_clamped_learned_scale(prepared, tmp_path, monkeypatch):
+    """Listing 2.2's objective, recomputed by hand from one step's features: logits = exp(logit_scale) x the
+    cosine similarities (images x captions), cross-entropy image->text and text->image, each row's target spread
+    evenly over its positives, the two averaged; after the step the temperature is capped at CLIP's 100."""
+    seen = {}
+    real_load, real_matches = pretrain.load_clip, pretrain._caption_matches
+
+    def load_clip(path, config):
+        model = real_load(path, config=config)
+        with torch.no_grad():
+            model.logit_scale.fill_(5.0)  # above log(100): the step's update leaves it there, the cap must not
+        model.register_forward_hook(lambda m, args, out: seen.setdefault("features", [t.detach() for t in out[:2]])
+                                    and None)  # a hook returning a value would replace the output
+        seen["model"] = model
+        return model
+
+    def matches(labels, described):
+        seen["positives"] = real_matches(labels, described).float()
+        return real_matches(labels, described)
+
+    monkeypatch.setattr(pretrain, "load_clip", load_clip)
+    monkeypatch.setattr(pretrain, "_caption_matches", matches)
+    monkeypatch.setattr(pretrain, "zero_shot_accuracy", lambda *args: {})
+    ckpt = tmp_path / "out" / "demo.pt"
+    pretrain.pretrain(prepared, ckpt, tmp_path / "out" / "bpe.txt.gz", steps=1, batch_size=8)
+    images, texts = seen["features"]
+    positives = seen["positives"]
+    assert not torch.equal(positives, positives.T)  # captions naming fewer labels match more images
+    logits = np.exp(5.0) * images.double() @ texts.double().T
+
+    def infonce(logits, positives):
+        return -(positives / positives.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+
+    expected = (infonce(logits, positives.double()) + infonce(logits.T, positives.T.double())) / 2
+    report = json.loads(ckpt.with_suffix(".json").read_text())
+    assert report["final_loss"] == pytest.approx(float(expected), rel=1e-4)
+    assert float(seen["model"].logit_scale.detach()) == pytest.approx(np.log(100))
