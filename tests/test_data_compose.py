@@ -73,3 +73,20 @@ def test_table_3_2_totals():
     assert train[("fairface", "train")] == 69_395 and train[("fairface", "test")] == 10_954
     assert train[("rafdb", "train")] == 9_215 and train[("rafdb", "test")] == 3_068
     assert train[("celebahq", "train")] == 22_400 and train[("lagenda", "train")] == 67_352
+
+
+def test_the_data_package_re_exports_each_submodules_own_objects():
+    """``from replication.data import X`` (notebooks, runs, tables) gets the submodule's X itself, and ``*`` gets
+    exactly these names."""
+    import importlib
+
+    import replication.data as data
+
+    exported = {"compose": ("compose", "training_totals"),
+                "prepare": ("MANIFEST_COLUMNS", "ManifestError", "read_manifest", "read_prepare_settings",
+                            "read_report", "run_prepare"),
+                "readers": ("READERS", "Record"), "stats": ("class_counts", "training_distribution")}
+    assert sorted(data.__all__) == sorted(n for names in exported.values() for n in names)
+    for module, names in exported.items():
+        source = importlib.import_module(f"replication.data.{module}")
+        assert all(getattr(data, n) is getattr(source, n) for n in names), module

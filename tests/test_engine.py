@@ -541,6 +541,35 @@ def test_the_entry_point_lists_its_commands_and_names_an_unknown_one(capsys):
     assert main(["trian"]) == 2 and capsys.readouterr().err.strip() == "unknown command 'trian'"
 
 
+def test_the_entry_point_hands_the_rest_of_the_line_to_the_command(monkeypatch, capsys):
+    """`python -m replication X args` calls X's module's cli with args (not X itself); --help and -h list the
+    commands in aligned columns; with no argument given, sys.argv (less the program) is read."""
+    import types
+
+    from replication.__main__ import COMMANDS, main
+
+    seen = []
+    monkeypatch.setitem(sys.modules, "fake_command", types.SimpleNamespace(cli=lambda argv: seen.append(argv) or 7))
+    monkeypatch.setitem(COMMANDS, "fake", ("fake_command", "a command for the test"))
+    assert main(["fake", "--x", "1"]) == 7 and seen == [["--x", "1"]]
+    monkeypatch.setattr(sys, "argv", ["python -m replication", "fake", "y"])
+    assert main() == 7 and seen[-1] == ["y"]
+    for flag in ("-h", "--help"):
+        assert main([flag]) == 0
+        out, err = capsys.readouterr()
+        assert err == "" and "  fake       a command for the test\n" in out and "  demo-data  generate" in out
+
+
+@pytest.mark.parametrize("name", ["demo-data", "prepare", "pretrain", "counts", "train", "reproduce", "bench"])
+def test_each_command_is_its_own_module(name, capsys):
+    """Each name dispatches to the module whose parser is that command's (its usage line names it)."""
+    from replication.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([name, "--help"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"usage: python -m replication {name} ")
+
+
 def test_an_interrupted_train_says_how_to_resume(tmp_path, monkeypatch, capsys):
     def interrupted(cfg):
         raise KeyboardInterrupt

@@ -4,6 +4,8 @@ The references here are written independently of replication.pe / replication.ro
 math.cos/sin, plain tensor ops in float64), following Meta's core/vision_encoder/pe.py.
 """
 import math
+import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -360,6 +362,33 @@ def test_configs_and_unknown_name():
     assert get_config(tiny) is tiny
     with pytest.raises(KeyError, match="PE-Core-L14-336"):
         get_config("PE-Core-L14")
+
+
+def test_configs_have_meta_heads_and_layer_norm_eps():
+    """Head counts change no parameter count (test_parameter_counts_match_meta cannot see them) but do change every
+    attention output: Meta's config.py gives 64-wide heads (G14's vision tower 96), an 8-head attention-pooling
+    probe and LayerNorm eps 1e-5 throughout."""
+    heads = {name: (c.vision.heads, c.vision.pool_heads, c.text.heads) for name, c in CONFIGS.items()}
+    assert heads == {"PE-Core-T16-384": (3, 8, 8), "PE-Core-S16-384": (6, 8, 8), "PE-Core-B16-224": (12, 8, 16),
+                     "PE-Core-L14-336": (16, 8, 16), "PE-Core-G14-448": (16, 8, 20), "demo-tiny": (2, 8, 2)}
+    assert {c.vision.ln_eps for c in CONFIGS.values()} == {c.text.ln_eps for c in CONFIGS.values()} == {1e-5}
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    (dict(image_size=30), "image_size 30 is not a multiple of patch_size 8"),
+    (dict(heads=3), "width 32 must be divisible by heads 3 and pool_heads 4"),
+    (dict(pool_heads=3), "width 32 must be divisible by heads 2 and pool_heads 3"),
+    (dict(heads=16, pool_heads=16), "head_dim 2 must be a multiple of 4 for 2D RoPE"),
+    (dict(width=24, heads=4, pool_heads=4, mlp_dim=48), "head_dim 6 must be a multiple of 4 for 2D RoPE"),
+])
+def test_vision_config_refuses_shapes_the_model_cannot_take(kwargs, says):
+    with pytest.raises(ValueError, match=f"^{re.escape(says)}$"):
+        replace(TINY.vision, **kwargs)
+
+
+def test_text_config_refuses_a_width_not_divisible_by_heads():
+    with pytest.raises(ValueError, match="^width 24 must be divisible by heads 5$"):
+        replace(TINY.text, heads=5)
 
 
 def test_image_transform_squashes_and_normalises():

@@ -109,6 +109,9 @@ def test_clip_footnote_matches_text(text):
     row = thesis.TABLE_4_13.rows["CLIP ViT-L/14 336px"]
     assert row[0] == pytest.approx(sum(ages) / 2, abs=0.005)
     assert float(row[2]) == pytest.approx(sum(genders) / 2, abs=0.005)  # kept as printed, "97.1"
+    # the citation repeats the four group values, each under its task
+    citation = thesis.TABLE_4_13.literature["CLIP ViT-L/14 336px"]
+    assert citation.endswith("(age {} and {}, gender {} and {})".format(*m.groups()))
 
 
 def test_fig_4_2_prints_no_balanced_accuracy(text):
@@ -136,6 +139,26 @@ def test_literature_rows_are_cited_and_ours_are_not():
                         "APViT", "POSTER++"}
     assert all(re.match(r"\[\d+\] ", c) for c in lit.values())
     assert {"mtlora", "dora"}.isdisjoint(lit)
+
+
+def test_each_table_is_in_the_section_it_names(text):
+    """A table's ``section`` is the heading its caption ("Table 4.7:") stands under, or one above it."""
+    lines = text.splitlines()
+    for table in thesis.TABLES.values():
+        number = re.match(r"(\d\.\d+)", table.id)
+        if not number:  # sizes, params, fig4.x, conclusion: no "Table" caption
+            continue
+        caption = next(i for i, line in enumerate(lines) if line.startswith(f"Table {number[1]}:"))
+        heading = next(re.match(r"(\d(?:\.\d+)+) [A-Z]", line)[1] for line in reversed(lines[:caption])
+                       if re.match(r"\d(?:\.\d+)+ [A-Z]", line))
+        section = re.match(r"§([\d.]+)", table.section)[1]
+        assert heading == section or heading.startswith(section + "."), (table.id, heading, table.section)
+
+
+def test_tables_are_read_only():
+    """The tables are module constants shared by every notebook: an assignment to one is refused."""
+    with pytest.raises(AttributeError):
+        thesis.TABLE_4_1.rows = {}
 
 
 def test_table_shapes_and_lookup():
