@@ -1,6 +1,6 @@
 """This project's LoRA and DoRA against peft's, wrapped around the same encoder, timed in one process.
 
-    python benchmarks/peft_compare.py [--batch 128] [--dtype fp16] [--checkpoint-blocks off|all|profile|N] [...]
+    python3 benchmarks/peft_compare.py [--batch 128] [--dtype fp16] [--checkpoint-blocks off|all|profile|N] [...]
 
 Ours are `bench`'s own rows (`bench.bench_method`, the engine's training step only: peft's rows have no
 merged inference to compare with, and `bench` times ours). peft's LoRA and DoRA (`use_dora=True`) are
@@ -24,13 +24,13 @@ import torch
 # run as a script, the repository root is not on the path: find this checkout's replication, installed or not
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from replication import bench  # noqa: E402
-from replication.arguments import reported  # noqa: E402
+from replication.arguments import HelpFormatter, reported  # noqa: E402
 from replication.engine import build_model  # noqa: E402
 from replication.files import check_writable  # noqa: E402
 from replication.lora import adapter_modules  # noqa: E402
 
 ADAPTERS = ("lora", "dora")
-COMMAND = ("python", "benchmarks/peft_compare.py")
+COMMAND = ("python3", "benchmarks/peft_compare.py")
 
 
 def _as_linear(adapter) -> torch.nn.Linear:
@@ -112,7 +112,7 @@ def format_comparison(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(prog=" ".join(COMMAND), description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=" ".join(COMMAND), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     bench.add_measurement_arguments(p)
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default benchmarks/results/peft-<device>-<date-time>.json)")

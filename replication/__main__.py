@@ -1,4 +1,4 @@
-"""`python -m replication <command> [...]`: one entry point for every step of the replication.
+"""`python3 -m replication <command> [...]`: one entry point for every step of the replication.
 
 Each command lives in the module named after the thing it does; this file only dispatches.
 """
@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: python -m replication <command> [options]\n\ncommands:\n" + "\n".join(lines)
-              + "\n\n`python -m replication <command> --help` gives the command's options.")
+        print("usage: python3 -m replication <command> [options]\n\ncommands:\n" + "\n".join(lines)
+              + "\n\n`python3 -m replication <command> --help` gives the command's options.")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
             return 2

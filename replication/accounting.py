@@ -1,6 +1,6 @@
 """Parameter counts and GFLOPs of every method, beside the thesis's figures (§3.3–3.6.1, Tables 4.3, 4.14).
 
-`python -m replication counts [--json] [--config NAME]`. Models are built on the meta device (shapes only,
+`python3 -m replication counts [--json] [--config NAME]`. Models are built on the meta device (shapes only,
 no weights, no memory), so the counts are those of the real PE-Core-L14-336 modules.
 
 Which configuration each thesis figure was measured on, worked out from the numbers themselves:
@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 
 from . import thesis
+from .arguments import HelpFormatter
 from .config import CLIPConfig, TextConfig, VisionConfig, get_config
 from .labels import NUM_CLASSES, TASKS
 from .lora import adapter_parameters
@@ -284,10 +285,11 @@ def rows(config: str = "PE-Core-L14-336") -> list[dict]:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m replication counts",
-                                     description="Parameter counts and GFLOPs, thesis vs replicated (meta device).")
+    parser = argparse.ArgumentParser(prog="python3 -m replication counts",
+                                     description="Parameter counts and GFLOPs, thesis vs replicated (meta device).",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--json", action="store_true", help="print a JSON list of {figure, thesis, replicated, note}")
-    parser.add_argument("--config", default="PE-Core-L14-336", help="model config (the thesis: PE-Core-L14-336)")
+    parser.add_argument("--config", default="PE-Core-L14-336", help="model config counted (the thesis's is the default)")
     args = parser.parse_args(argv)
     table = rows(args.config)
     if args.json:

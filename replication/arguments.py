@@ -30,6 +30,19 @@ def number(kind: type, low: float, high: float = math.inf, *, above: bool = Fals
 positive_int = number(int, 1)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` of every command: each option's help followed by its default, where it has one the help does not
+    already state (argparse's ArgumentDefaultsHelpFormatter also prints "(default: None)" and "(default: False)"
+    for options that have none); the description keeps its own line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)
+        if shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def reported(command: str, work: Callable[[], int], errors: tuple[type[BaseException], ...],
              resume: str | None = None) -> int:
     """``work()``'s exit status. An error in ``errors`` (what the user can fix, whose message names the file and

@@ -1,4 +1,4 @@
-"""`python -m replication bench`: GPU speed and memory of every adaptation method (benchmarks/README.md).
+"""`python3 -m replication bench`: GPU speed and memory of every adaptation method (benchmarks/README.md).
 
 For each method of thesis §3.3–3.6.1 (LP, AP, FT4, LoRA, DoRA, MTLoRA), built with the three multi-task
 heads (age 9, gender 2, emotion 7 classes; §3.7) on the chosen PE-Core architecture with *random* weights
@@ -51,7 +51,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from replication import accounting, distributed, engine
-from replication.arguments import positive_int, reported
+from replication.arguments import HelpFormatter, positive_int, reported
 from replication.config import get_config
 from replication.engine import FaceDataset, TrainConfig, build_model, model_image_size
 from replication.files import atomic_write_text, check_writable
@@ -500,7 +500,7 @@ def start_result(args, command: str) -> tuple[torch.device, dict]:
 def run(args, argv: list[str], out: Path) -> dict:
     """Every measurement the arguments ask for, as one dict, rewritten to `out` after each measurement
     (a run cut short keeps what it measured)."""
-    device, result = start_result(args, "python -m replication bench " + shlex.join(argv))
+    device, result = start_result(args, "python3 -m replication bench " + shlex.join(argv))
     peak = result["peak_bf16_tflops"]
     for method in args.methods:
         result["rows"].append(guarded(method, args.batch, bench_method, method, args, device, peak))
@@ -817,10 +817,10 @@ def _methods(text: str) -> list[str]:
 
 def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
     """The options of what is measured and how, shared with benchmarks/peft_compare.py."""
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=int, default=128, help="images per step")
     p.add_argument("--dtype", choices=AMP, default=get_profile("full").amp,
                    help="autocast dtype (fp32: no autocast); default: the full profile's")
-    p.add_argument("--config", default="PE-Core-L14-336")
+    p.add_argument("--config", default="PE-Core-L14-336", help="model config measured")
     p.add_argument("--device", help="default: cuda (without a GPU, name the CPU explicitly: --device cpu)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
@@ -849,8 +849,9 @@ def check_measurement_arguments(p: argparse.ArgumentParser, args) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(prog="python -m replication bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", type=_methods, default="lp,ap,ft4,lora,dora,mtlora")
+    p = argparse.ArgumentParser(prog="python3 -m replication bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--methods", type=_methods, default="lp,ap,ft4,lora,dora,mtlora", help="comma list of methods")
     add_measurement_arguments(p)
     p.add_argument("--data-loading", action="store_true", help="also time JPEG decode + augmentation")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="DataLoader workers")

@@ -1,6 +1,6 @@
 """The few DistributedDataParallel helpers the engine needs (thesis §3.1 training, run on N GPUs).
 
-``python -m replication train ...`` runs in one process; under ``torchrun --nproc_per_node=N`` the
+``python3 -m replication train ...`` runs in one process; under ``torchrun --nproc_per_node=N`` the
 environment carries RANK / WORLD_SIZE / LOCAL_RANK and every process trains one shard of each batch
 (NCCL on GPUs, Gloo on CPU). Rank 0 alone writes files. Each helper is a no-op in a single process.
 """

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from replication.arguments import positive_int, reported
+from replication.arguments import HelpFormatter, positive_int, reported
 from replication.checkpoint import load_clip, save_clip_meta_layout
 from replication.config import get_config
 from replication.data import ManifestError, read_manifest
@@ -235,16 +235,17 @@ def zero_shot_accuracy(checkpoint: Path, bpe: Path, prepared: Path, config: str)
 
 def cli(argv: list[str] | None = None) -> int:
     demo = PROFILES["demo"]
-    parser = argparse.ArgumentParser(prog="python -m replication pretrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prepared", type=Path, default=demo.prepared)
-    parser.add_argument("--checkpoint", type=Path, default=demo.checkpoint)
-    parser.add_argument("--bpe", type=Path, default=demo.bpe)
-    parser.add_argument("--config", default=demo.model_config)
-    parser.add_argument("--steps", type=positive_int, default=800)
-    parser.add_argument("--batch-size", type=positive_int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(prog="python3 -m replication pretrain", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--prepared", type=Path, default=demo.prepared,
+                        help="prepared demo crops (manifest.csv); their training split is pre-trained on")
+    parser.add_argument("--checkpoint", type=Path, default=demo.checkpoint, help="encoder checkpoint written (an existing one is kept)")
+    parser.add_argument("--bpe", type=Path, default=demo.bpe, help="the captions' BPE merges file (an existing one is reused)")
+    parser.add_argument("--config", default=demo.model_config, help="model config pre-trained")
+    parser.add_argument("--steps", type=positive_int, default=800, help="optimiser steps")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="image-caption pairs per step")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
     args = parser.parse_args(argv)
     if not (args.prepared / "manifest.csv").exists():
         parser.error(f"{args.prepared / 'manifest.csv'} not found.\n"

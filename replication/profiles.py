@@ -140,11 +140,11 @@ def demo_inputs_help(prepared=None, checkpoint=None, bpe=None) -> str:
     other = {flag: Path(os.path.abspath(path)) for flag, path in given.items()
              if path not in (None, "") and Path(os.path.abspath(path)) != own[flag]}
     prepared = other.get("--prepared", d.prepared)
-    steps = [f"python -m replication demo-data --out {d.raw_data}",
-             f"python -m replication prepare --data-root {d.raw_data} --out {prepared} --detector {d.detector} "
+    steps = [f"python3 -m replication demo-data --out {d.raw_data}",
+             f"python3 -m replication prepare --data-root {d.raw_data} --out {prepared} --detector {d.detector} "
              f"--size {d.image_size}",
-             " ".join(["python -m replication pretrain"] + [f"{flag} {path}" for flag, path in other.items()])]
-    intro = ("`python -m replication reproduce --profile demo` makes the demo's data and encoder (then runs the "
+             " ".join(["python3 -m replication pretrain"] + [f"{flag} {path}" for flag, path in other.items()])]
+    intro = ("`python3 -m replication reproduce --profile demo` makes the demo's data and encoder (then runs the "
              "notebooks); step by step, in the demo's folders:" if not other else
              "Make the demo's data and encoder in the folders given:")
     # a path given that does not exist where the demo's own does is more likely a typo than a wish for new data

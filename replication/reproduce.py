@@ -1,7 +1,7 @@
-"""``python -m replication reproduce``: the thesis's experiments, notebook by notebook, with papermill.
+"""``python3 -m replication reproduce``: the thesis's experiments, notebook by notebook, with papermill.
 
-    python -m replication reproduce --profile demo [--only SECTION] [--out DIR]
-    python -m replication reproduce --profile full --raw-data RAW --detector-dir DIR \\
+    python3 -m replication reproduce --profile demo [--only SECTION] [--out DIR]
+    python3 -m replication reproduce --profile full --raw-data RAW --detector-dir DIR \\
         --checkpoint PE-Core-L14-336.pt --bpe bpe_simple_vocab_16e6.txt.gz
 
 The notebooks (notebooks/, one per thesis section with experiments) run in chapter order; each
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from replication import runs, tables
-from replication.arguments import positive_int, reported
+from replication.arguments import HelpFormatter, positive_int, reported
 from replication.checkpoint import PE_CORE_WEIGHTS
 from replication.engine import AMP_MODES, TrainConfig
 from replication.files import check_writable
@@ -99,7 +99,7 @@ class Settings:
                                                       checkpoint=self.checkpoint))
         elif not (self.prepared / "manifest.csv").exists():
             raise FileNotFoundError(
-                f"{self.prepared / 'manifest.csv'} not found: run `python -m replication reproduce "
+                f"{self.prepared / 'manifest.csv'} not found: run `python3 -m replication reproduce "
                 f"--profile full --raw-data ... --detector-dir ... --checkpoint ... --bpe ...` first")
         elif self.checkpoint is None or self.bpe is None:
             # as `train --profile full` refuses: the engine would start every run from random weights (a
@@ -266,7 +266,7 @@ def select(only: str | None) -> list[str]:
     # an empty --only (e.g. an unset shell variable) is refused: every name starts with it
     chosen = [n for n in NOTEBOOKS if only is None or (only and n.startswith(only))]
     if not chosen:
-        raise SystemExit(f"--only {only!r} matches no notebook; known: {', '.join(NOTEBOOKS)}")
+        raise ValueError(f"--only {only!r} matches no notebook; known: {', '.join(NOTEBOOKS)}")
     return chosen
 
 
@@ -340,10 +340,11 @@ def execute(name: str, out_dir: Path, parameters: dict, log=print) -> Path:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m replication reproduce",
+    parser = argparse.ArgumentParser(prog="python3 -m replication reproduce",
                                      description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=("demo", "full"), default="demo")
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--profile", choices=("demo", "full"), default="demo",
+                        help="demo: tiny model, generated data, CPU; full: PE-Core-L14-336, the real datasets, GPU")
     parser.add_argument("--only", help="run only the notebooks whose name starts with this, "
                                        f"e.g. 04_3 (notebooks: {', '.join(NOTEBOOKS)})")
     parser.add_argument("--out", type=_absolute, help="executed notebooks folder "
@@ -357,10 +358,11 @@ def cli(argv: list[str] | None = None) -> int:
             ("--runs-dir", "run folders (default: the profile's)"),
             ("--tables-dir", "default tables/<profile>"), ("--figures-dir", "default figures/<profile>")):
         parser.add_argument(flag, type=_absolute, help=help_)
-    parser.add_argument("--max-epochs", type=positive_int)
-    parser.add_argument("--max-train-samples", type=positive_int)
-    parser.add_argument("--batch-size", type=positive_int)
-    parser.add_argument("--device")
+    for flag, help_ in (("--max-epochs", "epoch cap of every run"),
+                        ("--max-train-samples", "training draws per epoch of every run (a quick look)"),
+                        ("--batch-size", "batch size of every run"), ("--device", "e.g. cpu, cuda, cuda:1")):
+        parser.add_argument(flag, type=None if flag == "--device" else positive_int,
+                            help=help_ + " (default: the profile's)")
     parser.add_argument("--amp", choices=AMP_MODES, help="autocast dtype (default: the profile's; full: fp16 "
                         "with a GradScaler, §3.1)")
     parser.add_argument("--checkpoint-blocks", metavar="METHOD=N[,METHOD=N...]",
@@ -368,8 +370,8 @@ def cli(argv: list[str] | None = None) -> int:
                              + ",".join(f"{m}={n}" for m, n in get_profile("full").checkpoint_blocks.items())
                              + " for a 48 GB card; bench --plan-checkpointing gives another card's)")
     args = parser.parse_args(argv)
-    notebooks = select(args.only)  # a wrong name must not wait for the data and the pre-training
-    try:
+    try:  # a wrong name must not wait for the data and the pre-training
+        notebooks = select(args.only)
         checkpoint_blocks = None if args.checkpoint_blocks is None else checkpoint_blocks_override(
             args.checkpoint_blocks)
     except ValueError as err:

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import fcntl
 import functools
+import inspect
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ import pandas as pd
 from torch import nn
 
 from replication import distributed
-from replication.arguments import reported
+from replication.arguments import HelpFormatter, reported
 from replication.checkpoint import PE_CORE_WEIGHTS, CheckpointError, load_clip
 from replication.data import ManifestError, read_prepare_settings
 from replication.engine import (INPUT_FIELDS, RUN_METHODS, BatchSizeError, FaceDataset, RunStateError, Trainer,
@@ -52,7 +53,7 @@ _ZERO_SHOT_IGNORES = {"weighting", "seed", "max_train_samples", "batch_size", "m
 
 
 # a run's input files: what each is called in an error, where the full profile gets it from, and what file it is
-_INPUTS = {"manifest_sha1": ("prepared manifest", "make it with `python -m replication prepare --data-root RAW --out "
+_INPUTS = {"manifest_sha1": ("prepared manifest", "make it with `python3 -m replication prepare --data-root RAW --out "
                              "PREPARED --detector ssd --detector-dir DETECTOR`: README, 'Full replication', step 2",
                              "a CSV file"),
            "checkpoint_sha1": ("checkpoint", f"PE-Core weights: {PE_CORE_WEIGHTS}", "a .pt file"),
@@ -314,11 +315,12 @@ def _flag_help(f: dataclasses.Field) -> str:
 
 
 def parse_config(argv: list[str]) -> TrainConfig:
-    """``python -m replication train --method M --tasks age,gender,emotion [--weighting uw|ema]
+    """``python3 -m replication train --method M --tasks age,gender,emotion [--weighting uw|ema]
     [--profile demo|full] [--<field> value ...]``: the profile's settings, every TrainConfig field
     overridable by its flag."""
-    parser = argparse.ArgumentParser(prog="python -m replication train", description=parse_config.__doc__)
-    parser.add_argument("--profile", default="demo", choices=sorted(PROFILES), help="default folders and settings")
+    parser = argparse.ArgumentParser(prog="python3 -m replication train", description=inspect.cleandoc(
+        parse_config.__doc__), formatter_class=HelpFormatter)
+    parser.add_argument("--profile", default="demo", choices=sorted(PROFILES), help="the folders and settings every other flag overrides")
     for f in fields(TrainConfig):
         if f.name == "profile":
             continue
@@ -351,7 +353,7 @@ def parse_config(argv: list[str]) -> TrainConfig:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``python -m replication train ...`` (see parse_config): one run, then its §4 average test accuracy per
+    """``python3 -m replication train ...`` (see parse_config): one run, then its §4 average test accuracy per
     task (and over the three tasks when it learns all three)."""
     cfg = parse_config(sys.argv[1:] if argv is None else argv)
     # checked by the command, not by parse_config or TrainConfig: what the machine has does not change the config

@@ -1,10 +1,14 @@
-"""replication.arguments.number: the range checks every command's numeric options share."""
+"""replication.arguments: the range checks every command's numeric options share, and the --help every command gives."""
 import argparse
+import importlib
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 
-from replication.arguments import number, positive_int
+from replication.__main__ import COMMANDS
+from replication.arguments import HelpFormatter, number, positive_int
 
 
 def test_number_takes_its_bounds_as_documented():
@@ -16,3 +20,49 @@ def test_number_takes_its_bounds_as_documented():
                         (number(float, 0), "inf"), (number(float, 0), "nan"), (number(float, -math.inf), "-inf")):
         with pytest.raises(argparse.ArgumentTypeError, match=f"got {text!r}"):
             parse(text)
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _parser_of(cli, monkeypatch) -> argparse.ArgumentParser:
+    """The ArgumentParser a command's cli builds, caught as it parses (nothing runs)."""
+    def caught(self, *args, **kwargs):
+        raise _Parsed(self)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", caught)
+    with pytest.raises(_Parsed) as got:
+        cli([])
+    return got.value.args[0]
+
+
+def test_every_option_of_every_command_has_help_and_its_default(monkeypatch):
+    """A reader of `--help` learns what each option does and the value it takes when not given, for every command
+    and peft_compare (`pretrain --help` once listed bare flags and `prepare --help` no default)."""
+    clis = {name: importlib.import_module(module).cli for name, (module, _) in COMMANDS.items()}
+    pytest.importorskip("peft")  # benchmarks/peft_compare.py imports it; imported from its path, a script
+    spec = importlib.util.spec_from_file_location(
+        "peft_compare", Path(__file__).resolve().parents[1] / "benchmarks" / "peft_compare.py")
+    peft_compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peft_compare)
+    clis["peft_compare"] = peft_compare.main
+    for name, cli in clis.items():
+        parser = _parser_of(cli, monkeypatch)
+        text = " ".join(parser.format_help().split())  # unwrapped
+        for action in parser._actions:
+            if action.dest == "help":
+                continue
+            assert action.help and action.help.strip(), (name, action.option_strings)
+            if action.default is None or action.default is False:
+                continue
+            assert (f"(default: {action.default})" in text) != ("default" in action.help), (name, action.option_strings)
+    # the formatter's own rule, on values `in` would confuse with False (0) or leave out (a list)
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    p.add_argument("--seed", type=int, default=0, help="seed")
+    p.add_argument("--epochs", nargs="+", default=[11, 100], help="epochs")
+    p.add_argument("--flag", action="store_true", help="a switch")
+    p.add_argument("--path", help="a path")
+    p.add_argument("--amp", default="fp16", help="dtype (default: the profile's)")
+    text = " ".join(p.format_help().split())
+    assert "seed (default: 0)" in text and "epochs (default: [11, 100])" in text
+    assert "a switch --path" in text and text.endswith("a path --amp AMP dtype (default: the profile's)")

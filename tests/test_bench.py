@@ -144,7 +144,7 @@ def test_table_prices_dora_against_lora_and_says_when_checkpointing_differs(resu
 
 def test_json_records_the_run(result):
     assert result["dtype"] == "fp32" and result["batch"] == BATCH and result["config"] == "demo-tiny"
-    assert result["command"].startswith("python -m replication bench --config demo-tiny")
+    assert result["command"].startswith("python3 -m replication bench --config demo-tiny")
     assert result["torch"] == torch.__version__ and result["device_type"] == "cpu" and result["date"]
     assert result["flop_convention"] == FLOP_CONVENTION and result["peak_bf16_tflops"] > 0
     assert result["checkpoint_blocks"] == "off" and not any(r["train"]["checkpointed_blocks"] for r in result["rows"])
@@ -193,7 +193,7 @@ def test_a_device_that_cannot_run_here_stops_before_measuring(capsys, monkeypatc
         with pytest.raises(SystemExit) as exit_:
             cli(["--methods", "lp", "--device", device])
         assert exit_.value.code == 2
-        assert capsys.readouterr().err.splitlines()[-1] == (f"python -m replication bench: error: {message}; pass "
+        assert capsys.readouterr().err.splitlines()[-1] == (f"python3 -m replication bench: error: {message}; pass "
                                                             f"--device cpu for a smoke test")
 
 
@@ -557,7 +557,7 @@ def test_peft_compare_times_ours_and_peft_on_the_same_modules(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     printed, result = capsys.readouterr().out, json.loads(out.read_text())
-    assert result["command"] == ("python benchmarks/peft_compare.py --config demo-tiny --batch 2 --steps 1 --warmup 0 "
+    assert result["command"] == ("python3 benchmarks/peft_compare.py --config demo-tiny --batch 2 --steps 1 --warmup 0 "
                                  f"--dtype fp32 --device cpu --out {out}")
     assert result["peft"] == peft.__version__ and result["torch"] == torch.__version__ and result["date"]
     assert result["dtype"] == "fp32" and result["batch"] == 2 and result["device_type"] == "cpu"

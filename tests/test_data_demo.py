@@ -17,8 +17,6 @@ from replication.data import demo
 from replication.labels import DATASETS
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference-labels"
-if not REF.is_dir():
-    REF = Path("/work/shared/reference-labels")
 needs_ref = pytest.mark.skipif(not REF.is_dir(), reason="shared/reference-labels not available")
 
 # dataset-formats.md: the 9 FairFace bins 0-2, 3-9, 10-19, ..., 60-69, 70+ and FairFace's exact age strings

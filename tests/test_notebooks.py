@@ -286,7 +286,7 @@ def test_a_failed_notebook_leaves_the_last_complete_copy(monkeypatch, tmp_path):
 def test_only_selects_sections():
     assert reproduce.select("04_3") == ["04_3_single_task"]
     assert reproduce.select("04") == [n for n in reproduce.NOTEBOOKS if n.startswith("04")]
-    with pytest.raises(SystemExit, match="matches no notebook"):
+    with pytest.raises(ValueError, match="matches no notebook"):
         reproduce.select("06")
 
 
@@ -300,11 +300,16 @@ def test_full_profile_names_everything_missing(tmp_path, capsys):
         assert expected in message
 
 
-def test_only_is_checked_before_the_data_is_made(monkeypatch):
-    """A wrong --only must not first wait for the demo's data generation and pre-training."""
+def test_only_is_checked_before_the_data_is_made(monkeypatch, capsys):
+    """A wrong --only must not first wait for the demo's data generation and pre-training; it is an option's
+    mistake, said as argparse says one (usage, then `<prog>: error: ...`, exit 2)."""
     monkeypatch.setattr(reproduce, "ready_demo", lambda profile: pytest.fail("data made before --only was checked"))
-    with pytest.raises(SystemExit, match="--only '99' matches no notebook"):
+    with pytest.raises(SystemExit) as exit_:
         reproduce.cli(["--only", "99"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and err.endswith(
+        f"reproduce: error: --only '99' matches no notebook; known: {', '.join(reproduce.NOTEBOOKS)}\n")
 
 
 def test_full_profile_says_where_to_get_each_missing_input(tmp_path):
@@ -345,7 +350,7 @@ def test_full_profile_trains_on_crops_prepared_elsewhere_without_the_datasets(mo
 @pytest.mark.parametrize("profile", ["demo", "full"])
 @pytest.mark.parametrize("method", ["lp", "ap", "ft4", "lora", "dora", "mtlora"])
 def test_train_command_and_notebooks_take_the_same_config_from_a_profile(profile, method):
-    """`python -m replication train` and the notebooks' Settings turn a profile into one TrainConfig."""
+    """`python3 -m replication train` and the notebooks' Settings turn a profile into one TrainConfig."""
     tasks = "age,gender,emotion" if method == "mtlora" else "age"
     argv = ["--profile", profile, "--method", method, "--tasks", tasks]
     s = reproduce.settings(profile)
@@ -370,11 +375,12 @@ def test_reproduce_refuses_a_number_below_one_before_any_work(monkeypatch, capsy
     assert capsys.readouterr().err.endswith(f"error: argument {flag}: expected a whole number >= 1, got '{value}'\n")
 
 
-def test_an_empty_only_is_refused(monkeypatch):
+def test_an_empty_only_is_refused(monkeypatch, capsys):
     # every name starts with "": it ran the whole batch
     monkeypatch.setattr(reproduce, "ready_demo", lambda profile: pytest.fail("an empty --only was taken"))
-    with pytest.raises(SystemExit, match="--only '' matches no notebook"):
+    with pytest.raises(SystemExit) as exit_:
         reproduce.cli(["--only", ""])
+    assert exit_.value.code == 2 and "error: --only '' matches no notebook" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag", ["--out", "--tables-dir", "--figures-dir"])

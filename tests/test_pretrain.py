@@ -102,21 +102,21 @@ def test_cli_gives_the_exact_commands_that_make_the_demo_data(tmp_path, capsys, 
     """`prepare` alone defaults to the SSD at 336 px: the demo's data needs the arguments reproduce passes, and
     the commands write where the failed one looked (the demo's own folders, or the ones it was given)."""
     demo = PROFILES["demo"]
-    prepare = f"python -m replication prepare --data-root {demo.raw_data} --out {{}} --detector boxes --size 64"
+    prepare = f"python3 -m replication prepare --data-root {demo.raw_data} --out {{}} --detector boxes --size 64"
     assert demo_inputs_help().splitlines() == [
-        "`python -m replication reproduce --profile demo` makes the demo's data and encoder (then runs the "
+        "`python3 -m replication reproduce --profile demo` makes the demo's data and encoder (then runs the "
         "notebooks); step by step, in the demo's folders:",
-        f"  python -m replication demo-data --out {demo.raw_data}",
+        f"  python3 -m replication demo-data --out {demo.raw_data}",
         "  " + prepare.format(demo.prepared),
-        "  python -m replication pretrain"]
+        "  python3 -m replication pretrain"]
     monkeypatch.chdir(tmp_path)  # a relative --prepared is shown absolute, as the commands take it
     with pytest.raises(SystemExit):
         pretrain.cli(["--prepared", "crops", "--checkpoint", str(demo.checkpoint)])
     assert capsys.readouterr().err.splitlines()[-4:] == [
         "Make the demo's data and encoder in the folders given:",
-        f"  python -m replication demo-data --out {demo.raw_data}",
+        f"  python3 -m replication demo-data --out {demo.raw_data}",
         "  " + prepare.format(tmp_path / "crops"),
-        f"  python -m replication pretrain --prepared {tmp_path / 'crops'}"]
+        f"  python3 -m replication pretrain --prepared {tmp_path / 'crops'}"]
 
 
 def test_a_mistyped_demo_path_is_answered_with_the_demo_s_own(tmp_path, monkeypatch):

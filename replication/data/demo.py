@@ -1,6 +1,6 @@
 """``demo-data``: small procedurally drawn stand-ins for the six datasets, in their native layouts.
 
-    python -m replication demo-data --out RAW [--seed 0] [--scale 1]
+    python3 -m replication demo-data --out RAW [--seed 0] [--scale 1]
 
 The real datasets cannot be shipped (licences, size), so the demo profile draws cartoon
 faces whose labels are *visible* and learnable, with enough random variation that the
@@ -43,7 +43,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from replication.arguments import number, reported
+from replication.arguments import HelpFormatter, number, reported
 from replication.files import check_writable
 from replication.labels import DATASETS
 
@@ -361,7 +361,8 @@ def write_vggface2(root: Path, rng, n_ids: int, per_id: int) -> None:
 def make_demo(out: str | Path, seed: int = 0, scale: float = 1) -> Path:
     """Write all six demo datasets under ``out`` (deterministic for a given seed and scale).
 
-    scale 1 gives 300-550 images per dataset; tests use fractions (at least 12 per split).
+    scale 1 gives 200 (LAGENDA, up to three persons each) to 1,050 (RAF-DB) images per dataset; tests use
+    fractions (at least 12 per split).
     """
     out = Path(out)
     rng = {d: np.random.default_rng([seed, i]) for i, d in enumerate(DATASETS)}
@@ -378,9 +379,10 @@ def make_demo(out: str | Path, seed: int = 0, scale: float = 1) -> Path:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m replication demo-data", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python3 -m replication demo-data", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="raw data root to write (one folder per dataset)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every face, label and file drawn")
     p.add_argument("--scale", type=number(float, 0, above=True), default=1.0, help="multiply every dataset's size")
     a = p.parse_args(argv)
     return reported("demo-data", lambda: _demo_data(Path(a.out), a.seed, a.scale), (OSError,))

@@ -1,6 +1,6 @@
 """``prepare``: raw datasets -> face crops + ``manifest.csv`` + ``report.json`` (thesis §2.7, §3.1).
 
-    python -m replication prepare --data-root RAW --out PREPARED [--detector ssd|boxes|none]
+    python3 -m replication prepare --data-root RAW --out PREPARED [--detector ssd|boxes|none]
         [--detector-dir DIR] [--aligned utkface,celebahq] [--size 336] [--workers N] [--seed 0]
 
 How the face of each dataset is found (``crop_mode``); §2.7 crops "using a DNN
@@ -38,7 +38,7 @@ import cv2
 import pandas as pd
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook kernel without ipywidgets (not a dependency)
 
-from replication.arguments import number, reported
+from replication.arguments import HelpFormatter, number, reported
 from replication.files import NotTextError, atomic_write_text, check_writable, read_text
 from replication.labels import DATASETS, NUM_CLASSES, TASKS
 
@@ -300,7 +300,7 @@ def read_report(prepared: str | Path) -> dict:
     the records Table 3.1 does not use."""
     path = Path(prepared) / "report.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: `python -m replication prepare --out {prepared}` writes it")
+        raise FileNotFoundError(f"{path} not found: `python3 -m replication prepare --out {prepared}` writes it")
     return json.loads(path.read_text())
 
 
@@ -339,17 +339,21 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m replication prepare", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python3 -m replication prepare", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--data-root", required=True, help="raw data root with one folder per dataset")
     p.add_argument("--out", required=True, help="output folder (crops/, manifest.csv, report.json)")
-    p.add_argument("--detector", choices=("ssd", "boxes", "none"), default="ssd")
+    p.add_argument("--detector", choices=("ssd", "boxes", "none"), default="ssd",
+                   help="ssd: the thesis's res10 SSD where no box is shipped; boxes: shipped boxes only, no SSD (the "
+                        "demo); none: whole images")
     p.add_argument("--detector-dir", help="folder with deploy.prototxt + res10 caffemodel")
-    p.add_argument("--aligned", default="", help="comma-separated datasets whose images are face chips")
+    p.add_argument("--aligned", default="", help="comma-separated datasets whose images are face chips, used whole "
+                                                 "(e.g. utkface for its aligned UTKFace/ chips; default: none)")
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset to prepare")
     p.add_argument("--size", type=number(int, 2), default=336, help="crop side in pixels (model resolution)")
     p.add_argument("--margin", type=number(float, 0), default=0.2, help="box margin per side, fraction of the box")
     p.add_argument("--threshold", type=number(float, 0, 1, above=True), default=0.5, help="minimum SSD confidence")
-    p.add_argument("--workers", type=number(int, 1), default=1)
+    p.add_argument("--workers", type=number(int, 1), default=1, help="processes cropping in parallel")
     p.add_argument("--seed", type=int, default=0, help="seed of the 80/20 train/val splits")
     a = p.parse_args(argv)
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
