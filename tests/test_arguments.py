@@ -39,6 +39,7 @@ def _parser_of(cli, monkeypatch) -> argparse.ArgumentParser:
 def test_every_option_of_every_command_has_help_and_its_default(monkeypatch):
     """A reader of `--help` learns what each option does and the value it takes when not given, for every command
     and peft_compare (`pretrain --help` once listed bare flags and `prepare --help` no default)."""
+    monkeypatch.setenv("COLUMNS", "10000")  # one line per option: argparse wraps long paths at their hyphens
     clis = {name: importlib.import_module(module).cli for name, (module, _) in COMMANDS.items()}
     pytest.importorskip("peft")  # benchmarks/peft_compare.py imports it; imported from its path, a script
     spec = importlib.util.spec_from_file_location(
@@ -48,7 +49,7 @@ def test_every_option_of_every_command_has_help_and_its_default(monkeypatch):
     clis["peft_compare"] = peft_compare.main
     for name, cli in clis.items():
         parser = _parser_of(cli, monkeypatch)
-        text = " ".join(parser.format_help().split())  # unwrapped
+        text = " ".join(parser.format_help().split())
         for action in parser._actions:
             if action.dest == "help":
                 continue
@@ -63,6 +64,6 @@ def test_every_option_of_every_command_has_help_and_its_default(monkeypatch):
     p.add_argument("--flag", action="store_true", help="a switch")
     p.add_argument("--path", help="a path")
     p.add_argument("--amp", default="fp16", help="dtype (default: the profile's)")
-    text = " ".join(p.format_help().split())
+    text = " ".join(p.format_help().split())  # (at COLUMNS=10000)
     assert "seed (default: 0)" in text and "epochs (default: [11, 100])" in text
     assert "a switch --path" in text and text.endswith("a path --amp AMP dtype (default: the profile's)")
