@@ -112,7 +112,8 @@ def format_comparison(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(prog=" ".join(COMMAND), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=" ".join(COMMAND), description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     bench.add_measurement_arguments(p)
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default benchmarks/results/peft-<device>-<date-time>.json)")

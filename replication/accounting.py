@@ -289,7 +289,7 @@ def cli(argv: list[str] | None = None) -> int:
                                      description="Parameter counts and GFLOPs, thesis vs replicated (meta device).",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--json", action="store_true", help="print a JSON list of {figure, thesis, replicated, note}")
-    parser.add_argument("--config", default="PE-Core-L14-336", help="model config counted (the thesis's is the default)")
+    parser.add_argument("--config", default="PE-Core-L14-336", help="model config counted")
     args = parser.parse_args(argv)
     table = rows(args.config)
     if args.json:

@@ -239,8 +239,10 @@ def cli(argv: list[str] | None = None) -> int:
                                      formatter_class=HelpFormatter)
     parser.add_argument("--prepared", type=Path, default=demo.prepared,
                         help="prepared demo crops (manifest.csv); their training split is pre-trained on")
-    parser.add_argument("--checkpoint", type=Path, default=demo.checkpoint, help="encoder checkpoint written (an existing one is kept)")
-    parser.add_argument("--bpe", type=Path, default=demo.bpe, help="the captions' BPE merges file (an existing one is reused)")
+    parser.add_argument("--checkpoint", type=Path, default=demo.checkpoint,
+                        help="encoder checkpoint written (an existing one is kept)")
+    parser.add_argument("--bpe", type=Path, default=demo.bpe,
+                        help="the captions' BPE merges file (an existing one is reused)")
     parser.add_argument("--config", default=demo.model_config, help="model config pre-trained")
     parser.add_argument("--steps", type=positive_int, default=800, help="optimiser steps")
     parser.add_argument("--batch-size", type=positive_int, default=128, help="image-caption pairs per step")

@@ -320,7 +320,8 @@ def parse_config(argv: list[str]) -> TrainConfig:
     overridable by its flag."""
     parser = argparse.ArgumentParser(prog="python3 -m replication train", description=inspect.cleandoc(
         parse_config.__doc__), formatter_class=HelpFormatter)
-    parser.add_argument("--profile", default="demo", choices=sorted(PROFILES), help="the folders and settings every other flag overrides")
+    parser.add_argument("--profile", default="demo", choices=sorted(PROFILES),
+                        help="the folders and settings every other flag overrides")
     for f in fields(TrainConfig):
         if f.name == "profile":
             continue
