@@ -358,11 +358,11 @@ def cli(argv: list[str] | None = None) -> int:
             ("--runs-dir", "run folders (default: the profile's)"),
             ("--tables-dir", "default tables/<profile>"), ("--figures-dir", "default figures/<profile>")):
         parser.add_argument(flag, type=_absolute, help=help_)
-    for flag, help_ in (("--max-epochs", "epoch cap of every run"),
-                        ("--max-train-samples", "training draws per epoch of every run (a quick look)"),
-                        ("--batch-size", "batch size of every run"), ("--device", "e.g. cpu, cuda, cuda:1")):
-        parser.add_argument(flag, type=None if flag == "--device" else positive_int,
-                            help=help_ + " (default: the profile's)")
+    parser.add_argument("--max-epochs", type=positive_int, help="epoch cap of every run (default: the profile's)")
+    parser.add_argument("--max-train-samples", type=positive_int,
+                        help="training draws per epoch of every run, for a quick look (default: the profile's)")
+    parser.add_argument("--batch-size", type=positive_int, help="batch size of every run (default: the profile's)")
+    parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the profile's)")
     parser.add_argument("--amp", choices=AMP_MODES, help="autocast dtype (default: the profile's; full: fp16 "
                         "with a GradScaler, §3.1)")
     parser.add_argument("--checkpoint-blocks", metavar="METHOD=N[,METHOD=N...]",
