@@ -3,15 +3,21 @@
 # expected wall-clock. Each step writes its JSON and its printed output (.log; the estimate: .md) into one
 # results folder.
 #
-#   bash benchmarks/gpu.sh [STEP ...]      steps: profile all-blocks no-checkpointing peft compile wall-clock
-#                                          cuda-tests (default: all)
+#   bash benchmarks/gpu.sh [STEP ...]      steps: profile peft all-blocks wall-clock cuda-tests
+#                                          no-checkpointing compile (default: all, in this order)
+#
+# The default order is the issue's "must show" first, so that a device lease cut short (benchmarks/README.md,
+# "On a 15-minute lease") loses the least: profile, then ours against peft, then DoRA/LoRA with every block
+# checkpointed, the estimate and the CUDA tests; no-checkpointing and compile last.
 #
 # Environment: PYTHON is the interpreter (default python3). RESULTS names the folder (default
-# benchmarks/results/<date>-<gpu name>; give the same one when the steps run in separate calls). BENCH_ARGS
-# is appended to every bench command, PEFT_ARGS to every benchmarks/peft_compare.py command (it takes
-# bench's measurement options, not --methods or the loader's); tests/test_bench.py runs the script on
-# demo-tiny and the CPU this way. Where OUT is set (the device tool's return folder), the results folder is
-# copied there after each step.
+# benchmarks/results/<date>-<gpu name>; give the same one when the steps run in separate calls). TIMING is
+# put before every bench and peft_compare.py command's options (default: 10 timed steps after 3 warm-up
+# steps, to fit a lease; empty: bench's own 20 after 5). BENCH_ARGS is appended to every bench command,
+# PEFT_ARGS to every benchmarks/peft_compare.py command (it takes bench's measurement options, not --methods
+# or the loader's); tests/test_bench.py runs the script on demo-tiny and the CPU this way. Where OUT is set
+# (the device tool's return folder, which brings back 8 files at most), the results folder is packed into
+# one OUT/<folder name>.tar.gz after each step, and once more if the script is stopped (TERM) mid-step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -20,10 +26,15 @@ if [ -z "${RESULTS:-}" ]; then
   RESULTS=benchmarks/results/$(date -u +%Y%m%d)-$gpu
 fi
 mkdir -p "$RESULTS"
-# shellcheck disable=SC2086  # BENCH_ARGS is a list of words
-bench() { PYTHONUNBUFFERED=1 "$PYTHON" -m replication bench "$@" ${BENCH_ARGS:-}; }
+TIMING=${TIMING---steps 10 --warmup 3}
+# shellcheck disable=SC2086  # TIMING and BENCH_ARGS are lists of words
+bench() { PYTHONUNBUFFERED=1 "$PYTHON" -m replication bench $TIMING "$@" ${BENCH_ARGS:-}; }
 # shellcheck disable=SC2086  # PEFT_ARGS likewise
-compare() { PYTHONUNBUFFERED=1 "$PYTHON" benchmarks/peft_compare.py "$@" ${PEFT_ARGS:-}; }
+compare() { PYTHONUNBUFFERED=1 "$PYTHON" benchmarks/peft_compare.py $TIMING "$@" ${PEFT_ARGS:-}; }
+pack() {  # the device tool returns at most 8 files: the whole folder as one archive
+  if [ -n "${OUT:-}" ]; then tar -czf "$OUT/$(basename "$RESULTS").tar.gz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"; fi
+}
+trap 'pack; exit 143' TERM
 
 profile() {  # every method as the full profile trains it (LoRA, DoRA, MTLoRA partly checkpointed), the loader
   bench --checkpoint-blocks profile --data-loading --out "$RESULTS/profile.json" | tee "$RESULTS/profile.log"
@@ -37,8 +48,8 @@ no-checkpointing() {  # the adapters' own cost without recomputation, ours and p
 peft() {  # ours and peft's LoRA/DoRA as the full profile trains them (batch 128, first blocks checkpointed)
   compare --checkpoint-blocks profile --out "$RESULTS/peft-profile.json" | tee "$RESULTS/peft-profile.log"
 }
-compile() {  # torch.compile and the fused AdamW kernel, same terms as `profile`
-  bench --methods ap,ft4,lora,dora,mtlora --checkpoint-blocks profile --compile --fused-adamw \
+compile() {  # torch.compile and the fused AdamW kernel on the adapters, same terms as `profile`
+  bench --methods lora,dora,mtlora --checkpoint-blocks profile --compile --fused-adamw \
     --out "$RESULTS/compile-fused-adamw.json" | tee "$RESULTS/compile-fused-adamw.log"
 }
 cuda-tests() {  # the tests that need a GPU (CI has none): a CUDA fp16 run killed mid-epoch resumes
@@ -49,10 +60,10 @@ wall-clock() {  # the 19 training runs at the rates of `profile`
     | tee "$RESULTS/wall-clock.md"
 }
 
-for step in "${@:-profile all-blocks no-checkpointing peft compile wall-clock cuda-tests}"; do
+for step in "${@:-profile peft all-blocks wall-clock cuda-tests no-checkpointing compile}"; do
   for s in $step; do
-    echo "== $s -> $RESULTS"
+    echo "== $s -> $RESULTS ($(date -u +%T))"
     "$s"
-    if [ -n "${OUT:-}" ]; then cp -r "$RESULTS" "$OUT/"; fi
+    pack
   done
 done

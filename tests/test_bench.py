@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -476,25 +477,35 @@ def test_an_out_that_cannot_be_written_is_said_before_measuring(tmp_path, capsys
     assert capsys.readouterr() == ("", f"bench: error: {tmp_path} is a folder; expected a file\n")
 
 
-def test_gpu_script_runs_its_steps_and_copies_the_results_to_out(tmp_path):
+GPU_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+
+
+def packed(out: Path) -> list[str]:
+    """The members of gpu.sh's one archive in `out` (the device tool brings back 8 files at most)."""
+    assert [p.name for p in out.iterdir()] == ["results.tar.gz"]
+    with tarfile.open(out / "results.tar.gz") as tar:
+        return sorted(m.name for m in tar.getmembers() if m.isfile())
+
+
+def test_gpu_script_runs_its_steps_and_packs_the_results_into_out(tmp_path):
     """benchmarks/gpu.sh (what a GPU session runs) on demo-tiny and the CPU, through BENCH_ARGS and PEFT_ARGS."""
     pytest.importorskip("peft")  # no-checkpointing and peft run benchmarks/peft_compare.py
     results, out = tmp_path / "results", tmp_path / "out"
     out.mkdir()
-    small = ("--config demo-tiny --device cpu --dtype fp32 --batch 2 --steps 1 --warmup 0 --methods lp,dora "
+    small = ("--config demo-tiny --device cpu --dtype fp32 --batch 2 --methods lp,dora "
              "--workers 0 --loader-images 4 --loader-batches 2")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
     compare = "--config demo-tiny --device cpu --dtype fp32 --batch 2 --steps 1 --warmup 0"
     env = {**os.environ, "PYTHON": sys.executable, "RESULTS": str(results), "OUT": str(out), "BENCH_ARGS": small,
            "PEFT_ARGS": compare, "OMP_NUM_THREADS": "1"}
-    subprocess.run(["bash", str(script), "profile all-blocks", "no-checkpointing peft wall-clock"], env=env, check=True,
-                   capture_output=True, text=True)
-    copied = sorted(p.name for p in (out / "results").iterdir())
-    assert copied == sorted(["profile.json", "profile.log", "all-blocks.json", "all-blocks.log",
-                             "no-checkpointing-batch32.json", "no-checkpointing-batch32.log", "peft-profile.json",
-                             "peft-profile.log", "wall-clock.json", "wall-clock.md"])
+    subprocess.run(["bash", str(GPU_SCRIPT), "profile all-blocks", "no-checkpointing peft wall-clock"], env=env,
+                   check=True, capture_output=True, text=True)
+    assert packed(out) == sorted(f"results/{name}" for name in [
+        "profile.json", "profile.log", "all-blocks.json", "all-blocks.log", "no-checkpointing-batch32.json",
+        "no-checkpointing-batch32.log", "peft-profile.json", "peft-profile.log", "wall-clock.json", "wall-clock.md"])
     profile = json.loads((results / "profile.json").read_text())
     assert profile["checkpoint_blocks"] == "profile" and profile["data_loading"]["images_per_s"] > 0
+    assert (profile["steps"], profile["warmup"]) == (10, 3)  # the script's TIMING, a lease's worth
+    assert json.loads((results / "peft-profile.json").read_text())["steps"] == 1  # PEFT_ARGS comes after TIMING
     L = get_config("demo-tiny").vision.layers  # the full profile's numbers exceed demo-tiny's blocks: all
     assert [r["train"]["checkpointed_blocks"] for r in profile["rows"]] == [0, L]
     for name, checkpointed in (("no-checkpointing-batch32", 0), ("peft-profile", L)):  # ours and peft's alike
@@ -506,6 +517,20 @@ def test_gpu_script_runs_its_steps_and_copies_the_results_to_out(tmp_path):
     estimate = json.loads((results / "wall-clock.json").read_text())
     assert [r["method"] for r in estimate["runs"]] == ["lp"] * 3 + ["dora"] * 4
     assert "not measured, so left out: ap, ft4, lora, mtlora" in estimate["notes"]
+
+
+def test_gpu_script_stopped_mid_step_packs_what_the_step_wrote(tmp_path):
+    """A device command cut short by `timeout` (TERM to the script's process group) still brings back the
+    folder: here a stand-in interpreter writes its JSON, then hangs."""
+    results, out, python = tmp_path / "results", tmp_path / "out", tmp_path / "python"
+    out.mkdir()
+    python.write_text('#!/bin/sh\necho "{}" > "$RESULTS/profile.json"\nexec sleep 60\n')
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "RESULTS": str(results), "OUT": str(out)}
+    done = subprocess.run(["timeout", "3", "bash", str(GPU_SCRIPT), "profile", "peft"], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 124 and "== peft" not in done.stdout
+    assert packed(out) == ["results/profile.json", "results/profile.log"]  # the JSON and its tee'd log
 
 
 def test_compiled_dora_training_step_matches_eager():
