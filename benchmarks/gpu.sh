@@ -6,9 +6,9 @@
 #   bash benchmarks/gpu.sh [STEP ...]      steps: profile peft all-blocks wall-clock cuda-tests
 #                                          no-checkpointing compile (default: all, in this order)
 #
-# The default order is the "must show" first, so that a device lease cut short (benchmarks/README.md,
-# "On a 15-minute lease") loses the least: profile, then ours against peft, then DoRA/LoRA with every block
-# checkpointed, the estimate and the CUDA tests; no-checkpointing and compile last.
+# The default order puts the targets of benchmarks/README.md ("What to read in the output") first, so that a
+# device lease cut short ("On a 15-minute lease") loses the least: profile, then ours against peft, then
+# DoRA/LoRA with every block checkpointed, the estimate and the CUDA tests; no-checkpointing and compile last.
 #
 # Environment: PYTHON is the interpreter (default python3). RESULTS names the folder (default
 # benchmarks/results/<date>-<gpu name>; give the same one when the steps run in separate calls). TIMING is
