@@ -22,7 +22,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 if [ -z "${RESULTS:-}" ]; then
-  gpu=$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name())" | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
+  gpu=$("$PYTHON" -c "import sys, torch
+if not torch.cuda.is_available():
+    sys.exit('gpu.sh: no GPU (CUDA is not available); on the CPU, name the folder and the device: '
+             'RESULTS=DIR BENCH_ARGS=\"--device cpu ...\" PEFT_ARGS=\"--device cpu ...\"')
+print(torch.cuda.get_device_name())" | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
   RESULTS=benchmarks/results/$(date -u +%Y%m%d)-$gpu
 fi
 mkdir -p "$RESULTS"

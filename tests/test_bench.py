@@ -519,6 +519,17 @@ def test_gpu_script_runs_its_steps_and_packs_the_results_into_out(tmp_path):
     assert "not measured, so left out: ap, ft4, lora, mtlora" in estimate["notes"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_gpu_script_without_a_gpu_says_so_before_any_work():
+    results = sorted((GPU_SCRIPT.parents[0] / "results").iterdir())
+    done = subprocess.run(["bash", str(GPU_SCRIPT)], env={**os.environ, "PYTHON": sys.executable, "RESULTS": ""},
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == ('gpu.sh: no GPU (CUDA is not available); on the CPU, name the folder and the device: '
+                           'RESULTS=DIR BENCH_ARGS="--device cpu ..." PEFT_ARGS="--device cpu ..."\n')
+    assert sorted((GPU_SCRIPT.parents[0] / "results").iterdir()) == results  # no folder made
+
+
 def test_gpu_script_stopped_mid_step_packs_what_the_step_wrote(tmp_path):
     """A device command cut short by `timeout` (TERM to the script's process group) still brings back the
     folder: here a stand-in interpreter writes its JSON, then hangs."""
