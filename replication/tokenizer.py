@@ -22,7 +22,6 @@ import html
 import zlib
 from pathlib import Path
 
-import ftfy
 import regex
 import torch
 
@@ -65,6 +64,10 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def clean(text: str) -> str:
     """CLIP's text cleaning: fix mojibake, unescape HTML (twice), collapse whitespace, lower-case."""
+    # imported here, not with the module: only text needs ftfy, and the GPU machines' image lacks it, where
+    # `bench` and everything else that imports the library must run (benchmarks/README.md)
+    import ftfy
+
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return " ".join(text.split()).lower()
 

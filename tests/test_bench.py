@@ -478,6 +478,9 @@ def test_an_out_that_cannot_be_written_is_said_before_measuring(tmp_path, capsys
 
 
 GPU_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+# requirements.txt's packages that the GPU machines' image lacks (its package list, read 2026-11-17): the
+# script must run without them
+IMAGE_LACKS = ("ftfy", "papermill", "ipykernel", "jupyterlab")
 
 
 def packed(out: Path) -> list[str]:
@@ -488,15 +491,21 @@ def packed(out: Path) -> list[str]:
 
 
 def test_gpu_script_runs_its_steps_and_packs_the_results_into_out(tmp_path):
-    """benchmarks/gpu.sh (what a GPU session runs) on demo-tiny and the CPU, through BENCH_ARGS and PEFT_ARGS."""
+    """benchmarks/gpu.sh (what a GPU session runs) on demo-tiny and the CPU, through BENCH_ARGS and PEFT_ARGS,
+    without the packages the GPU image lacks (a sitecustomize makes importing them fail)."""
     pytest.importorskip("peft")  # no-checkpointing and peft run benchmarks/peft_compare.py
-    results, out = tmp_path / "results", tmp_path / "out"
+    results, out, site = tmp_path / "results", tmp_path / "out", tmp_path / "site"
     out.mkdir()
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.modules.update(dict.fromkeys({IMAGE_LACKS!r}))\n")
     small = ("--config demo-tiny --device cpu --dtype fp32 --batch 2 --methods lp,dora "
              "--workers 0 --loader-images 4 --loader-batches 2")
     compare = "--config demo-tiny --device cpu --dtype fp32 --batch 2 --steps 1 --warmup 0"
     env = {**os.environ, "PYTHON": sys.executable, "RESULTS": str(results), "OUT": str(out), "BENCH_ARGS": small,
-           "PEFT_ARGS": compare, "OMP_NUM_THREADS": "1"}
+           "PEFT_ARGS": compare, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    blocked = subprocess.run([sys.executable, "-c", "import ftfy"], env=env, capture_output=True, text=True)
+    assert "ModuleNotFoundError: import of ftfy halted" in blocked.stderr  # the stand-in image works
     subprocess.run(["bash", str(GPU_SCRIPT), "profile all-blocks", "no-checkpointing peft wall-clock"], env=env,
                    check=True, capture_output=True, text=True)
     assert packed(out) == sorted(f"results/{name}" for name in [
