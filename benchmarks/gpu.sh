@@ -6,6 +6,9 @@
 #   bash benchmarks/gpu.sh [STEP ...]      steps: profile peft all-blocks wall-clock cuda-tests
 #                                          no-checkpointing compile (default: all, in this order)
 #
+# A step that fails does not stop the steps after it (a lease is short); the script then ends with status 1
+# and names the failed steps.
+#
 # The default order puts the targets of benchmarks/README.md ("What to read in the output") first, so that a
 # device lease cut short ("On a 15-minute lease") loses the least: profile, then ours against peft, then
 # DoRA/LoRA with every block checkpointed, the estimate and the CUDA tests; no-checkpointing and compile last.
@@ -21,6 +24,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+STEPS="profile peft all-blocks wall-clock cuda-tests no-checkpointing compile"
+# shellcheck disable=SC2048,SC2086  # the steps are words, also when one argument holds several
+for s in ${*:-$STEPS}; do
+  case " $STEPS " in *" $s "*) ;; *) echo "gpu.sh: unknown step '$s'; the steps: $STEPS" >&2; exit 2 ;; esac
+done
 if [ -z "${RESULTS:-}" ]; then
   gpu=$("$PYTHON" -c "import sys, torch
 if not torch.cuda.is_available():
@@ -64,10 +72,14 @@ wall-clock() {  # the 19 training runs at the rates of `profile`
     | tee "$RESULTS/wall-clock.md"
 }
 
-for step in "${@:-profile peft all-blocks wall-clock cuda-tests no-checkpointing compile}"; do
-  for s in $step; do
-    echo "== $s -> $RESULTS ($(date -u +%T))"
-    "$s"
-    pack
-  done
+failed=()
+# shellcheck disable=SC2048,SC2086
+for s in ${*:-$STEPS}; do
+  echo "== $s -> $RESULTS ($(date -u +%T))"
+  "$s" || failed+=("$s")
+  pack
 done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "gpu.sh: failed steps: ${failed[*]} (their output is in $RESULTS)" >&2
+  exit 1
+fi

@@ -539,13 +539,44 @@ def test_gpu_script_without_a_gpu_says_so_before_any_work():
     assert sorted((GPU_SCRIPT.parents[0] / "results").iterdir()) == results  # no folder made
 
 
+def stand_in_python(tmp_path: Path, script: str) -> Path:
+    """An executable that gpu.sh runs as PYTHON instead of the interpreter."""
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\n" + script)
+    python.chmod(0o755)
+    return python
+
+
+def test_gpu_script_goes_on_after_a_failed_step_and_names_it_at_the_end(tmp_path):
+    results, out = tmp_path / "results", tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHON": str(stand_in_python(tmp_path, 'echo "broken: $*"\nexit 3\n')),
+           "RESULTS": str(results), "OUT": str(out)}
+    done = subprocess.run(["bash", str(GPU_SCRIPT), "profile", "peft wall-clock"], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 1
+    assert [line.split(" -> ")[0] for line in done.stdout.splitlines() if line.startswith("==")] == [
+        "== profile", "== peft", "== wall-clock"]
+    assert done.stderr == f"gpu.sh: failed steps: profile peft wall-clock (their output is in {results})\n"
+    assert packed(out) == ["results/peft-profile.log", "results/profile.log", "results/wall-clock.md"]
+    assert (results / "profile.log").read_text().startswith("broken: -m replication bench --steps 10 --warmup 3 ")
+
+
+def test_gpu_script_refuses_an_unknown_step_before_any_work(tmp_path):
+    env = {**os.environ, "PYTHON": str(stand_in_python(tmp_path, "exit 0\n")), "RESULTS": str(tmp_path / "r")}
+    done = subprocess.run(["bash", str(GPU_SCRIPT), "profile", "peft profil"], env=env, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == ("gpu.sh: unknown step 'profil'; the steps: profile peft all-blocks wall-clock cuda-tests "
+                           "no-checkpointing compile\n")
+    assert not (tmp_path / "r").exists()
+
+
 def test_gpu_script_stopped_mid_step_packs_what_the_step_wrote(tmp_path):
     """A device command cut short by `timeout` (TERM to the script's process group) still brings back the
     folder: here a stand-in interpreter writes its JSON, then hangs."""
-    results, out, python = tmp_path / "results", tmp_path / "out", tmp_path / "python"
+    results, out = tmp_path / "results", tmp_path / "out"
     out.mkdir()
-    python.write_text('#!/bin/sh\necho "{}" > "$RESULTS/profile.json"\nexec sleep 60\n')
-    python.chmod(0o755)
+    python = stand_in_python(tmp_path, 'echo "{}" > "$RESULTS/profile.json"\nexec sleep 60\n')
     env = {**os.environ, "PYTHON": str(python), "RESULTS": str(results), "OUT": str(out)}
     done = subprocess.run(["timeout", "3", "bash", str(GPU_SCRIPT), "profile", "peft"], env=env, capture_output=True,
                           text=True)
