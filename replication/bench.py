@@ -39,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 import weakref
 from pathlib import Path
 
@@ -457,13 +458,31 @@ def _device_name(device: torch.device) -> str:
 
 
 def guarded(label: str, batch: int, measure, *measure_args) -> dict:
-    """measure(*measure_args), or a row saying it ran out of memory (recorded, not hidden: the table shows it)."""
+    """measure(*measure_args), or a row saying why there is none: it ran out of memory, or it failed (the
+    traceback goes to stderr). Recorded, not hidden: the table shows the row, and `failures` turns a failed one
+    into the command's exit status. The measurements after it still run: a GPU lease is short."""
     print(f"[{label}] ...", flush=True)
     try:
         return measure(*measure_args)
     except torch.cuda.OutOfMemoryError as e:
         print(f"[{label}] out of memory at batch {batch}: {str(e).splitlines()[0]}")
         return {"method": label, "error": "out of memory"}
+    except Exception as e:  # a bug in one method must not cost the others' numbers
+        traceback.print_exc()
+        message = (str(e).splitlines() or [""])[0]
+        error = f"failed: {type(e).__name__}" + (f": {message}" if message else "")
+        print(f"[{label}] {error}", flush=True)
+        return {"method": label, "error": error}
+
+
+def failures(result: dict, prog: str) -> int:
+    """The exit status of a measuring command: 1, saying so on stderr, if a row failed (not out of memory,
+    which is a result), else 0."""
+    failed = [r["method"] for r in result["rows"] if r.get("error", "").startswith("failed")]
+    if failed:
+        print(f"{prog}: error: {', '.join(failed)} failed (traceback above); the other rows were measured",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 def result_path(kind: str, device: torch.device) -> Path:
@@ -913,4 +932,4 @@ def _bench(p: argparse.ArgumentParser, args, argv: list[str]) -> int:
     print(format_table(result))
     write_json(result, out)
     print(f"wrote {out}")
-    return 0
+    return failures(result, "bench")

@@ -237,6 +237,37 @@ def test_saved_tensors_with_checkpointing_counts_each_trained_blocks_input():
     assert saved[1] == saved[0] > saved[2] > saved[L] and saved[0] > 5 * saved[L]
 
 
+def test_a_failed_method_is_a_row_and_the_exit_status_and_the_others_are_still_measured(tmp_path, monkeypatch,
+                                                                                         capsys):
+    import replication.bench as bench
+
+    measure = bench.bench_method
+
+    def failing(method, *args, **kwargs):
+        if method == "dora":
+            raise RuntimeError("kernel exploded\nsecond line")
+        if method == "mtlora":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return measure(method, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "bench_method", failing)
+    small = ["--device", "cpu", "--config", "demo-tiny", "--dtype", "fp32", "--batch", "2", "--steps", "1",
+             "--warmup", "0"]
+    out = tmp_path / "b.json"
+    assert cli([*small, "--methods", "dora,mtlora,lp", "--out", str(out)]) == 1
+    printed = capsys.readouterr()
+    assert "[dora] failed: RuntimeError: kernel exploded\n" in printed.out
+    assert "[mtlora] out of memory at batch 2: CUDA out of memory. Tried to allocate 2.00 GiB\n" in printed.out
+    assert "Traceback" in printed.err and "RuntimeError: kernel exploded" in printed.err
+    assert printed.err.endswith("bench: error: dora failed (traceback above); the other rows were measured\n")
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[:2] == [{"method": "dora", "error": "failed: RuntimeError: kernel exploded"},
+                        {"method": "mtlora", "error": "out of memory"}]
+    assert rows[2]["method"] == "lp" and rows[2]["train"]["images_per_s"] > 0
+    # out of memory is a result (the method does not fit), not a failure
+    assert cli([*small, "--methods", "mtlora", "--out", str(out)]) == 0
+
+
 def test_project_activations_fits_a_line_through_two_batches(tmp_path, capsys):
     def result(batch, lora, dora):
         blocks = {"blocks": 24, "graph_blocks": 24, "checkpointed_blocks": 0}
@@ -613,7 +644,7 @@ def test_compiled_dora_training_step_matches_eager():
         assert (compiled[name] - grad).abs().max() <= 1e-5 * grad.abs().max(), name  # (A's are 0: B starts at 0)
 
 
-def test_peft_compare_times_ours_and_peft_on_the_same_modules(tmp_path, capsys):
+def test_peft_compare_times_ours_and_peft_on_the_same_modules(tmp_path, capsys, monkeypatch):
     """benchmarks/peft_compare.py (imported from its path: a script beside the library) on demo-tiny and the
     CPU. peft's adapters sit on our 27 adapted modules with our rank: the same parameter counts, and for LoRA
     the hand-derived LoRA count. peft's DoRA (DoraLinearLayer.forward, peft 0.21) runs W0 a second time on the
@@ -663,6 +694,14 @@ def test_peft_compare_times_ours_and_peft_on_the_same_modules(tmp_path, capsys):
     bad = tmp_path / "afile" / "peft.json"
     assert compare.main(["--config", "demo-tiny", "--device", "cpu", "--out", str(bad)]) == 2
     assert capsys.readouterr().err == f"peft_compare: error: {bad}: {tmp_path / 'afile'} is a file, not a folder\n"
+    # peft failing (another peft release, say) leaves our rows measured and the exit status 1
+    monkeypatch.setattr(compare, "bench_peft", lambda *args: 1 / 0)
+    assert compare.main(["--config", "demo-tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--dtype", "fp32",
+                         "--device", "cpu", "--out", str(out)]) == 1
+    assert capsys.readouterr().err.endswith("peft_compare: error: peft-lora, peft-dora failed (traceback above); the "
+                                            "other rows were measured\n")
+    assert [r.get("error") for r in json.loads(out.read_text())["rows"]] == [
+        None, "failed: ZeroDivisionError: division by zero", None, "failed: ZeroDivisionError: division by zero"]
 
 
 def test_bench_has_no_peft_option_and_the_library_imports_none_of_peft_timm_open_clip(capsys):
