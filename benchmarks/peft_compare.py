@@ -129,7 +129,7 @@ def _compare_and_write(args, argv: list[str], out: Path) -> int:
     print(format_comparison(result))
     bench.write_json(result, out)
     print(f"wrote {out}")
-    return bench.failures(result, "peft_compare")
+    return bench.exit_status(result, "peft_compare")
 
 
 if __name__ == "__main__":

@@ -459,7 +459,7 @@ def _device_name(device: torch.device) -> str:
 
 def guarded(label: str, batch: int, measure, *measure_args) -> dict:
     """measure(*measure_args), or a row saying why there is none: it ran out of memory, or it failed (the
-    traceback goes to stderr). Recorded, not hidden: the table shows the row, and `failures` turns a failed one
+    traceback goes to stderr). Recorded, not hidden: the table shows the row, and `exit_status` turns a failed one
     into the command's exit status. The measurements after it still run: a GPU lease is short."""
     print(f"[{label}] ...", flush=True)
     try:
@@ -475,7 +475,7 @@ def guarded(label: str, batch: int, measure, *measure_args) -> dict:
         return {"method": label, "error": error}
 
 
-def failures(result: dict, prog: str) -> int:
+def exit_status(result: dict, prog: str) -> int:
     """The exit status of a measuring command: 1, saying so on stderr, if a row failed (not out of memory,
     which is a result), else 0."""
     failed = [r["method"] for r in result["rows"] if r.get("error", "").startswith("failed")]
@@ -932,4 +932,4 @@ def _bench(p: argparse.ArgumentParser, args, argv: list[str]) -> int:
     print(format_table(result))
     write_json(result, out)
     print(f"wrote {out}")
-    return failures(result, "bench")
+    return exit_status(result, "bench")
