@@ -459,8 +459,8 @@ def _device_name(device: torch.device) -> str:
 
 def guarded(label: str, batch: int, measure, *measure_args) -> dict:
     """measure(*measure_args), or a row saying why there is none: it ran out of memory, or it failed (the
-    traceback goes to stderr). Recorded, not hidden: the table shows the row, and `exit_status` turns a failed one
-    into the command's exit status. The measurements after it still run: a GPU lease is short."""
+    traceback goes to stderr). Recorded, not hidden: the table shows the row, and `exit_status` turns a
+    failed one into the command's exit status. The measurements after it still run: a GPU lease is short."""
     print(f"[{label}] ...", flush=True)
     try:
         return measure(*measure_args)
