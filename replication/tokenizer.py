@@ -65,7 +65,7 @@ def bytes_to_unicode() -> dict[int, str]:
 def clean(text: str) -> str:
     """CLIP's text cleaning: fix mojibake, unescape HTML (twice), collapse whitespace, lower-case."""
     # imported here, not with the module: only text needs ftfy, and the GPU machines' image lacks it, where
-    # `bench` and everything else that imports the library must run (benchmarks/README.md)
+    # `bench` and everything else that imports the library must run (README, "Dependencies")
     import ftfy
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
