@@ -278,7 +278,7 @@ FIG_4_2 = Table(
     ("balanced_accuracy",),
     {"mtlora/rafdb": (None,), "dora/rafdb": (None,)},
     notes=("The thesis prints no value. §4.7.1 puts MTLoRA 0.2 points above POSTER++ and DoRA "
-           "0.07 below it (and less than 0.2 and 0.46 from APViT), i.e. MTLoRA about 0.27 points above "
+           "0.07 below it (and, from APViT, MTLoRA less than 0.2 and DoRA 0.46), i.e. MTLoRA about 0.27 points above "
            "DoRA in balanced accuracy although 1.15 below it in accuracy (Table 4.8).",))
 
 FIG_4_3 = Table(
