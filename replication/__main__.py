@@ -29,8 +29,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.cli(argv[1:])
+    try:
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        return module.cli(argv[1:])
+    except KeyboardInterrupt:  # while torch imports, or in a command with nothing to resume: no traceback
+        print(f"\n{argv[0]}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 
 from . import thesis
-from .arguments import HelpFormatter
+from .arguments import HelpFormatter, model_config
 from .config import CLIPConfig, TextConfig, VisionConfig, get_config
 from .labels import NUM_CLASSES, TASKS
 from .lora import adapter_parameters
@@ -289,7 +289,7 @@ def cli(argv: list[str] | None = None) -> int:
                                      description="Parameter counts and GFLOPs, thesis vs replicated (meta device).",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--json", action="store_true", help="print a JSON list of {figure, thesis, replicated, note}")
-    parser.add_argument("--config", default="PE-Core-L14-336", help="model config counted")
+    parser.add_argument("--config", type=model_config, default="PE-Core-L14-336", help="model config counted")
     args = parser.parse_args(argv)
     table = rows(args.config)
     if args.json:

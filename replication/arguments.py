@@ -7,6 +7,8 @@ import math
 import sys
 from typing import Callable
 
+from replication.config import CONFIGS
+
 
 def number(kind: type, low: float, high: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
     """An argparse ``type=``: ``kind(text)``, finite, at least ``low`` (more than it when ``above``) and at most
@@ -28,6 +30,13 @@ def number(kind: type, low: float, high: float = math.inf, *, above: bool = Fals
 
 
 positive_int = number(int, 1)
+
+
+def model_config(text: str) -> str:
+    """An argparse ``type=`` for ``--config``: a name of config.CONFIGS (an unknown one was a KeyError traceback)."""
+    if text not in CONFIGS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(CONFIGS)}, got {text!r}")
+    return text
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

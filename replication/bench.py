@@ -52,7 +52,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from replication import accounting, distributed, engine
-from replication.arguments import HelpFormatter, positive_int, reported
+from replication.arguments import HelpFormatter, model_config, positive_int, reported
 from replication.config import get_config
 from replication.engine import FaceDataset, TrainConfig, build_model, model_image_size
 from replication.files import atomic_write_text, check_writable
@@ -839,7 +839,7 @@ def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=128, help="images per step")
     p.add_argument("--dtype", choices=AMP, default=get_profile("full").amp,
                    help="autocast dtype (fp32: no autocast); default: the full profile's")
-    p.add_argument("--config", default="PE-Core-L14-336", help="model config measured")
+    p.add_argument("--config", type=model_config, default="PE-Core-L14-336", help="model config measured")
     p.add_argument("--device", help="default: cuda (without a GPU, name the CPU explicitly: --device cpu)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
@@ -854,6 +854,10 @@ def check_measurement_arguments(p: argparse.ArgumentParser, args) -> None:
     """Stops on impossible settings and on a missing GPU unless the CPU is asked for; sets args.device."""
     if args.steps < 1 or args.warmup < 0 or args.batch < 2:
         p.error("--steps must be >= 1, --warmup >= 0, --batch >= 2 (the heads' BatchNorm trains on batches)")
+    blocks = get_config(args.config).vision.layers
+    if args.checkpoint_blocks.isdecimal() and int(args.checkpoint_blocks) > blocks:
+        p.error(f"--checkpoint-blocks {args.checkpoint_blocks}: {args.config} has {blocks} blocks ('all' checkpoints "
+                f"them all)")
     if args.device is None:
         # falling back to the CPU would run PE-Core-L14-336 for 10+ minutes and file its numbers in the
         # tracked benchmarks/results/ as if they were a GPU's

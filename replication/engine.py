@@ -98,6 +98,10 @@ class TrainConfig:
         if not self.tasks or unknown or len(set(self.tasks)) < len(self.tasks):
             raise ValueError(f"tasks must be a non-empty subset of {', '.join(TASKS)}, each once, "
                              f"got {','.join(self.tasks)!r}")
+        if self.method == "mtlora" and len(self.tasks) < 2:
+            raise ValueError(f"mtlora learns several tasks (§3.6.1: the last block and the pooling have one "
+                             f"adapter set per task), so --tasks must name two or more, got {','.join(self.tasks)!r}; "
+                             f"the single-task method with the same backbone adapters is dora")
         if self.weighting not in ("uw", "ema", "none"):
             raise ValueError(f"weighting must be uw, ema or none, got {self.weighting!r}")
         if len(self.tasks) == 1 and self.weighting != "none":

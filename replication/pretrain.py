@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from replication.arguments import HelpFormatter, positive_int, reported
+from replication.arguments import HelpFormatter, model_config, positive_int, reported
 from replication.checkpoint import load_clip, save_clip_meta_layout
 from replication.config import get_config
 from replication.data import ManifestError, read_manifest
@@ -243,15 +244,17 @@ def cli(argv: list[str] | None = None) -> int:
                         help="encoder checkpoint written (an existing one is kept)")
     parser.add_argument("--bpe", type=Path, default=demo.bpe,
                         help="the captions' BPE merges file (an existing one is reused)")
-    parser.add_argument("--config", default=demo.model_config, help="model config pre-trained")
+    parser.add_argument("--config", type=model_config, default=demo.model_config, help="model config pre-trained")
     parser.add_argument("--steps", type=positive_int, default=800, help="optimiser steps")
     parser.add_argument("--batch-size", type=positive_int, default=128, help="image-caption pairs per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
     args = parser.parse_args(argv)
-    if not (args.prepared / "manifest.csv").exists():
-        parser.error(f"{args.prepared / 'manifest.csv'} not found.\n"
-                     + demo_inputs_help(args.prepared, args.checkpoint, args.bpe))
+    if not (args.prepared / "manifest.csv").exists():  # as train reports a missing input: no usage block
+        print(f"pretrain: error: {args.prepared / 'manifest.csv'} not found.\n"
+              + demo_inputs_help(args.prepared, args.checkpoint, args.bpe, written=("--checkpoint", "--bpe")),
+              file=sys.stderr)
+        return 2
     # what the user can fix (an output that cannot be written, a bad manifest); a bug keeps its traceback
     return reported("pretrain", lambda: _pretrain(args), (OSError, ManifestError))
 

@@ -130,26 +130,34 @@ PROFILES = {
 }
 
 
-def demo_inputs_help(prepared=None, checkpoint=None, bpe=None) -> str:
-    """How to make the demo's inputs (datasets, face crops, encoder and merges), for the errors of the commands
-    that need them: the steps `reproduce --profile demo` takes before its notebooks (reproduce.ready_demo),
-    writing to the folders and files the failed command was given (None: the demo's own)."""
+def demo_inputs_help(prepared=None, checkpoint=None, bpe=None, *, written: tuple[str, ...] = ()) -> str:
+    """How to make what is missing of the demo's inputs (datasets, face crops, encoder and merges), for the errors
+    of the commands that need them: the steps `reproduce --profile demo` takes before its notebooks, each only if
+    its output is missing (reproduce.ready_demo), writing to the folders and files the failed command was given
+    (None: the demo's own). ``written``: the flags whose files the failed command itself writes (pretrain's
+    --checkpoint and --bpe), which are not asked about as typos."""
     d = PROFILES["demo"]
     given = {"--prepared": prepared, "--checkpoint": checkpoint, "--bpe": bpe}
     own = {"--prepared": d.prepared, "--checkpoint": d.checkpoint, "--bpe": d.bpe}
     other = {flag: Path(os.path.abspath(path)) for flag, path in given.items()
              if path not in (None, "") and Path(os.path.abspath(path)) != own[flag]}
-    prepared = other.get("--prepared", d.prepared)
-    steps = [f"python3 -m replication demo-data --out {d.raw_data}",
-             f"python3 -m replication prepare --data-root {d.raw_data} --out {prepared} --detector {d.detector} "
-             f"--size {d.image_size}",
-             " ".join(["python3 -m replication pretrain"] + [f"{flag} {path}" for flag, path in other.items()])]
+    path = own | other
+    steps = []
+    if not (path["--prepared"] / "manifest.csv").exists():
+        if not d.raw_data.exists():  # demo-data refuses a folder that holds files: the data is there
+            steps.append(f"python3 -m replication demo-data --out {d.raw_data}")
+        steps.append(f"python3 -m replication prepare --data-root {d.raw_data} --out {path['--prepared']} "
+                     f"--detector {d.detector} --size {d.image_size}")
+    if not (path["--checkpoint"].is_file() and path["--bpe"].is_file()):
+        steps.append(" ".join(["python3 -m replication pretrain"] + [f"{flag} {p}" for flag, p in other.items()]))
+        if path["--checkpoint"].is_file():  # pretrain keeps a checkpoint, and writes the merges with a new one
+            steps[-1] = f"rm {path['--checkpoint']} && {steps[-1]}  # its merges file is written with the encoder"
     intro = ("`python3 -m replication reproduce --profile demo` makes the demo's data and encoder (then runs the "
              "notebooks); step by step, in the demo's folders:" if not other else
              "Make the demo's data and encoder in the folders given:")
     # a path given that does not exist where the demo's own does is more likely a typo than a wish for new data
-    typos = [f"{path} does not exist, but the demo's {own[flag]} does: did you mean {flag} {own[flag]}?"
-             for flag, path in other.items() if not path.exists() and own[flag].exists()]
+    typos = [f"{p} does not exist, but the demo's {own[flag]} does: did you mean {flag} {own[flag]}?"
+             for flag, p in other.items() if flag not in written and not p.exists() and own[flag].exists()]
     return "\n".join(typos + ["\n  ".join([intro] + steps)])
 
 

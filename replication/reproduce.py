@@ -346,7 +346,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=("demo", "full"), default="demo",
                         help="demo: tiny model, generated data, CPU; full: PE-Core-L14-336, the real datasets, GPU")
     parser.add_argument("--only", help="run only the notebooks whose name starts with this, "
-                                       f"e.g. 04_3 (notebooks: {', '.join(NOTEBOOKS)})")
+                                       f"e.g. 04_3 (notebooks: {', '.join(NOTEBOOKS)}; default: all)")
     parser.add_argument("--out", type=_absolute, help="executed notebooks folder "
                                                       "(default notebooks/executed/<profile>)")
     for flag, help_ in (

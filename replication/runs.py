@@ -28,6 +28,7 @@ from torch import nn
 from replication import distributed
 from replication.arguments import HelpFormatter, reported
 from replication.checkpoint import PE_CORE_WEIGHTS, CheckpointError, load_clip
+from replication.config import get_config
 from replication.data import ManifestError, read_prepare_settings
 from replication.engine import (INPUT_FIELDS, RUN_METHODS, BatchSizeError, FaceDataset, RunStateError, Trainer,
                                 TrainConfig, build_model, evaluation_frame, model_image_size, predict_logits,
@@ -300,18 +301,51 @@ def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
 
 
 # --- command line -------------------------------------------------------------------------------------
+# `train --help`: what each TrainConfig field does (its default follows, per profile where the profile sets it)
+_FLAG_HELP = {
+    "method": "one of " + ", ".join(RUN_METHODS),
+    "tasks": "comma list of " + ", ".join(TASKS) + " (mtlora: two or more)",
+    "weighting": "§3.7.3 loss weighting: uw | ema (multi-task, default uw) | none (single-task)",
+    "model_config": "model architecture (config.CONFIGS)",
+    "checkpoint": "encoder weights (Meta's .pt or timm's .safetensors; \"\": random initialisation)",
+    "bpe": "BPE merges file of the text tower (zero-shot only)",
+    "prepared": "folder of manifest.csv and the face crops (`prepare --out`)",
+    "runs_dir": "folder the run folder is made in",
+    "batch_size": "images per optimiser step",
+    "max_epochs": "epochs at most, if early stopping has not ended the run",
+    "patience": "§3.1 early stopping: epochs without improvement before the run ends",
+    "lr_head": "learning rate of the heads, the pooler and its adapters, UW's log-variances",
+    "lr_backbone": "learning rate of the trained backbone blocks / LoRA A and DoRA magnitudes (LoRA B: x6, LoRA+)",
+    "weight_decay": "AdamW weight decay (§3.1), on every trained weight but UW's log-variances",
+    "amp": "mixed precision: fp16 (with a GradScaler, §3.1), bf16 or none",
+    "seed": "seed of the initialisation, sampling, augmentation and --max-train-samples",
+    "num_workers": "image-loading processes (0: in the training process)",
+    "checkpoint_blocks": "the first N blocks are activation-checkpointed (0: none)",
+    "emotion_share": "§3.7.2: the emotion rows' share of a multi-task run's training draws, by whole copies",
+    "max_train_samples": "train on this many rows drawn from the training split (a time budget)",
+    "cache_embeddings": "LP only: embed every image once without augmentation, a speed option that departs "
+                        "from §3.1",
+    "checkpoint_every": "optimiser steps between the mid-epoch saves of last.pt",
+    "device": "cpu, cuda or cuda:N",
+    "run_name": "the run folder's name, instead of one made from method, tasks, weighting, samples and seed",
+}
+
+
 def _flag_help(f: dataclasses.Field) -> str:
-    """`train --help` for a TrainConfig field: its values, or its default in each profile."""
+    """`train --help` for a TrainConfig field: what it does, then its default in each profile."""
     def shown(v):
         return "not set" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
+    if f.name in ("method", "tasks", "weighting"):  # required, or chosen by the tasks
+        return _FLAG_HELP[f.name]
     if f.name in RUN_FIELDS:  # the profile's value is the default (README, "Two profiles")
-        return "; ".join(f"{name}: {shown(getattr(p, f.name))}" for name, p in PROFILES.items())
-    full_blocks = ", ".join(f"{m} {n}" for m, n in PROFILES["full"].checkpoint_blocks.items())
-    return {"method": ", ".join(RUN_METHODS), "tasks": "comma list of " + ", ".join(TASKS),
-            "weighting": "uw | ema (multi-task, default uw) | none (single-task)",
-            "checkpoint_blocks": f"first N blocks activation-checkpointed; default: the profile's for the method "
-                                 f"(full: {full_blocks}), else 0"}.get(f.name, f"default: {shown(f.default)}")
+        default = "; ".join(f"{name}: {shown(getattr(p, f.name))}" for name, p in PROFILES.items())
+    elif f.name == "checkpoint_blocks":
+        full_blocks = ", ".join(f"{m} {n}" for m, n in PROFILES["full"].checkpoint_blocks.items())
+        default = f"the profile's for the method (full: {full_blocks}), else 0"
+    else:
+        default = shown(f.default)
+    return f"{_FLAG_HELP[f.name]} (default: {default})"
 
 
 def parse_config(argv: list[str]) -> TrainConfig:
@@ -350,6 +384,11 @@ def parse_config(argv: list[str]) -> TrainConfig:
                      f"are for tests only")
     if cfg.method == "zero_shot" and cfg.bpe is None:  # §4.2: the prompts go through the text tower
         parser.error(f"zero_shot needs --bpe (the text tower's merges file: {CLIP_MERGES})")
+    # a profile's own count may exceed a smaller model's blocks (all of them, pe.Transformer); a number given is a slip
+    blocks = get_config(cfg.model_config).vision.layers
+    if args["checkpoint_blocks"] is not None and args["checkpoint_blocks"] > blocks:
+        parser.error(f"--checkpoint-blocks must be at most {blocks} ({cfg.model_config} has {blocks} blocks), got "
+                     f"{args['checkpoint_blocks']}")
     return cfg
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from replication.__main__ import COMMANDS
-from replication.arguments import HelpFormatter, number, positive_int
+from replication.arguments import HelpFormatter, model_config, number, positive_int
 
 
 def test_number_takes_its_bounds_as_documented():
@@ -20,6 +20,19 @@ def test_number_takes_its_bounds_as_documented():
                         (number(float, 0), "inf"), (number(float, 0), "nan"), (number(float, -math.inf), "-inf")):
         with pytest.raises(argparse.ArgumentTypeError, match=f"got {text!r}"):
             parse(text)
+
+
+@pytest.mark.parametrize("command", ["counts", "pretrain", "bench"])
+def test_an_unknown_model_config_is_one_line_naming_the_known_ones(command, capsys):
+    """`--config foo` was a KeyError traceback (bench printed a measured peak first)."""
+    assert model_config("demo-tiny") == "demo-tiny"
+    cli = importlib.import_module(COMMANDS[command][0]).cli
+    with pytest.raises(SystemExit) as exit_:
+        cli(["--config", "foo", "--device", "cpu"] if command == "bench" else ["--config", "foo"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python3 -m replication {command}: error: argument --config: expected one of PE-Core-T16-384, "
+        "PE-Core-S16-384, PE-Core-B16-224, PE-Core-L14-336, PE-Core-G14-448, demo-tiny, got 'foo'")
 
 
 class _Parsed(Exception):

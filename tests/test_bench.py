@@ -329,6 +329,15 @@ def test_checkpoint_blocks_modes_and_what_recomputation_costs(tmp_path):
         cli(["--checkpoint-blocks", "some", "--device", "cpu"])
 
 
+def test_checkpoint_blocks_beyond_the_model_are_refused_before_any_work(capsys):
+    """A number above the model's blocks is a slip (`profile` may exceed them: all, as pe.Transformer reads it)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli(["--config", "demo-tiny", "--device", "cpu", "--checkpoint-blocks", "7"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("python3 -m replication bench: error: --checkpoint-blocks 7: "
+                                                        "demo-tiny has 6 blocks ('all' checkpoints them all)")
+
+
 def _projection(mode, saved):
     """A `--project` output at batch 128: {method: (blocks, graph blocks, saved GiB)}; 1 GiB of fp32 weights
     (2**28 parameters), 0.75 GiB of gradient + AdamW moments (2**26 trainable parameters x 12 bytes)."""

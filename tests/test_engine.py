@@ -4,6 +4,7 @@ Runs use the real methods (replication.methods) on the demo-tiny PE-Core archite
 weights (checkpoint None), a few dozen 64x64 images, CPU."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -176,6 +177,11 @@ def test_train_command_reports_a_bad_value_in_one_line_naming_the_valid_ones(cap
              "PE-Core-T16-384, PE-Core-S16-384, PE-Core-B16-224, PE-Core-L14-336, PE-Core-G14-448, demo-tiny, got "
              "'PE-Core-L14'"),
             (["--method", "lp", "--tasks", "age", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+            (["--method", "mtlora", "--tasks", "gender"], "mtlora learns several tasks (§3.6.1: the last block and "
+             "the pooling have one adapter set per task), so --tasks must name two or more, got 'gender'; the "
+             "single-task method with the same backbone adapters is dora"),
+            (["--method", "lora", "--tasks", "age", "--checkpoint-blocks", "7"], "--checkpoint-blocks must be at "
+             "most 6 (demo-tiny has 6 blocks), got 7"),
             (["--method", "lp", "--tasks", "age", "--max-train-samples", "0"],
              "--max-train-samples must be >= 1 (not set: every training row), got 0"),
             (["--method", "lp", "--tasks", "age", "--run-name", "../escape"], "--run-name must be a folder name, "
@@ -338,13 +344,17 @@ def test_train_command_reports_an_unusable_checkpoint_without_a_traceback(prepar
     assert not (tmp_path / "runs").exists()
 
 
-def test_train_help_gives_each_profiles_default(capsys):
+def test_train_help_says_what_each_option_does_and_each_profiles_default(capsys):
+    """Every option of `train --help` says what it does before its default (it once gave `--seed` and
+    `--checkpoint-every` a bare "default: ..."), the profile's where the profile sets it."""
     with pytest.raises(SystemExit):
         runs.parse_config(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--batch-size BATCH_SIZE demo: 64; full: 128" in out
-    assert "--checkpoint-blocks CHECKPOINT_BLOCKS first N blocks activation-checkpointed; default: the profile's " \
-           "for the method (full: lora 18, dora 19, mtlora 21), else 0" in out
+    assert "--batch-size BATCH_SIZE images per optimiser step (default: demo: 64; full: 128)" in out
+    assert "--checkpoint-blocks CHECKPOINT_BLOCKS the first N blocks are activation-checkpointed (0: none) (default: " \
+           "the profile's for the method (full: lora 18, dora 19, mtlora 21), else 0)" in out
+    assert "--seed SEED seed of the initialisation, sampling, augmentation and --max-train-samples (default: 0)" in out
+    assert set(runs._FLAG_HELP) == {f.name for f in dataclasses.fields(runs.TrainConfig)} - {"profile"}
 
 
 def test_a_first_try_that_fails_on_its_inputs_leaves_no_run_folder(prepared, tmp_path):
@@ -558,6 +568,24 @@ def test_the_entry_point_hands_the_rest_of_the_line_to_the_command(monkeypatch, 
         assert main([flag]) == 0
         out, err = capsys.readouterr()
         assert err == "" and "  fake       a command for the test\n" in out and "  demo-data  generate" in out
+
+
+def test_ctrl_c_before_a_command_handles_it_is_one_line(monkeypatch, capsys, tmp_path):
+    """Ctrl-C while the command's module (torch) is still importing, or in a command with nothing to resume, was a
+    KeyboardInterrupt traceback; a command's own message (train's "resumes ...") comes from its cli."""
+    import types
+
+    from replication.__main__ import COMMANDS, main
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    (tmp_path / "slow_import_command.py").write_text("raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "fake_command", types.SimpleNamespace(cli=interrupted))
+    for name, module in (("fake", "fake_command"), ("slow", "slow_import_command")):
+        monkeypatch.setitem(COMMANDS, name, (module, "a command for the test"))
+        assert main([name]) == 130 and capsys.readouterr().err == f"\n{name}: interrupted\n"
 
 
 @pytest.mark.parametrize("name", ["demo-data", "prepare", "pretrain", "counts", "train", "reproduce", "bench"])

@@ -92,16 +92,26 @@ def test_a_rerun_that_reuses_the_merges_file_trains_the_same_encoder(prepared, t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_cli_names_the_missing_manifest(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        pretrain.cli(["--prepared", str(tmp_path)])
-    assert "manifest.csv" in capsys.readouterr().err
+@pytest.fixture
+def demo(tmp_path, monkeypatch):
+    """The demo profile with its raw data, crops, encoder and merges in tmp_path, none of them made yet (this
+    machine's own data/demo/ may hold them)."""
+    root = tmp_path / "data" / "demo"
+    monkeypatch.setitem(PROFILES, "demo", PROFILES["demo"].with_paths(
+        raw_data=root / "raw", prepared=root / "prepared", checkpoint=root / "demo.pt", bpe=root / "bpe.txt.gz"))
+    return PROFILES["demo"]
 
 
-def test_cli_gives_the_exact_commands_that_make_the_demo_data(tmp_path, capsys, monkeypatch):
+def test_cli_names_the_missing_manifest_in_one_error(tmp_path, capsys, demo):
+    """As train reports a missing input: `pretrain: error:` and the help, without argparse's usage block."""
+    assert pretrain.cli(["--prepared", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pretrain: error: {tmp_path / 'manifest.csv'} not found.\n") and "usage" not in err
+
+
+def test_cli_gives_the_exact_commands_that_make_the_demo_data(tmp_path, capsys, monkeypatch, demo):
     """`prepare` alone defaults to the SSD at 336 px: the demo's data needs the arguments reproduce passes, and
     the commands write where the failed one looked (the demo's own folders, or the ones it was given)."""
-    demo = PROFILES["demo"]
     prepare = f"python3 -m replication prepare --data-root {demo.raw_data} --out {{}} --detector boxes --size 64"
     assert demo_inputs_help().splitlines() == [
         "`python3 -m replication reproduce --profile demo` makes the demo's data and encoder (then runs the "
@@ -110,8 +120,7 @@ def test_cli_gives_the_exact_commands_that_make_the_demo_data(tmp_path, capsys, 
         "  " + prepare.format(demo.prepared),
         "  python3 -m replication pretrain"]
     monkeypatch.chdir(tmp_path)  # a relative --prepared is shown absolute, as the commands take it
-    with pytest.raises(SystemExit):
-        pretrain.cli(["--prepared", "crops", "--checkpoint", str(demo.checkpoint)])
+    assert pretrain.cli(["--prepared", "crops", "--checkpoint", str(demo.checkpoint)]) == 2
     assert capsys.readouterr().err.splitlines()[-4:] == [
         "Make the demo's data and encoder in the folders given:",
         f"  python3 -m replication demo-data --out {demo.raw_data}",
@@ -130,6 +139,28 @@ def test_a_mistyped_demo_path_is_answered_with_the_demo_s_own(tmp_path, monkeypa
                          f"you mean --prepared {own}?", "Make the demo's data and encoder in the folders given:"]
     (tmp_path / "elsewhere").mkdir()  # a folder that exists (empty) is the user's choice: no question
     assert demo_inputs_help(prepared=tmp_path / "elsewhere").splitlines()[0].startswith("Make the demo's data")
+
+
+def test_the_help_gives_only_the_steps_still_to_take(demo, tmp_path, capsys):
+    """Each step only if its output is missing, as reproduce takes them: demo-data refuses a raw folder that holds
+    files, and pretrain keeps an encoder, whose merges file it writes with it (a user who had the raw data but no
+    crops was told to run demo-data first, which failed)."""
+    prepare = (f"  python3 -m replication prepare --data-root {demo.raw_data} --out {demo.prepared} --detector boxes "
+               f"--size 64")
+    demo.raw_data.mkdir(parents=True)
+    assert demo_inputs_help().splitlines()[1:] == [prepare, "  python3 -m replication pretrain"]
+    demo.prepared.mkdir()
+    (demo.prepared / "manifest.csv").write_text("")
+    assert demo_inputs_help().splitlines()[1:] == ["  python3 -m replication pretrain"]
+    demo.checkpoint.write_bytes(b"")
+    assert demo_inputs_help().splitlines()[1:] == [
+        f"  rm {demo.checkpoint} && python3 -m replication pretrain  # its merges file is written with the encoder"]
+    # pretrain writes --checkpoint and --bpe: a new file there is no typo of the demo's own
+    new = tmp_path / "new.pt"
+    assert pretrain.cli(["--prepared", str(tmp_path / "crops"), "--checkpoint", str(new)]) == 2
+    assert "did you mean --checkpoint" not in capsys.readouterr().err
+    assert demo_inputs_help(checkpoint=new).splitlines()[0] == (
+        f"{new} does not exist, but the demo's {demo.checkpoint} does: did you mean --checkpoint {demo.checkpoint}?")
 
 
 @pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch-size", "0"), ("--batch-size", "-8")])

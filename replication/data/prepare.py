@@ -344,9 +344,10 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", required=True, help="raw data root with one folder per dataset")
     p.add_argument("--out", required=True, help="output folder (crops/, manifest.csv, report.json)")
     p.add_argument("--detector", choices=("ssd", "boxes", "none"), default="ssd",
-                   help="ssd: the thesis's res10 SSD where no box is shipped; boxes: shipped boxes only, no SSD (the "
-                        "demo); none: whole images")
-    p.add_argument("--detector-dir", help="folder with deploy.prototxt + res10 caffemodel")
+                   help="ssd: the thesis's res10 SSD where no box is shipped; boxes: no SSD, the shipped boxes of the "
+                        "datasets that have them and whole images of the others (the demo); none: whole images, but "
+                        "LAGENDA's (several people each) are always cropped from its boxes")
+    p.add_argument("--detector-dir", help="folder with deploy.prototxt + res10 caffemodel (needed by --detector ssd)")
     p.add_argument("--aligned", default="", help="comma-separated datasets whose images are face chips, used whole "
                                                  "(e.g. utkface for its aligned UTKFace/ chips; default: none)")
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset to prepare")
