@@ -264,6 +264,29 @@ def test_identity_meta_empty_file_or_bad_header_names_the_expected_header(tmp_pa
         "got ['Class_ID', 'Name', 'Flag', 'Gender']")
 
 
+def test_identity_meta_malformed_rows_stop_with_line_and_expected_form(tmp_path):
+    """A quote left open must not merge the next identity into the row (its gender read as another's, the
+    identity lost as unknown_identity); neither may a row with other fields or columns out of form."""
+    meta = tmp_path / "identity_meta.csv"
+    head = b"Class_ID, Name, Sample_Num, Flag, Gender\r\n" + b'n000008," ""A""",15,0, f\r\n'
+    expected = "expected one identity per line: Class_ID, Name, Sample_Num, Flag, Gender"
+    meta.write_bytes(head + b'n000022,"broken\r\nn000029," ""B""",15,0, m\r\nn000036," ""C""",15,0, f\r\n')
+    assert _message(parse_identity_meta, meta) == f"{meta} line 3: the row runs on to line 4 (a quote left open?); {expected}"
+    meta.write_bytes(head + b'n000022,"broken\r\n')  # open at the end of the file: the row is short
+    assert _message(parse_identity_meta, meta) == f"{meta} line 3: 2 fields, {expected}; got ['n000022', 'broken\\r\\n']"
+    meta.write_bytes(head + b'n000022," ""B""",15,0, f, extra\r\n')
+    assert _message(parse_identity_meta, meta).startswith(f"{meta} line 3: 6 fields, {expected}; got ")
+    meta.write_bytes(head + b'22," ""B""",15,0, f\r\n')
+    assert _message(parse_identity_meta, meta).startswith(
+        f"{meta} line 3: expected Class_ID nXXXXXX (n and 6 digits), got ['22', ")
+    meta.write_bytes(head + b'n000022," ""B""",15,0, female\r\n')
+    assert _message(parse_identity_meta, meta).startswith(f"{meta} line 3: expected Gender m/f, got ")
+    # an open quote that swallows the rest of a large file trips csv's field size limit: still file and line
+    meta.write_bytes(head + b'n000022,"broken\r\n' + b"n000029, B, 15, 0, m\r\n" * 8000)
+    assert _message(parse_identity_meta, meta) == (
+        f"{meta} line 3: field larger than field limit (131072); {expected}")
+
+
 def _vggface2_folder(root, age_lines):
     (root / "identity_meta.csv").write_text("Class_ID, Name, Sample_Num, Flag, Gender\nn000001,\"A\",2,0, f\n")
     (root / "test_list.txt").write_text("n000001/0001_01.jpg\nn000001/0002_01.jpg\n")

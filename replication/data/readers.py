@@ -378,25 +378,42 @@ def read_celebahq(folder: Path) -> ReadResult:
 # ---------------------------------------------------------------- VGGFace2 test + MIVIA ages
 
 IDENTITY_META_HEADER = ["Class_ID", "Name", "Sample_Num", "Flag", "Gender"]
+# Every column but the free-text Name, as the release writes it, and how an error names it: a row breaking one
+# is refused, since a shifted or merged row would otherwise give an identity another's gender or drop it.
+IDENTITY_META_FORMS = {"Class_ID": (r"n\d{6}", "nXXXXXX (n and 6 digits)"), "Sample_Num": (r"\d+", "an image count"),
+                       "Flag": (r"[01]", "0 (test) or 1 (train)"), "Gender": (r"[mf]", "m/f")}
 
 
 def parse_identity_meta(path: Path) -> dict[str, tuple[int, int]]:
-    """``identity_meta.csv`` -> {class id: (gender id, flag)}; CRLF, spaces after commas, quoted names."""
+    """``identity_meta.csv`` -> {class id: (gender id, flag)}; CRLF, spaces after commas, quoted names.
+
+    One identity per line: a quote left open (which would swallow the identities of the lines after it),
+    another number of fields or a column not of its form stops with the line and what was expected."""
     out = {}
+    one_per_line = f"expected one identity per line: {', '.join(IDENTITY_META_HEADER)}"
     with io.StringIO(_label_text(path, "VGGFace2 identity_meta.csv"), newline="") as f:
         rows = csv.reader(f, skipinitialspace=True)
         first = next(rows, None)  # None: an empty file has no line 1 at all
         header = [h.strip() for h in first or []]
-        if header[:5] != IDENTITY_META_HEADER:
+        if header != IDENTITY_META_HEADER:
             got = "the file is empty" if first is None else f"got {header}"
             raise ValueError(f"{path} line 1: expected the header {', '.join(IDENTITY_META_HEADER)}, {got}")
-        for line_no, row in enumerate(rows, start=2):
-            gender = {"m": 0, "f": 1}.get(row[4].strip()) if len(row) >= 5 else None
-            if gender is None:
-                raise ValueError(f"{path} line {line_no}: expected Gender m/f, got {row}")
-            if row[3].strip() not in ("0", "1"):
-                raise ValueError(f"{path} line {line_no}: expected Flag 0 (test) or 1 (train), got {row}")
-            out[row[0].strip()] = (gender, int(row[3]))
+        end = rows.line_num  # the line the previous row ended on
+        try:
+            for row in rows:
+                line_no, end = end + 1, rows.line_num
+                if end != line_no:  # csv reads on over line breaks inside quotes
+                    raise ValueError(f"{path} line {line_no}: the row runs on to line {end} (a quote left open?); "
+                                     f"{one_per_line}")
+                if len(row) != len(IDENTITY_META_HEADER):
+                    raise ValueError(f"{path} line {line_no}: {len(row)} fields, {one_per_line}; got {row}")
+                fields = dict(zip(IDENTITY_META_HEADER, (v.strip() for v in row)))
+                for column, (form, what) in IDENTITY_META_FORMS.items():
+                    if not re.fullmatch(form, fields[column]):
+                        raise ValueError(f"{path} line {line_no}: expected {column} {what}, got {row}")
+                out[fields["Class_ID"]] = ({"m": 0, "f": 1}[fields["Gender"]], int(fields["Flag"]))
+        except csv.Error as err:  # e.g. a quote left open swallows more than csv's field size limit
+            raise ValueError(f"{path} line {end + 1}: {err}; {one_per_line}") from None
     return out
 
 
