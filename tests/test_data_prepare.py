@@ -40,7 +40,7 @@ def test_demo_bad_inputs_are_counted_by_name(demo_run):
     assert _listed(report, "fairface", "truncated_or_corrupt") == ["train/5.jpg"]
     assert _listed(report, "fairface", "missing_file") == ["val/2.jpg"]
     [bad_label] = _listed(report, "fairface", "unknown_label")
-    assert bad_label.startswith("train/3.jpg (age='03-Sep'")
+    assert bad_label == "train/3.jpg (line 4) age='03-Sep', gender='Female'"
     assert _listed(report, "rafdb", "empty_file") == ["train_00003.jpg"]
     assert "train_00007.jpg" in _listed(report, "rafdb", "train_gender_unsure_or_missing")
     assert _listed(report, "utkface", "bad_file_name") == ["unlabelled_face.jpg.chip.jpg"]

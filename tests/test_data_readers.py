@@ -225,6 +225,24 @@ def test_lagenda_non_finite_values_are_counted(tmp_path):
                                            "lag_benchmark/c.jpg.jpg (line 6)"]}
 
 
+def test_fairface_bad_rows_are_counted_with_their_line(tmp_path):
+    """Like LAGENDA's, each skipped FairFace row names its line; a row with another number of fields than the
+    header (its columns may be shifted) is skipped too, even when its age and gender look valid."""
+    (tmp_path / "fairface_label_train.csv").write_text(
+        "file,age,gender,race,service_test\n"
+        "train/1.jpg,20-29,Male,White,True\n"
+        "train/2.jpg,03-Sep,Female,White,True\n"
+        "train/3.jpg,30-39,Female,Indian,False,x,y,z\n"
+        "train/4.jpg,30-39\n")
+    (tmp_path / "fairface_label_val.csv").write_text("file,age,gender,race,service_test\n")
+    res = read_fairface(tmp_path)
+    assert res.rows_read == 4 and [r.name for r in res.records] == ["train/1.jpg"]
+    header = "expected the header's 5 (file,age,gender,race,service_test)"
+    assert res.skipped == {"unknown_label": ["train/2.jpg (line 3) age='03-Sep', gender='Female'",
+                                             f"train/3.jpg (line 4): 8 fields, {header}",
+                                             f"train/4.jpg (line 5): 2 fields, {header}"]}
+
+
 def _message(call, *args) -> str:
     with pytest.raises(ValueError) as e:
         call(*args)
@@ -271,9 +289,11 @@ def test_identity_meta_malformed_rows_stop_with_line_and_expected_form(tmp_path)
     head = b"Class_ID, Name, Sample_Num, Flag, Gender\r\n" + b'n000008," ""A""",15,0, f\r\n'
     expected = "expected one identity per line: Class_ID, Name, Sample_Num, Flag, Gender"
     meta.write_bytes(head + b'n000022,"broken\r\nn000029," ""B""",15,0, m\r\nn000036," ""C""",15,0, f\r\n')
-    assert _message(parse_identity_meta, meta) == f"{meta} line 3: the row runs on to line 4 (a quote left open?); {expected}"
+    assert _message(parse_identity_meta, meta) == (
+        f"{meta} line 3: the row runs on to line 4 (a quote left open?); {expected}")
     meta.write_bytes(head + b'n000022,"broken\r\n')  # open at the end of the file: the row is short
-    assert _message(parse_identity_meta, meta) == f"{meta} line 3: 2 fields, {expected}; got ['n000022', 'broken\\r\\n']"
+    assert _message(parse_identity_meta, meta) == (
+        f"{meta} line 3: 2 fields, {expected}; got ['n000022', 'broken\\r\\n']")
     meta.write_bytes(head + b'n000022," ""B""",15,0, f, extra\r\n')
     assert _message(parse_identity_meta, meta).startswith(f"{meta} line 3: 6 fields, {expected}; got ")
     meta.write_bytes(head + b'22," ""B""",15,0, f\r\n')

@@ -123,10 +123,19 @@ def read_fairface_csv(label_csv: Path, image_root: Path, result: ReadResult) -> 
         for row in reader:
             result.rows_read += 1
             name = row["file"]
+            where = f"{name} (line {reader.line_num})"  # as LAGENDA's skips: the row to look at in the file
+            # Skipped and counted like the other readers' bad label rows; a row with fields beyond the header's
+            # (DictReader's key None) or short of them (values None) may have its columns shifted.
+            extra, missing = row.pop(None, []), sum(v is None for v in row.values())
+            if extra or missing:
+                header = reader.fieldnames
+                result.skip("unknown_label", f"{where}: {len(header) + len(extra) - missing} fields, expected "
+                                             f"the header's {len(header)} ({','.join(header)})")
+                continue
             age, gender = FAIRFACE_AGES.get(row["age"]), FAIRFACE_GENDERS.get(row["gender"])
             if age is None or gender is None:
                 # e.g. Excel-mangled copies ("03-Sep" for "3-9"): refuse, never guess.
-                result.skip("unknown_label", f"{name} (age={row['age']!r}, gender={row['gender']!r})")
+                result.skip("unknown_label", f"{where} age={row['age']!r}, gender={row['gender']!r}")
                 continue
             result.records.append(Record("fairface", image_root / name, name, safe_key(name[:-4]),
                                          split, age=age, gender=gender))
