@@ -93,8 +93,10 @@ def test_resume_writes_nothing_new(demo_run, tmp_path):
     assert second["datasets"] == first["datasets"] | {d: {**first["datasets"][d], "written": 0,
                                                           "reused": first["datasets"][d]["written"]}
                                                       for d in first["datasets"]}
-    with pytest.raises(ValueError, match="another --out"):
+    with pytest.raises(ValueError) as e:  # only what differs is named, not two whole settings dicts
         run_prepare(raw, out, detector="boxes", size=48, progress=False)
+    assert str(e.value) == (f"{out} holds crops made with other settings: size 32 → 48. Rerun with the old "
+                            "settings to resume, or use another --out folder (or delete it) to change crop settings.")
 
 
 def test_resume_redoes_crops_whose_lagenda_row_changed(demo_run, tmp_path):
@@ -387,6 +389,29 @@ def test_cli_names_an_empty_label_csv(tmp_path, capsys):
     assert prep.cli(["--data-root", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--detector", "boxes"]) == 2
     assert capsys.readouterr().err == (f"prepare: error: {tmp_path / 'raw' / 'fairface' / 'fairface_label_train.csv'}: "
                                        "the file is empty; expected a header with the columns file, age, gender\n")
+
+
+def test_a_prepare_that_failed_before_any_crop_does_not_hold_its_settings(tmp_path, capsys):
+    """A first run stopped by a missing label file leaves only prepare_settings.json: the corrected command may
+    change the settings; once crops exist, a change is refused with the settings that differ."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    ff = raw / "fairface" / "fairface-img-margin025-trainval" / "train"
+    ff.mkdir(parents=True)
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(ff / "1.jpg")
+    (raw / "fairface" / "fairface_label_train.csv").write_text(
+        "file,age,gender,race,service_test\ntrain/1.jpg,20-29,Male,White,True\n")
+    args = ["--data-root", str(raw), "--out", str(out), "--detector", "boxes"]
+    assert prep.cli(args + ["--size", "32"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["prepare_settings.json"]
+    (raw / "fairface" / "fairface_label_val.csv").write_text("file,age,gender,race,service_test\n")
+    assert prep.cli(args + ["--size", "48"]) == 0
+    assert prep.read_prepare_settings(out)["size"] == 48
+    assert Image.open(out / "crops" / "fairface" / "train_1.jpg").size == (48, 48)
+    capsys.readouterr()
+    assert prep.cli(args + ["--size", "64", "--margin", "0.1"]) == 2
+    assert capsys.readouterr().err == (
+        f"prepare: error: {out} holds crops made with other settings: size 48 → 64, margin 0.2 → 0.1. Rerun with "
+        "the old settings to resume, or use another --out folder (or delete it) to change crop settings.\n")
 
 
 def test_an_interrupted_prepare_says_how_to_resume(tmp_path, monkeypatch, capsys):

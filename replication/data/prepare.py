@@ -141,15 +141,30 @@ def read_prepare_settings(prepared: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _changed_settings(old: dict, new: dict) -> list[str]:
+    """``setting old → new`` for each crop setting that differs; per dataset within ``crop``."""
+    changed = []
+    for k in CROP_SETTINGS:
+        a, b = old.get(k), new[k]
+        if isinstance(a, dict):  # crop: only the datasets whose crop mode changed, not two whole dicts
+            changed += [f"{k}[{d}] {a.get(d)!r} → {b[d]!r}" for d in b if a.get(d) != b[d]]
+        elif a != b:
+            changed.append(f"{k} {repr(a) if k in old else '(not recorded)'} → {b!r}")
+    return changed
+
+
 def _check_settings(out: Path, settings: dict) -> None:
     """Crops already in ``out`` are reused only if they were made with the same settings."""
     wanted = {k: settings[k] for k in CROP_SETTINGS}
     old = read_prepare_settings(out)
-    if old is None:
-        atomic_write_text(out / "prepare_settings.json", json.dumps(wanted, indent=1))
-    elif old != wanted:
-        raise ValueError(f"{out} holds crops made with {old}; this run asks for {wanted}. "
-                         "Use another --out folder (or delete it) to change crop settings.")
+    changed = None if old is None else _changed_settings(old, wanted)
+    if changed == []:  # the same settings: the crops in it are reused
+        return
+    if changed and any(p.is_file() for p in (out / "crops").rglob("*")):
+        raise ValueError(f"{out} holds crops made with other settings: {', '.join(changed)}. Rerun with the old "
+                         "settings to resume, or use another --out folder (or delete it) to change crop settings.")
+    # A new folder, or one without crops yet (a first run stopped on a bad input): nothing to keep consistent with.
+    atomic_write_text(out / "prepare_settings.json", json.dumps(wanted, indent=1))
 
 
 def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd", detector_dir=None,
