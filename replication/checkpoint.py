@@ -4,7 +4,8 @@ Meta's `PE-Core-*.pt` (Hugging Face `facebook/<name>`, file `<name>.pt`) holds t
 text keys at the top level, vision keys under `visual.`. A vision-only file has the vision keys without
 prefix. Both may be wrapped in {"state_dict": ...} or {"weights": ...} and carry DDP's `module.` prefix.
 Meta's loader (`load_ckpt`) only *prints* missing/unexpected keys; here any missing, unexpected or
-mis-shaped key is an error that lists them all, so a wrong file or config never loads half a model.
+mis-shaped key is an error that counts them and lists the first of each kind, so a wrong file or config never
+loads half a model; a vision tower of another known config is named.
 
 Two renames bridge the layouts:
 * our blocks hold the fused q|k|v projection as an nn.Linear `attn.in_proj` (so adapters can wrap it,
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .config import CLIPConfig, get_config
+from .config import CONFIGS, CLIPConfig, get_config
 from .files import atomic_write
 from .pe import CLIP, VisionTransformer
 
@@ -169,9 +170,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return timm_to_meta(sd) if is_timm_layout(sd) else sd
 
 
+LISTED_KEYS = 10  # per kind of mismatch: another config's checkpoint would list hundreds
+
+
+def _configs_like(sd: dict[str, torch.Tensor]) -> list[str]:
+    """The known configs whose vision tower has the checkpoint's number of blocks and width."""
+    vision = "visual." if "visual.conv1.weight" in sd else ""  # a CLIP's text blocks are `transformer.` too
+    conv = sd.get(vision + "conv1.weight")
+    block = re.compile(rf"^{re.escape(vision)}transformer\.resblocks\.(\d+)\.")
+    blocks = {int(m.group(1)) for m in map(block.match, sd) if m}
+    if conv is None or not blocks:
+        return []
+    shape = (max(blocks) + 1, conv.shape[0])
+    return [name for name, c in CONFIGS.items() if (c.vision.layers, c.vision.width) == shape]
+
+
 def _load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict with one error listing every missing, unexpected and mis-shaped key
-    (named as in Meta's layout, i.e. as in the file).
+    """load_state_dict with one error counting the missing, unexpected and mis-shaped keys and listing the first
+    LISTED_KEYS of each (named as in Meta's layout, i.e. as in the file).
 
     The model is built on the meta device; `assign=True` adopts the checkpoint's tensors (no second copy
     of a 2.5 GB model), converted to float32 as Meta's fp32 model would hold them.
@@ -185,9 +201,13 @@ def _load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: st
         lines = [f"checkpoint {source} does not match the model:"]
         for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshaped)):
             if keys:
-                lines += [f"  {title} ({len(keys)}):"] + [f"    {k}" for k in keys]
+                lines += [f"  {title} ({len(keys)}):"] + [f"    {k}" for k in keys[:LISTED_KEYS]]
+                lines += [f"    ... and {len(keys) - LISTED_KEYS} more"] if len(keys) > LISTED_KEYS else []
         if isinstance(model, CLIP) and not any(k.startswith("visual.") for k in sd):
             lines.append("  (no `visual.*` keys: this is a vision-only checkpoint; use load_vision)")
+        like = _configs_like(sd)
+        if like and like != _configs_like(own):  # the same tower: some other mismatch, not another config
+            lines.append(f"  (its vision tower is that of {' or '.join(like)}: a checkpoint of that config?)")
         raise CheckpointError("\n".join(lines))
     model.load_state_dict({k: v.float().contiguous() for k, v in sd.items()}, strict=True, assign=True)
 

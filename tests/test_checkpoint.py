@@ -7,8 +7,8 @@ import torch
 
 from replication.checkpoint import (CheckpointError, check_readable, load_clip, load_vision, read_state_dict,
                                     save_clip_meta_layout)
-from replication.config import CLIPConfig, TextConfig, VisionConfig
-from replication.pe import CLIP
+from replication.config import CLIPConfig, TextConfig, VisionConfig, get_config
+from replication.pe import CLIP, VisionTransformer
 from replication.profiles import get_profile
 from replication.reproduce import missing_full_inputs
 
@@ -150,18 +150,36 @@ def test_corrupted_checkpoint_names_the_key(model, tmp_path, corruption, expecte
     else:
         sd["visual.transformer.resblocks.1.attn.in_proj_weight"] = torch.zeros(96, 31)
     torch.save(sd, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=expected):
+    with pytest.raises(CheckpointError, match=expected) as err:
         load_clip(tmp_path / "bad.pt", config=CFG)
+    assert "a checkpoint of that config?" not in str(err.value)  # the model's own tower: no other config to name
     with pytest.raises(CheckpointError, match=expected.replace("visual.", "")):
         load_vision(tmp_path / "bad.pt", config=CFG)
 
 
-def test_wrong_config_lists_every_problem(model, tmp_path):
+def test_wrong_config_counts_every_problem_lists_the_first_and_names_the_checkpoint_s_config(model, tmp_path):
     save_clip_meta_layout(model, tmp_path / "m.pt")
     with pytest.raises(CheckpointError) as err:
         load_clip(tmp_path / "m.pt", config="demo-tiny")
-    assert "visual.conv1.weight: checkpoint (32, 3, 8, 8), model (64, 3, 8, 8)" in str(err.value)
-    assert "missing keys" in str(err.value)  # demo-tiny has more blocks
+    assert "  missing keys (" in str(err.value)  # demo-tiny has more blocks
+    assert "a checkpoint of that config?" not in str(err.value)  # the test's tower is no known config
+    # another known config's checkpoint (L14 into demo-tiny listed 311 keys): LISTED_KEYS of each kind, counted
+    torch.manual_seed(0)
+    save_clip_meta_layout(CLIP(get_config("demo-tiny")), tmp_path / "tiny.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_vision(tmp_path / "tiny.pt", config=CFG)
+    lines = str(err.value).splitlines()
+    own = VisionTransformer(CFG.vision).state_dict()
+    assert lines[1] == f"  unexpected keys ({4 * 12}):" and lines[2:13] == [  # demo-tiny's blocks 2..5, 12 keys each
+        f"    transformer.resblocks.2.{k}" for k in ("ln_1.weight", "ln_1.bias", "attn.in_proj_weight",
+                                                     "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias",
+                                                     "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias")
+    ] + ["    ... and 38 more"]
+    assert lines[13] == f"  wrong shapes ({len(own)}):"  # width 64 against 32: every tensor of the tower
+    assert lines[14:17] == ["    class_embedding: checkpoint (64,), model (32,)",
+                            "    positional_embedding: checkpoint (65, 64), model (5, 32)",
+                            "    proj: checkpoint (64, 64), model (32, 16)"] and lines[-2] == "    ... and 33 more"
+    assert lines[-1] == "  (its vision tower is that of demo-tiny: a checkpoint of that config?)"
 
 
 def test_not_a_state_dict_and_missing_file(tmp_path):
