@@ -332,7 +332,9 @@ def _sharded(d: distributed.Dist, n: int, compute) -> dict[str, torch.Tensor]:
     mine = np.arange(d.rank, n, d.world_size)
     gathered = distributed.all_gather(d, (mine, compute(mine)))
     inverse = np.argsort(np.concatenate([m for m, _ in gathered]))
-    return {t: torch.cat([out[t] for _, out in gathered])[inverse] for t in gathered[0][1]}
+    # a rank without rows (n < world size) ran no batch and returns no outputs: it adds nothing
+    tasks = next((out.keys() for m, out in gathered if len(m)), ())
+    return {t: torch.cat([out[t] for m, out in gathered if len(m)])[inverse] for t in tasks}
 
 
 def predict_logits(model, dataset: FaceDataset, cfg: TrainConfig, d: distributed.Dist,

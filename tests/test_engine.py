@@ -1236,3 +1236,16 @@ def test_reproduce_trains_the_thesis_runs_and_hands_each_its_settings(monkeypatc
     assert reproduce.select("04_3") == ["04_3_single_task"]
     with pytest.raises(ValueError):
         reproduce.select("3_single")  # names start with it, not contain it
+
+
+def test_sharded_outputs_with_fewer_rows_than_processes(monkeypatch):
+    """_sharded over n rows on w > n ranks: a rank without rows computes nothing (an empty dict, as _run_model
+    returns for no batches); the others' outputs still come back in row order."""
+    from replication import distributed
+
+    d = distributed.Dist(rank=1, world_size=3)
+    results = {0: (np.array([0]), {"age": torch.tensor([[0.0]])}), 1: (np.array([1]), {"age": torch.tensor([[1.0]])}),
+               2: (np.array([], dtype=np.int64), {})}
+    monkeypatch.setattr(distributed, "all_gather", lambda d_, obj: [results[0], obj, results[2]])
+    out = engine._sharded(d, 2, lambda rows: {"age": torch.tensor([[float(r)] for r in rows])})
+    assert out["age"].tolist() == [[0.0], [1.0]]
