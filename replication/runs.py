@@ -315,7 +315,8 @@ _FLAG_HELP = {
     "max_epochs": "epochs at most, if early stopping has not ended the run",
     "patience": "§3.1 early stopping: epochs without improvement before the run ends",
     "lr_head": "learning rate of the heads, the pooler and its adapters, UW's log-variances",
-    "lr_backbone": "learning rate of the trained backbone blocks / LoRA A and DoRA magnitudes (LoRA B: x6, LoRA+)",
+    "lr_backbone": "learning rate of FT4's blocks and of the backbone adapters' A and DoRA magnitudes (their B: "
+                   "6x, LoRA+)",
     "weight_decay": "AdamW weight decay (§3.1), on every trained weight but UW's log-variances",
     "amp": "mixed precision: fp16 (with a GradScaler, §3.1), bf16 or none",
     "seed": "seed of the initialisation, sampling, augmentation and --max-train-samples",
