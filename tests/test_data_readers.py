@@ -102,16 +102,20 @@ def test_lagenda_rows(tmp_path):
         "lag_benchmark/c.jpg.jpg,-1,M,1,2,3,4,-1,-1,-1,-1\n"
         "\n"  # a blank line: DictReader skips it, the line numbers below must not
         "lag_benchmark/d.jpg.jpg,25,F,1,2\n"  # truncated row: DictReader fills None
-        "lag_benchmark/e.jpg.jpg,abc,F,1,2,3,4\n")
+        "lag_benchmark/e.jpg.jpg,abc,F,1,2,3,4,-1,-1,-1,-1\n"
+        "lag_benchmark/f.jpg.jpg,30,M,10,20,50,70,0,0,90,160,7\n")  # a field too many: columns may be shifted
     res = read_lagenda(tmp_path)
-    assert res.rows_read == 8
+    assert res.rows_read == 9
     assert [(r.age, r.gender, r.box, r.key) for r in res.records] == [
         (4, 0, (10.0, 20.0, 50.0, 70.0), "a_2"), (0, 1, (1.0, 2.0, 3.0, 4.0), "b_5")]
     assert {k: len(v) for k, v in res.skipped.items()} == {
-        "not_annotated": 1, "no_face_box": 1, "unknown_label": 3, "missing_age": 1}
+        "not_annotated": 1, "no_face_box": 1, "unknown_label": 4, "missing_age": 1}
+    header = ("expected the header's 11 (img_name,age,gender,face_x0,face_y0,face_x1,face_y1,person_x0,person_y0,"
+              "person_x1,person_y1)")
     assert res.skipped["unknown_label"] == ["lag_benchmark/c.jpg.jpg (line 6) gender='X'",
-                                            "lag_benchmark/d.jpg.jpg (line 9) age='25' box=('1', '2', None, None)",
-                                            "lag_benchmark/e.jpg.jpg (line 10) age='abc' box=('1', '2', '3', '4')"]
+                                            f"lag_benchmark/d.jpg.jpg (line 9): 5 fields, {header}",
+                                            "lag_benchmark/e.jpg.jpg (line 10) age='abc' box=('1', '2', '3', '4')",
+                                            f"lag_benchmark/f.jpg.jpg (line 11): 12 fields, {header}"]
 
 
 def test_rafdb_manual_gender_and_boxes(tmp_path):

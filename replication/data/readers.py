@@ -96,6 +96,16 @@ def _csv_with_columns(f, path: Path, columns: tuple[str, ...]) -> csv.DictReader
     return reader
 
 
+def _field_count_problem(row: dict, reader: csv.DictReader) -> str | None:
+    """What to say of a DictReader row with fields beyond the header's (its key None) or short of them (values
+    None), whose columns may be shifted, so that even values that parse may be another column's; None if whole."""
+    extra, short = len(row.pop(None, [])), sum(v is None for v in row.values())
+    if not (extra or short):
+        return None
+    header = reader.fieldnames
+    return f"{len(header) + extra - short} fields, expected the header's {len(header)} ({','.join(header)})"
+
+
 def _first_existing(paths: Iterable[Path]) -> Path | None:
     return next((p for p in paths if p.exists()), None)
 
@@ -124,13 +134,9 @@ def read_fairface_csv(label_csv: Path, image_root: Path, result: ReadResult) -> 
             result.rows_read += 1
             name = row["file"]
             where = f"{name} (line {reader.line_num})"  # as LAGENDA's skips: the row to look at in the file
-            # Skipped and counted like the other readers' bad label rows; a row with fields beyond the header's
-            # (DictReader's key None) or short of them (values None) may have its columns shifted.
-            extra, missing = row.pop(None, []), sum(v is None for v in row.values())
-            if extra or missing:
-                header = reader.fieldnames
-                result.skip("unknown_label", f"{where}: {len(header) + len(extra) - missing} fields, expected "
-                                             f"the header's {len(header)} ({','.join(header)})")
+            problem = _field_count_problem(row, reader)  # skipped and counted like the other bad label rows
+            if problem:
+                result.skip("unknown_label", f"{where}: {problem}")
                 continue
             age, gender = FAIRFACE_AGES.get(row["age"]), FAIRFACE_GENDERS.get(row["gender"])
             if age is None or gender is None:
@@ -218,10 +224,14 @@ def read_lagenda(folder: Path) -> ReadResult:
             row_no = reader.line_num  # the file's line, which a blank line above does not shift
             result.rows_read += 1
             name = f"{row['img_name']} (line {row_no})"
+            problem = _field_count_problem(row, reader)
+            if problem:
+                result.skip("unknown_label", f"{name}: {problem}")
+                continue
             try:
                 age = float(row["age"])
                 box = tuple(float(row[c]) for c in box_cols)
-            except (ValueError, TypeError):  # TypeError: a short row leaves the last columns None
+            except ValueError:
                 result.skip("unknown_label", f"{name} age={row['age']!r} box={tuple(row[c] for c in box_cols)}")
                 continue
             if not math.isfinite(age):  # "nan"/"inf" parse as floats but are no age
