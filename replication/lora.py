@@ -169,8 +169,10 @@ class DoRALinear(LoRALinear):
         self.register_buffer("_merged_norm", None, persistent=False)
 
     def weight_norm(self) -> torch.Tensor:
-        """||W0 + s BA|| per output row, detached (DoRA §4.3)."""
-        with torch.no_grad():
+        """||W0 + s BA|| per output row, detached (DoRA §4.3). In float32 under autocast too, as merged_weight
+        computes it: a half-precision B A would make the trained forward drift from the merged export, and the
+        product costs about 2·r·out·in FLOPs per layer and step, a negligible part of it."""
+        with torch.no_grad(), torch.autocast(self.weight.device.type, enabled=False):
             return (self.weight + self.delta_weight().to(self.weight.dtype)).norm(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -133,6 +133,18 @@ def test_dora_small_magnitude_moves_reach_the_half_precision_forward(dtype):
     assert abs(slope.item() - 1) < 0.1
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dora_weight_norm_is_float32_under_autocast(dtype):
+    """||W0 + s B A|| as merged_weight computes it, not from a half-precision B A (a float64 oracle)."""
+    _, layer = _layer(DoRALinear)
+    _randomize(layer)
+    exact = (layer.weight.double() + ALPHA / RANK * layer.lora_b.double() @ layer.lora_a.double()).norm(dim=1)
+    with torch.autocast("cpu", dtype=dtype):
+        norm = layer.weight_norm()
+    assert norm.dtype == torch.float32
+    torch.testing.assert_close(norm.double(), exact, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
 def test_merge_equals_unmerged_and_unmerge_restores_w0(cls):
     _, layer = _layer(cls)
