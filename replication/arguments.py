@@ -39,6 +39,14 @@ def model_config(text: str) -> str:
     return text
 
 
+def checkpoint_blocks_problem(blocks: int, config: str) -> str | None:
+    """What is wrong with ``--checkpoint-blocks N`` for ``config``'s vision tower (None: nothing), for `train` and
+    `bench` alike. A number given above the blocks is a slip; a profile's own count may exceed a smaller model's
+    blocks, which pe.Transformer reads as all of them, so that is not checked here."""
+    layers = CONFIGS[config].vision.layers
+    return None if blocks <= layers else f"--checkpoint-blocks {blocks}: {config} has {layers} blocks"
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """``--help`` of every command: each option's help followed by its default, where it has one the help does not
     already state (argparse's ArgumentDefaultsHelpFormatter also prints "(default: None)" and "(default: False)"

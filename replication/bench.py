@@ -52,7 +52,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from replication import accounting, distributed, engine
-from replication.arguments import HelpFormatter, model_config, positive_int, reported
+from replication.arguments import HelpFormatter, checkpoint_blocks_problem, model_config, positive_int, reported
 from replication.config import get_config
 from replication.engine import FaceDataset, TrainConfig, build_model, model_image_size
 from replication.files import atomic_write_text, check_writable
@@ -854,10 +854,9 @@ def check_measurement_arguments(p: argparse.ArgumentParser, args) -> None:
     """Stops on impossible settings and on a missing GPU unless the CPU is asked for; sets args.device."""
     if args.steps < 1 or args.warmup < 0 or args.batch < 2:
         p.error("--steps must be >= 1, --warmup >= 0, --batch >= 2 (the heads' BatchNorm trains on batches)")
-    blocks = get_config(args.config).vision.layers
-    if args.checkpoint_blocks.isdecimal() and int(args.checkpoint_blocks) > blocks:
-        p.error(f"--checkpoint-blocks {args.checkpoint_blocks}: {args.config} has {blocks} blocks ('all' checkpoints "
-                f"them all)")
+    problem = args.checkpoint_blocks.isdecimal() and checkpoint_blocks_problem(int(args.checkpoint_blocks), args.config)
+    if problem:
+        p.error(f"{problem} ('all' checkpoints them all)")
     if args.device is None:
         # falling back to the CPU would run PE-Core-L14-336 for 10+ minutes and file its numbers in the
         # tracked benchmarks/results/ as if they were a GPU's

@@ -26,9 +26,8 @@ import pandas as pd
 from torch import nn
 
 from replication import distributed
-from replication.arguments import HelpFormatter, reported
+from replication.arguments import HelpFormatter, checkpoint_blocks_problem, reported
 from replication.checkpoint import PE_CORE_WEIGHTS, CheckpointError, load_clip
-from replication.config import get_config
 from replication.data import ManifestError, read_prepare_settings
 from replication.engine import (INPUT_FIELDS, RUN_METHODS, BatchSizeError, FaceDataset, RunStateError, Trainer,
                                 TrainConfig, build_model, evaluation_frame, model_image_size, predict_logits,
@@ -385,11 +384,10 @@ def parse_config(argv: list[str]) -> TrainConfig:
                      f"are for tests only")
     if cfg.method == "zero_shot" and cfg.bpe is None:  # §4.2: the prompts go through the text tower
         parser.error(f"zero_shot needs --bpe (the text tower's merges file: {CLIP_MERGES})")
-    # a profile's own count may exceed a smaller model's blocks (all of them, pe.Transformer); a number given is a slip
-    blocks = get_config(cfg.model_config).vision.layers
-    if args["checkpoint_blocks"] is not None and args["checkpoint_blocks"] > blocks:
-        parser.error(f"--checkpoint-blocks must be at most {blocks} ({cfg.model_config} has {blocks} blocks), got "
-                     f"{args['checkpoint_blocks']}")
+    problem = args["checkpoint_blocks"] is not None and checkpoint_blocks_problem(args["checkpoint_blocks"],
+                                                                                  cfg.model_config)
+    if problem:
+        parser.error(problem)
     return cfg
 
 

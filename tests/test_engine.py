@@ -180,8 +180,8 @@ def test_train_command_reports_a_bad_value_in_one_line_naming_the_valid_ones(cap
             (["--method", "mtlora", "--tasks", "gender"], "mtlora learns several tasks (§3.6.1: the last block and "
              "the pooling have one adapter set per task), so --tasks must name two or more, got 'gender'; the "
              "single-task method with the same backbone adapters is dora"),
-            (["--method", "lora", "--tasks", "age", "--checkpoint-blocks", "7"], "--checkpoint-blocks must be at "
-             "most 6 (demo-tiny has 6 blocks), got 7"),
+            (["--method", "lora", "--tasks", "age", "--checkpoint-blocks", "7"], "--checkpoint-blocks 7: demo-tiny has 6 "
+             "blocks"),
             (["--method", "lp", "--tasks", "age", "--max-train-samples", "0"],
              "--max-train-samples must be >= 1 (not set: every training row), got 0"),
             (["--method", "lp", "--tasks", "age", "--run-name", "../escape"], "--run-name must be a folder name, "
