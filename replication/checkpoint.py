@@ -1,4 +1,4 @@
-"""Loading and saving PE-Core weights: Meta's official layout and timm's `vit_pe_core_*` layout.
+"""Loading and saving PE-Core weights: Meta's official layout, timm's `vit_pe_core_*` and open_clip's `PE-Core-*`.
 
 Meta's `PE-Core-*.pt` (Hugging Face `facebook/<name>`, file `<name>.pt`) holds the whole CLIP:
 text keys at the top level, vision keys under `visual.`. A vision-only file has the vision keys without
@@ -7,11 +7,13 @@ Meta's loader (`load_ckpt`) only *prints* missing/unexpected keys; here any miss
 mis-shaped key is an error that counts them and lists the first of each kind, so a wrong file or config never
 loads half a model; a vision tower of another known config is named.
 
-Two renames bridge the layouts:
+Renames bridge the layouts:
 * our blocks hold the fused q|k|v projection as an nn.Linear `attn.in_proj` (so adapters can wrap it,
   as the thesis's code does in its `migrate_weights`), Meta's as raw `attn.in_proj_weight` / `attn.in_proj_bias`;
   the attention pooler keeps Meta's raw names (it is not adapted);
-* timm's Eva port renames most modules and splits the pooler's in_proj into `q` and `kv` (timm's `eva.py`).
+* timm's Eva port renames most modules and splits the pooler's in_proj into `q` and `kv` (timm's `eva.py`);
+* open_clip's `PE-Core-*` (Hugging Face `timm/PE-Core-*`, file `open_clip_model.safetensors`) is the whole
+  CLIP: the timm tower under `visual.trunk.`, Meta's text keys under `text.`.
 """
 from __future__ import annotations
 
@@ -116,50 +118,75 @@ def timm_to_meta(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def is_open_clip_layout(sd: dict) -> bool:
+    return any(k.startswith("visual.trunk.") for k in sd)
+
+
+def open_clip_to_meta(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """open_clip `PE-Core-*` CLIP state dict -> Meta's full-CLIP layout: the `visual.trunk.` tower through
+    timm_to_meta, then under `visual.`; `text.` stripped (open_clip's text tower has Meta's key names).
+    `logit_scale` and unknown keys are kept as they are, so the strict load reports the unknown ones."""
+    trunk = {k.removeprefix("visual.trunk."): v for k, v in sd.items() if k.startswith("visual.trunk.")}
+    rest = {k.removeprefix("text."): v for k, v in sd.items() if not k.startswith("visual.trunk.")}
+    return rest | {f"visual.{k}": v for k, v in timm_to_meta(trunk).items()}
+
+
 # --- reading a file --------------------------------------------------------------------------------------
-def _torch_load(path: Path, mmap: bool = False):
-    """torch.load(weights_only=True), with one error for every way the file can be unreadable.
+def _read_safetensors(path: Path, header_only: bool):
+    try:
+        import safetensors
+        import safetensors.torch
+    except ImportError:
+        raise CheckpointError(f"{path}: reading .safetensors needs `pip install safetensors`") from None
+    if header_only:
+        with safetensors.safe_open(str(path), framework="pt"):  # reads the header, which covers the file's length
+            return None
+    return safetensors.torch.load_file(str(path))
+
+
+def _load_file(path: Path, header_only: bool = False):
+    """The file's tensors (torch.load(weights_only=True), or safetensors for `.safetensors`), with one error
+    for every way the file can be unreadable. `header_only` reads what proves the file whole, not its tensors:
+    a zip torch.save file (the format since torch 1.6) is memory-mapped, so only its directory and pickled
+    key list are read, while an older single-stream file is loaded whole; a safetensors header is read.
 
     torch's own messages do not name the file and mislead: a Git LFS pointer or an HTML page fails the
     weights-only unpickler, whose message advises weights_only=False (running the file's code); a
     truncated download fails in miniz ("failed finding central directory"); junk can give a bare KeyError.
+    safetensors says "Error while deserializing header: header too large" for a pointer, page or junk.
     """
+    is_safetensors = path.suffix == ".safetensors"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except OSError:
-        raise  # missing, unreadable by permissions: the OS's message names the file
+        if is_safetensors:
+            return _read_safetensors(path, header_only)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=header_only and zipfile.is_zipfile(path))
+    except (OSError, CheckpointError):
+        raise  # missing or unreadable by permissions (the OS's message names the file); no safetensors package
     except Exception as err:
-        # torch's message is left out on purpose (see above); its type says which reader gave up
+        # the reader's message is left out on purpose (see above); its type says which reader gave up
+        kind, reader = ("safetensors file", "safetensors") if is_safetensors else ("PyTorch checkpoint", "torch.load")
         raise CheckpointError(
-            f"{path} ({path.stat().st_size:,} bytes) is not a readable PyTorch checkpoint "
-            f"(torch.load raised {type(err).__name__}). Likely a truncated or interrupted download, a Git LFS "
+            f"{path} ({path.stat().st_size:,} bytes) is not a readable {kind} "
+            f"({reader} raised {type(err).__name__}). Likely a truncated or interrupted download, a Git LFS "
             f"pointer (a ~130-byte text file) or an HTML page (a login or error page) saved instead of the "
-            f"file: download it again. PE-Core weights: {PE_CORE_WEIGHTS} (about 2.5 GiB). A file holding "
-            f"pickled objects other than tensors is refused too.") from None
+            f"file: download it again. PE-Core weights: {PE_CORE_WEIGHTS} (about 2.5 GiB)."
+            + ("" if is_safetensors else " A file holding pickled objects other than tensors is refused too.")
+        ) from None
 
 
 def check_readable(path: str | Path) -> None:
-    """Raise CheckpointError if the torch.save file `path` cannot be loaded, without reading its tensors:
-    a zip checkpoint (torch.save's format since torch 1.6) is memory-mapped, so only its directory and the
-    pickled key list are read; an older single-stream file cannot be mapped and is loaded whole."""
-    path = Path(path)
-    _torch_load(path, mmap=zipfile.is_zipfile(path))
+    """Raise CheckpointError if the checkpoint `path` cannot be loaded, without reading its tensors."""
+    _load_file(Path(path), header_only=True)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint file -> flat state dict in Meta's layout (wrappers and `module.` removed,
-    timm layout converted). `.safetensors` needs the `safetensors` package (timm's HF cache uses it)."""
+    timm and open_clip layouts converted). `.safetensors` (timm's and open_clip's files on Hugging Face)
+    needs the `safetensors` package."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (PE-Core weights: {PE_CORE_WEIGHTS})")
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise ImportError(f"{path}: reading .safetensors needs `pip install safetensors`") from None
-        obj = load_file(str(path))
-    else:
-        obj = _torch_load(path)
+    obj = _load_file(path)
     for wrapper in ("state_dict", "weights"):  # what Meta's load_ckpt unwraps
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -167,6 +194,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: expected a state dict of tensors (optionally under 'state_dict' or "
                               f"'weights'), got {type(obj).__name__}")
     sd = {k.removeprefix("module."): v for k, v in obj.items()}
+    if is_open_clip_layout(sd):
+        return open_clip_to_meta(sd)
     return timm_to_meta(sd) if is_timm_layout(sd) else sd
 
 
@@ -214,7 +243,7 @@ def _load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: st
 
 # --- public API ------------------------------------------------------------------------------------------
 def load_clip(checkpoint: str | Path | None = None, config: str | CLIPConfig = "PE-Core-L14-336") -> CLIP:
-    """A PE-Core CLIP of `config`, with weights from a full-CLIP checkpoint in Meta's layout
+    """A PE-Core CLIP of `config`, with weights from a full-CLIP checkpoint in Meta's or open_clip's layout
     (None: random initialisation, for the demo, tests and benchmarks). Returned in eval mode, fp32, CPU."""
     cfg = get_config(config)
     if checkpoint is None:
@@ -227,7 +256,7 @@ def load_clip(checkpoint: str | Path | None = None, config: str | CLIPConfig = "
 
 def load_vision(checkpoint: str | Path | None = None,
                 config: str | CLIPConfig = "PE-Core-L14-336") -> VisionTransformer:
-    """The vision tower alone, from a full-CLIP or vision-only checkpoint in Meta's or timm's layout.
+    """The vision tower alone, from a full-CLIP (Meta's or open_clip's) or vision-only checkpoint (Meta's or timm's).
 
     As Meta's VisionTransformer.load_ckpt: of a full-CLIP file only the `visual.*` keys are used (the
     text tower is not needed); the vision keys are then checked strictly.

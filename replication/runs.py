@@ -56,7 +56,7 @@ _ZERO_SHOT_IGNORES = {"weighting", "seed", "max_train_samples", "batch_size", "m
 _INPUTS = {"manifest_sha1": ("prepared manifest", "make it with `python3 -m replication prepare --data-root RAW --out "
                              "PREPARED --detector ssd --detector-dir DETECTOR`: README, 'Full replication', step 2",
                              "a CSV file"),
-           "checkpoint_sha1": ("checkpoint", f"PE-Core weights: {PE_CORE_WEIGHTS}", "a .pt file"),
+           "checkpoint_sha1": ("checkpoint", f"PE-Core weights: {PE_CORE_WEIGHTS}", "a .pt or .safetensors file"),
            "bpe_sha1": ("BPE merges file", CLIP_MERGES, "a .txt or .txt.gz file")}
 
 
@@ -306,7 +306,7 @@ _FLAG_HELP = {
     "tasks": "comma list of " + ", ".join(TASKS) + " (mtlora: two or more)",
     "weighting": "§3.7.3 loss weighting: uw | ema (multi-task, default uw) | none (single-task)",
     "model_config": "model architecture (config.CONFIGS)",
-    "checkpoint": "encoder weights (Meta's .pt or timm's .safetensors; \"\": random initialisation)",
+    "checkpoint": "encoder weights (Meta's .pt, timm's or open_clip's .safetensors; \"\": random initialisation)",
     "bpe": "BPE merges file of the text tower (zero-shot only)",
     "prepared": "folder of manifest.csv and the face crops (`prepare --out`)",
     "runs_dir": "folder the run folder is made in",

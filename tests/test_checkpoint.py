@@ -1,5 +1,7 @@
-"""Checkpoint loading: Meta's and timm's key layouts round-trip to identical outputs; bad files fail loudly."""
+"""Checkpoint loading: Meta's, timm's and open_clip's key layouts round-trip to identical outputs; bad files fail
+loudly. (tests/test_reference_models.py loads timm's and open_clip's own models, where they are installed.)"""
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,22 @@ def timm_state_dict(meta_sd):
     return out
 
 
+def open_clip_state_dict(meta_sd):
+    """open_clip's PE-Core-* layout (CustomTextCLIP): the timm tower under `visual.trunk.`, the text keys
+    under `text.`, logit_scale at the top."""
+    out = {"visual.trunk." + k: v for k, v in timm_state_dict(meta_sd).items()}
+    text = {k if k == "logit_scale" else "text." + k: v for k, v in meta_sd.items() if not k.startswith("visual.")}
+    return out | text
+
+
+def save(sd, path):
+    """torch.save, or safetensors for a `.safetensors` path (which refuses tensors sharing memory)."""
+    if path.suffix == ".safetensors":
+        pytest.importorskip("safetensors.torch").save_file({k: v.contiguous().clone() for k, v in sd.items()}, path)
+    else:
+        torch.save(sd, path)
+
+
 def assert_same_outputs(a, b, text=True):
     with torch.no_grad():
         enc_a = a.encode_image if hasattr(a, "encode_image") else a
@@ -106,6 +124,17 @@ def test_timm_layout_round_trip(model, tmp_path):
     # the converted keys are exactly Meta's vision-only layout
     vision_meta = {k[len("visual."):] for k in meta_state_dict(model) if k.startswith("visual.")}
     assert set(read_state_dict(tmp_path / "timm.pt")) == vision_meta
+
+
+@pytest.mark.parametrize("name", ["open_clip_pytorch_model.bin", "open_clip_model.safetensors"])
+def test_open_clip_layout_round_trip(model, tmp_path, name):
+    """The two files Hugging Face's timm/PE-Core-* repos hold: the whole CLIP, for load_clip and load_vision."""
+    ocsd = open_clip_state_dict(meta_state_dict(model))
+    assert {"visual.trunk.blocks.1.attn.qkv.weight", "text.transformer.resblocks.0.attn.in_proj_weight"} <= set(ocsd)
+    save(ocsd, tmp_path / name)
+    assert_same_outputs(model, load_clip(tmp_path / name, config=CFG))
+    assert_same_outputs(model.visual, load_vision(tmp_path / name, config=CFG), text=False)
+    assert set(read_state_dict(tmp_path / name)) == set(meta_state_dict(model))
 
 
 def test_timm_layout_maps_each_layernorm_to_its_own(model, tmp_path):
@@ -195,29 +224,40 @@ def test_random_init_without_checkpoint():
     assert load_vision(None, config="demo-tiny").cfg.width == 64
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 @pytest.mark.parametrize("damage", ["git-lfs-pointer", "html-page", "junk", "truncated", "empty"])
-def test_unreadable_checkpoint_names_the_file_causes_and_source(model, tmp_path, damage):
+def test_unreadable_checkpoint_names_the_file_causes_and_source(model, tmp_path, damage, suffix):
     # torch alone says "Weights only load failed ... weights_only=False will likely succeed" (LFS pointer,
-    # HTML), "KeyError: 0" (these junk bytes), "failed finding central directory" (truncated): no path
-    save_clip_meta_layout(model, tmp_path / "good.pt")
-    whole = (tmp_path / "good.pt").read_bytes()
+    # HTML), "KeyError: 0" (these junk bytes), "failed finding central directory" (truncated): no path;
+    # safetensors says "Error while deserializing header: incomplete metadata, file not fully covered"
+    save(meta_state_dict(model), tmp_path / f"good{suffix}")
+    whole = (tmp_path / f"good{suffix}").read_bytes()
     content = {"git-lfs-pointer": b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 2700000000\n",
                "html-page": b"<!DOCTYPE html><html><body>Sign in to continue</body></html>",
                "junk": random.Random(20).randbytes(4096), "truncated": whole[: len(whole) // 2],
                "empty": b""}[damage]
-    path = tmp_path / "PE-Core-L14-336.pt"
+    path = tmp_path / f"PE-Core-L14-336{suffix}"
     path.write_bytes(content)
+    kind = {".pt": "PyTorch checkpoint", ".safetensors": "safetensors file"}[suffix]
     for load in (load_clip, load_vision):
         with pytest.raises(CheckpointError) as err:
             load(path, config=CFG)
         message = str(err.value)
-        assert message.startswith(f"{path} ({len(content):,} bytes) is not a readable PyTorch checkpoint")
+        assert message.startswith(f"{path} ({len(content):,} bytes) is not a readable {kind}")
         for cause in ("truncated", "Git LFS pointer", "HTML page", "facebook/PE-Core-L14-336"):
             assert cause in message
         assert "weights_only" not in message  # torch's advice to unpickle arbitrary code is not passed on
     # reproduce --profile full reports it with the other missing inputs, before preparing any data
     problems = missing_full_inputs(get_profile("full").with_paths(checkpoint=path))
-    assert f"--checkpoint {path} ({len(content):,} bytes) is not a readable PyTorch checkpoint" in "\n".join(problems)
+    assert f"--checkpoint {path} ({len(content):,} bytes) is not a readable {kind}" in "\n".join(problems)
+
+
+def test_safetensors_without_the_package_is_one_error(model, tmp_path, monkeypatch):
+    save(meta_state_dict(model), tmp_path / "m.safetensors")
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # `import safetensors` now raises ImportError
+    for read in (read_state_dict, check_readable):
+        with pytest.raises(CheckpointError, match="m.safetensors: reading .safetensors needs `pip install"):
+            read(tmp_path / "m.safetensors")
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").is_file(), reason="counts bytes read with Linux's /proc/self/io")
@@ -235,3 +275,8 @@ def test_check_readable_reads_the_directory_not_the_weights(tmp_path):
     # a file torch.save wrote before torch 1.6 cannot be memory-mapped: it is loaded whole, not refused
     torch.save({"w": torch.zeros(3)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     check_readable(tmp_path / "legacy.pt")
+    # a safetensors file: its header, which gives the length the file must have
+    save({f"w{i}": torch.zeros(512, 512) for i in range(16)}, tmp_path / "big.safetensors")
+    before = bytes_read()
+    check_readable(tmp_path / "big.safetensors")
+    assert bytes_read() - before < path.stat().st_size / 20
