@@ -5,16 +5,20 @@ transformer) are ports of Meta's model that their authors checked against Meta's
 each is built with random weights, every parameter is moved off its initial value (LayerNorms at 1/0 and
 zero biases would hide a swapped or dropped term), saved in the file its Hugging Face repository holds,
 loaded by replication.checkpoint and run beside ours on the same input. The tokenizer is compared with
-open_clip's on open_clip's own copy of CLIP's merges file.
+open_clip's on open_clip's own copy of CLIP's merges file, the image preprocessing with the one open_clip
+registers for Meta's PE-Core weights.
 """
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from replication.checkpoint import load_clip, load_vision
 from replication.config import CLIPConfig, VisionConfig, get_config
+from replication.pe import image_transform
 from replication.tokenizer import Tokenizer
 from replication.zero_shot import PROMPTS, ZeroShotClassifier
 
@@ -146,3 +150,19 @@ def test_tokenizer_matches_open_clip():
     expected = reference(texts)
     assert (expected[:, -1] != 0).sum() >= 5  # several texts fill the context: the cut is compared too
     assert torch.equal(ours(texts), expected)
+
+
+def test_image_transform_matches_open_clip_pe_preprocessing():
+    """The evaluation preprocessing (zero-shot and every test set) is open_clip's for the `meta` PE-Core-L-14-336
+    weights, built from the settings open_clip registers for them (squash-resize, bilinear, mean = std = 0.5),
+    bit for bit, on images of either orientation and of the modes PIL opens JPEGs and PNGs in."""
+    open_clip = pytest.importorskip("open_clip")
+    cfg = open_clip.get_pretrained_cfg("PE-Core-L-14-336", "meta")
+    reference = open_clip.image_transform(336, is_train=False, mean=cfg["mean"], std=cfg["std"],
+                                          interpolation=cfg["interpolation"], resize_mode=cfg["resize_mode"])
+    rng = np.random.default_rng(0)
+    for width, height in ((500, 300), (37, 91), (336, 336)):
+        rgba = Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8), "RGBA")
+        for mode in ("RGB", "L", "RGBA", "P", "CMYK"):
+            image = rgba.convert(mode)
+            assert torch.equal(image_transform(336)(image), reference(image)), (width, height, mode)
