@@ -28,7 +28,7 @@ save_file = pytest.importorskip("safetensors.torch").save_file
 
 # float64 agreement to ~1e-10, not to 1e-15: timm keeps its RoPE tables in float32. A wrong term of the
 # architecture differs by the outputs' own size (std > 1e-3 here).
-F64 = dict(rtol=1e-6, atol=1e-9)
+F64 = dict(rtol=1e-6, atol=1e-8)
 
 
 def moved(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -52,7 +52,8 @@ def saved(model: torch.nn.Module, path: Path) -> Path:
 _G14_SHAPED = CLIPConfig("G14-shaped", VisionConfig(56, 14, 64, 2, 2, 256, 48, use_cls_token=False),
                          get_config("demo-tiny").text)
 
-# (our config, timm model, timm overrides): Meta's smallest tower, the demo's, and the class-token-free one
+# (our config, timm model, timm overrides): Meta's smallest tower (S16 and B16 differ from it only in sizes,
+# which the parameter counts of tests/test_pe.py pin), the demo's, and the class-token-free one
 SMALL_TOWERS = {
     "PE-Core-T16-384": ("PE-Core-T16-384", "vit_pe_core_tiny_patch16_384", {}),
     "demo-tiny": ("demo-tiny", "vit_pe_core_tiny_patch16_384",
@@ -79,7 +80,7 @@ def test_vision_tower_matches_timm(tower, tmp_path):
         torch.testing.assert_close(got, expected, **F64)
         torch.testing.assert_close(ours.forward_features(images), reference.forward_features(images),
                                    **F64)
-        assert expected.std() > 1e-3  # a million times atol: the outputs compared are not near zero
+        assert expected.std() > 1e-3  # 1e5 times atol: the outputs compared are not near zero
 
 
 def test_thesis_encoder_matches_timm(tmp_path):
