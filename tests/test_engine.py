@@ -340,7 +340,8 @@ def test_train_command_reports_an_unusable_checkpoint_without_a_traceback(prepar
     assert err.startswith(f"train: error: checkpoint {good} does not match the model:\n  missing keys (")
     assert "Traceback" not in err
     assert runs.cli(_train_argv(prepared, tmp_path / "runs", "--checkpoint", str(tmp_path))) == 2
-    assert capsys.readouterr().err == f"train: error: checkpoint {tmp_path} is a folder; expected a .pt or .safetensors file\n"
+    assert capsys.readouterr().err == (f"train: error: checkpoint {tmp_path} is a folder; expected a checkpoint file "
+                                       f"(.pt, .bin or .safetensors)\n")
     assert not (tmp_path / "runs").exists()
 
 

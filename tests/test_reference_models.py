@@ -71,15 +71,15 @@ def test_vision_tower_matches_timm(tower, tmp_path):
     config, name, overrides = SMALL_TOWERS[tower]
     reference = moved(timm.create_model(name, pretrained=False, **overrides))
     ours = load_vision(saved(reference, tmp_path / "model.safetensors"), config=config)
-    reference.double(), ours.double()
+    reference.double()
+    ours.double()
     size = get_config(config).vision.image_size
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
         expected, got = reference(images), ours(images)
         assert got.shape == (2, get_config(config).vision.output_dim)
         torch.testing.assert_close(got, expected, **F64)
-        torch.testing.assert_close(ours.forward_features(images), reference.forward_features(images),
-                                   **F64)
+        torch.testing.assert_close(ours.forward_features(images), reference.forward_features(images), **F64)
         assert expected.std() > 1e-3  # 1e5 times atol: the outputs compared are not near zero
 
 
