@@ -352,7 +352,7 @@ def cli(argv: list[str] | None = None) -> int:
     for flag, help_ in (
             ("--raw-data", "full: folder with the six datasets in their native layouts"),
             ("--detector-dir", "full: folder with deploy.prototxt + the res10 SSD caffemodel"),
-            ("--checkpoint", "full: PE-Core-L14-336's whole CLIP (Meta's .pt or open_clip's .safetensors)"),
+            ("--checkpoint", "full: PE-Core-L14-336's whole CLIP (Meta's .pt, open_clip's .safetensors or .bin)"),
             ("--bpe", "full: CLIP's bpe_simple_vocab_16e6.txt.gz"),
             ("--prepared", "face crops + manifest.csv (default: the profile's)"),
             ("--runs-dir", "run folders (default: the profile's)"),

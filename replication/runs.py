@@ -56,7 +56,8 @@ _ZERO_SHOT_IGNORES = {"weighting", "seed", "max_train_samples", "batch_size", "m
 _INPUTS = {"manifest_sha1": ("prepared manifest", "make it with `python3 -m replication prepare --data-root RAW --out "
                              "PREPARED --detector ssd --detector-dir DETECTOR`: README, 'Full replication', step 2",
                              "a CSV file"),
-           "checkpoint_sha1": ("checkpoint", f"PE-Core weights: {PE_CORE_WEIGHTS}", "a checkpoint file (.pt, .bin or .safetensors)"),
+           "checkpoint_sha1": ("checkpoint", f"PE-Core weights: {PE_CORE_WEIGHTS}",
+                               "a checkpoint file (.pt, .bin or .safetensors)"),
            "bpe_sha1": ("BPE merges file", CLIP_MERGES, "a .txt or .txt.gz file")}
 
 

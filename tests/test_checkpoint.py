@@ -275,8 +275,3 @@ def test_check_readable_reads_the_directory_not_the_weights(tmp_path):
     # a file torch.save wrote before torch 1.6 cannot be memory-mapped: it is loaded whole, not refused
     torch.save({"w": torch.zeros(3)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     check_readable(tmp_path / "legacy.pt")
-    # a safetensors file: its header, which gives the length the file must have
-    save({f"w{i}": torch.zeros(512, 512) for i in range(16)}, tmp_path / "big.safetensors")
-    before = bytes_read()
-    check_readable(tmp_path / "big.safetensors")
-    assert bytes_read() - before < path.stat().st_size / 20
