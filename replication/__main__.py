@@ -5,6 +5,7 @@ Each command lives in the module named after the thing it does; this file only d
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0
+    if os.name != "posix":  # the run folders' lock (fcntl.flock) and reproduce's Ctrl-C (os.killpg) are POSIX's
+        print(f"{argv[0]}: error: this project runs on Linux or macOS; on Windows, run it inside WSL2",
+              file=sys.stderr)
+        return 2
     try:
         module = importlib.import_module(COMMANDS[argv[0]][0])
         return module.cli(argv[1:])

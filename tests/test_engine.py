@@ -589,6 +589,19 @@ def test_ctrl_c_before_a_command_handles_it_is_one_line(monkeypatch, capsys, tmp
         assert main([name]) == 130 and capsys.readouterr().err == f"\n{name}: interrupted\n"
 
 
+def test_a_command_on_windows_is_one_line_pointing_to_wsl(monkeypatch, capsys):
+    """On Windows `import fcntl` (runs.py) failed with a bare ModuleNotFoundError; now no command starts there."""
+    import types
+
+    import replication.__main__ as entry
+
+    monkeypatch.setattr(entry, "os", types.SimpleNamespace(name="nt"))
+    monkeypatch.setattr(entry.importlib, "import_module", lambda name: pytest.fail(f"{name} imported"))
+    assert entry.main(["train", "--help"]) == 2
+    assert capsys.readouterr().err == ("train: error: this project runs on Linux or macOS; on Windows, run it "
+                                       "inside WSL2\n")
+
+
 @pytest.mark.parametrize("name", ["demo-data", "prepare", "pretrain", "counts", "train", "reproduce", "bench"])
 def test_each_command_is_its_own_module(name, capsys):
     """Each name dispatches to the module whose parser is that command's (its usage line names it)."""
