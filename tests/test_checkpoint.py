@@ -263,7 +263,8 @@ def test_safetensors_without_the_package_is_one_error(model, tmp_path, monkeypat
 @pytest.mark.skipif(not Path("/proc/self/io").is_file(), reason="counts bytes read with Linux's /proc/self/io")
 def test_check_readable_reads_the_directory_not_the_weights(tmp_path):
     def bytes_read() -> int:
-        return int(next(line for line in open("/proc/self/io") if line.startswith("rchar")).split()[1])
+        with open("/proc/self/io") as io:
+            return int(next(line for line in io if line.startswith("rchar")).split()[1])
 
     path = tmp_path / "big.pt"
     torch.save({f"w{i}": torch.zeros(512, 512) for i in range(16)}, path)  # 16 MiB of weights

@@ -202,7 +202,8 @@ def test_celebahq_folders_are_the_drawn_gender(drawn):
     for p in jpgs:
         assert p.parent.name == ("male", "female")[saved[p][1]], p
     [png] = root.rglob("*.png")
-    assert png.parent == root / "train" / "female" and Image.open(png).mode == "RGBA"
+    with Image.open(png) as image:
+        assert png.parent == root / "train" / "female" and image.mode == "RGBA"
 
 
 def test_vggface2_files_carry_the_drawn_gender_age_and_loose_box(drawn):

@@ -74,7 +74,8 @@ def test_every_row_is_in_the_manifest_or_counted(demo_run):
         assert r["rows_read"] == (df.dataset == d).sum() + skipped
         assert r["manifest"] == {s: int(((df.dataset == d) & (df.split == s)).sum()) for s in ("train", "val", "test")}
     for p in df.path.sample(5, random_state=0):
-        assert Image.open(out / p).size == (32, 32)
+        with Image.open(out / p) as crop:
+            assert crop.size == (32, 32)
     # Table 3.1 roles and the label columns each dataset carries
     assert set(df[df.dataset == "utkface"].split) == {"test"}
     assert (df[df.dataset == "rafdb"].emotion >= 0).all() and (df[df.dataset == "fairface"].emotion == -1).all()
@@ -406,7 +407,8 @@ def test_a_prepare_that_failed_before_any_crop_does_not_hold_its_settings(tmp_pa
     (raw / "fairface" / "fairface_label_val.csv").write_text("file,age,gender,race,service_test\n")
     assert prep.cli(args + ["--size", "48"]) == 0
     assert prep.read_prepare_settings(out)["size"] == 48
-    assert Image.open(out / "crops" / "fairface" / "train_1.jpg").size == (48, 48)
+    with Image.open(out / "crops" / "fairface" / "train_1.jpg") as crop:
+        assert crop.size == (48, 48)
     capsys.readouterr()
     assert prep.cli(args + ["--size", "64", "--margin", "0.1"]) == 2
     assert capsys.readouterr().err == (
