@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from replication.checkpoint import load_clip, load_vision
+from replication.checkpoint import load_clip, load_vision, save_clip_meta_layout
 from replication.config import CLIPConfig, VisionConfig, get_config
 from replication.pe import image_transform
 from replication.tokenizer import Tokenizer
@@ -81,6 +81,32 @@ def test_vision_tower_matches_timm(tower, tmp_path):
         torch.testing.assert_close(got, expected, **F64)
         torch.testing.assert_close(ours.forward_features(images), reference.forward_features(images), **F64)
         assert expected.std() > 1e-3  # 1e5 times atol: the outputs compared are not near zero
+
+
+@pytest.mark.parametrize("whole_clip", [True, False], ids=["clip-file", "vision-file"])
+@pytest.mark.parametrize("tower", SMALL_TOWERS)
+def test_metas_layout_is_the_one_timms_converter_reads(tower, whole_clip, tmp_path):
+    """The full profile loads Meta's own file (PE-Core-L14-336.pt). Weights written in Meta's key layout, as a
+    whole CLIP (`visual.` keys beside the text tower's) and as a vision tower alone, go through timm's converter of
+    Meta's files (eva.checkpoint_filter_fn) into timm's tower, which then computes what ours loaded from the same
+    file does: key names, the q|k|v and pooler splits, the transposed `proj` and the class token are read alike."""
+    from timm.models.eva import checkpoint_filter_fn
+
+    config, name, overrides = SMALL_TOWERS[tower]
+    written = moved(load_clip(None, config=config) if whole_clip else load_vision(None, config=config))
+    path = tmp_path / "meta.pt"
+    save_clip_meta_layout(written, path)
+    reference = timm.create_model(name, pretrained=False, **overrides)
+    reference.load_state_dict(checkpoint_filter_fn(torch.load(path), reference))
+    ours = load_vision(path, config=config)
+    reference.eval().double()
+    ours.double()
+    size = get_config(config).vision.image_size
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        expected = reference(images)
+        torch.testing.assert_close(ours(images), expected, **F64)
+        assert expected.std() > 1e-3
 
 
 def test_thesis_encoder_matches_timm(tmp_path):
