@@ -1,5 +1,5 @@
 """LoRA / DoRA layers (replication/lora.py): no-op at init, float64 formula oracles, merge/unmerge,
-the detached DoRA norm, adapter save/load, merged export, and peft's DoRA as an optional oracle."""
+the detached DoRA norm, adapter save/load, merged export, and peft's LoRA and DoRA as optional oracles."""
 import io
 
 import pytest
@@ -236,48 +236,58 @@ def test_adapters_save_load_and_merged_export(kind):
     torch.testing.assert_close(vision(x), y, rtol=1e-5, atol=1e-5)
 
 
-def _peft_twin(peft, dropout):
-    """Our DoRALinear and peft's DoRA around copies of one nn.Linear(16, 24), with equal random adapters."""
+def _peft_twin(peft, cls, dropout):
+    """Our LoRALinear or DoRALinear and peft's LoRA or DoRA around copies of one nn.Linear(16, 24), with equal
+    random adapters; returns (ours, peft's model, peft's layer, peft's magnitude or None)."""
+    dora = cls is DoRALinear
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 24))
-    ours = DoRALinear(nn.Linear(16, 24), rank=RANK, alpha=ALPHA, dropout=dropout)
+    ours = cls(nn.Linear(16, 24), rank=RANK, alpha=ALPHA, dropout=dropout)
     with torch.no_grad():
         ours.weight.copy_(model[0].weight)
         ours.bias.copy_(model[0].bias)
-        ours.magnitude.copy_(ours.weight.norm(dim=1))
+        if dora:
+            ours.magnitude.copy_(ours.weight.norm(dim=1))
     ref = peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=["0"],
-                                                     use_dora=True, lora_dropout=dropout))
+                                                     use_dora=dora, lora_dropout=dropout))
     layer = ref.base_model.model[0]
-    mag = layer.lora_magnitude_vector["default"]
+    mag = layer.lora_magnitude_vector["default"] if dora else None
     mag = mag.weight if hasattr(mag, "weight") else mag
     with torch.no_grad():
         _randomize(ours)
         layer.lora_A["default"].weight.copy_(ours.lora_a)
         layer.lora_B["default"].weight.copy_(ours.lora_b)
-        mag.copy_(ours.magnitude)
+        if dora:
+            mag.copy_(ours.magnitude)
     return ours, ref, layer, mag
 
 
-def test_dora_matches_peft():
-    """peft (test-only dependency) as an independent implementation of DoRA."""
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_lora_and_dora_match_peft(cls):
+    """peft (test-only dependency) as an independent implementation of LoRA and DoRA: outputs, the gradients of
+    A, B (and DoRA's magnitude), and the merged weight that inference runs (peft's merge_and_unload)."""
     peft = pytest.importorskip("peft")
-    ours, ref, layer, mag = _peft_twin(peft, dropout=0.0)
+    ours, ref, layer, mag = _peft_twin(peft, cls, dropout=0.0)
     x = torch.randn(5, 16)
     y_ours, y_ref = ours(x), ref(x)
+    assert (y_ours - x @ ours.weight.T - ours.bias).abs().max() > 0.1  # the adapter moves the output
     torch.testing.assert_close(y_ours, y_ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(y_ours)
     (y_ours * g).sum().backward()
     (y_ref * g).sum().backward()
     torch.testing.assert_close(ours.lora_b.grad, layer.lora_B["default"].weight.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours.lora_a.grad, layer.lora_A["default"].weight.grad, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(ours.magnitude.grad, mag.grad, rtol=1e-4, atol=1e-5)
+    if mag is not None:
+        torch.testing.assert_close(ours.magnitude.grad, mag.grad, rtol=1e-4, atol=1e-5)
+    merged = ref.merge_and_unload()[0]
+    torch.testing.assert_close(ours.to_linear().weight, merged.weight, rtol=1e-5, atol=1e-6)
 
 
 def test_dora_with_dropout_differs_from_peft_by_the_stated_term():
     """Training with dropout: ours - peft = (m/||V|| - 1) W0 (x - dropout(x)) (DoRALinear's docstring);
     in eval mode the two agree."""
     peft = pytest.importorskip("peft")
-    ours, ref, _, _ = _peft_twin(peft, dropout=0.5)
+    ours, ref, _, _ = _peft_twin(peft, DoRALinear, dropout=0.5)
     ours.train(), ref.train()
     x = torch.randn(5, 16)
     torch.manual_seed(7)
