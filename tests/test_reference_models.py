@@ -4,7 +4,8 @@ timm's `vit_pe_core_*` (its Eva class) and open_clip's `PE-Core-*` (that timm to
 transformer) are ports of Meta's model that their authors checked against Meta's released weights. Here
 each is built with random weights, every parameter is moved off its initial value (LayerNorms at 1/0 and
 zero biases would hide a swapped or dropped term), saved in the file its Hugging Face repository holds,
-loaded by replication.checkpoint and run beside ours on the same input. The tokenizer is compared with
+loaded by replication.checkpoint and run beside ours on the same input; the other way round, weights this
+project writes in Meta's own layout are read by timm's converter of Meta's files. The tokenizer is compared with
 open_clip's on open_clip's own copy of CLIP's merges file, the image preprocessing with the one open_clip
 registers for Meta's PE-Core weights.
 """
