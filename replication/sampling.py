@@ -23,6 +23,7 @@ weight is 1 the expected share of emotion-labelled samples among the draws stays
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -100,15 +101,21 @@ def expected_task_shares(weights: np.ndarray, labels: Mapping[str, np.ndarray]) 
 def emotion_replication_factor(has_emotion: np.ndarray, share: float = 1 / 3) -> int:
     """§3.7.2 number of copies of each emotion-labelled sample so they make up ~``share`` of the set.
 
-    Solves k * n_e / (k * n_e + n_other) = share for k and rounds to a whole number of copies (>= 1),
-    so every emotion sample appears equally often and the emotion class ratios are kept exactly."""
+    Whole copies, so every emotion sample appears equally often and the emotion class ratios are kept
+    exactly. k * n_e / (k * n_e + n_other) = share has a fractional solution; of the two whole numbers
+    around it (at least 1) the one whose share is nearer ``share`` is taken ("until they become a third",
+    §3.7.2), in exact arithmetic: rounding the solution instead can take the farther one (16 emotion
+    images among 64 solve to k = 1.5, and 2 copies give 40 %, nearer a third than 1 copy's 25 %)."""
     has_emotion = np.asarray(has_emotion, dtype=bool)
     n_e, n_other = int(has_emotion.sum()), int((~has_emotion).sum())
     if not 0 < share < 1:
         raise ValueError(f"emotion share must be in (0, 1), got {share}")
     if n_e == 0 or n_other == 0:
         return 1
-    return max(1, round(share * n_other / ((1 - share) * n_e)))
+    target = Fraction(share).limit_denominator(10**6)  # 1/3 given as a float is 1/3 again
+    solution = target * n_other / ((1 - target) * n_e)
+    candidates = {max(1, math.floor(solution)), max(1, math.ceil(solution))}
+    return min(candidates, key=lambda k: (abs(Fraction(k * n_e, k * n_e + n_other) - target), k))
 
 
 def replicate_emotion(has_emotion: np.ndarray, share: float = 1 / 3) -> np.ndarray:
@@ -123,8 +130,8 @@ class BalancedSampler(Sampler):
 
     Equivalent in distribution to ``WeightedRandomSampler(weights, len(weights))``. Every epoch draws
     the global sequence from a generator seeded with (seed, epoch); rank r of w takes draws r, r+w, ...
-    (padded by wrapping around so every rank gets the same count). Each draw also comes with its own
-    augmentation seed, so the images a run sees do not depend on worker processes, and
+    (the sequence has w * ceil(n / w) draws, so every rank gets the same count). Each draw also comes
+    with its own augmentation seed, so the images a run sees do not depend on worker processes, and
     ``set_epoch(epoch, start)`` can resume mid-epoch exactly (skipping the ``start`` draws this rank
     already consumed). Yields ``(index, augmentation_seed)`` pairs."""
 

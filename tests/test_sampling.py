@@ -69,7 +69,8 @@ def test_emotion_replication_reaches_a_third():
     labels = _synthetic_training_set(seed=1, n=6000)
     has_e = labels["emotion"] != -1
     k = emotion_replication_factor(has_e)
-    assert k == round((1 / 3) * (~has_e).sum() / ((2 / 3) * has_e.sum()))
+    n_e, n_other = has_e.sum(), (~has_e).sum()
+    assert k == min(range(1, 100), key=lambda c: abs(c * n_e / (c * n_e + n_other) - 1 / 3))  # brute force
     rows = replicate_emotion(has_e)
     assert len(rows) == (~has_e).sum() + k * has_e.sum()
     replicated = {t: y[rows] for t, y in labels.items()}
@@ -78,6 +79,19 @@ def test_emotion_replication_reaches_a_third():
     w = class_balanced_weights(replicated)
     assert abs(expected_task_shares(w, replicated)["emotion"] - 1 / 3) < 0.04
     assert emotion_replication_factor(np.ones(5, bool)) == 1  # emotion-only training: nothing to do
+
+
+@pytest.mark.parametrize("n_emotion, n_other, copies", [
+    (16, 48, 2),        # solves to 1.5 (1.4999... in floats): 2 copies give 40 %, 1 copy 25 %
+    (40, 200, 3),       # solves to 2.5: 3 copies give 37.5 %, 2 copies 28.6 %
+    (668, 892, 1),      # the demo's training set: emotion is already 43 %, never fewer than 1 copy
+    (9215, 159147, 9),  # Table 3.2a's counts: solves to 8.64; 9 copies give 34.3 %, 8 copies 31.7 %
+])
+def test_emotion_copies_bring_the_share_nearest_a_third(n_emotion, n_other, copies):
+    has_e = np.arange(n_emotion + n_other) < n_emotion
+    assert emotion_replication_factor(has_e) == copies
+    shares = {c: c * n_emotion / (c * n_emotion + n_other) for c in range(1, 50)}
+    assert copies == min(shares, key=lambda c: abs(shares[c] - 1 / 3))
 
 
 def test_balanced_sampler_is_deterministic_sharded_and_resumable():
