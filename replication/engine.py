@@ -497,7 +497,7 @@ class Trainer:
         self.train_images = FaceDataset(root, self.train_set.frame, cfg.tasks, train_transform(size))
         self.val_images = FaceDataset(root, self.val_frame, cfg.tasks, eval_transform(size))
         self.sampler = BalancedSampler(self.train_set.weights, cfg.seed, self.d.rank, self.d.world_size)
-        # batch_size is the global batch of §3.1 (128 on the thesis's one GPU); each rank takes its share
+        # batch_size is the global batch of §3.7.2 (128 on the thesis's one GPU); each rank takes its share
         # and the loss is the global batch's (Objective), so DDP changes the hardware, not the optimisation
         if cfg.batch_size % self.d.world_size:
             raise BatchSizeError(f"--batch-size {cfg.batch_size} is not divisible by the {self.d.world_size} "

@@ -91,6 +91,12 @@ def dataset_distribution(manifest: pd.DataFrame, fig_id: str, out_dir, profile: 
         sns.barplot(data=data, x="class_name", y="count", hue="split", ax=ax,
                     order=list(TASKS[task]), hue_order=[s for s in splits if s in set(data["split"])])
         ax.set(title=f"{DATASET_NAMES[dataset]}: {task}", xlabel="", ylabel="images")
+        # a class without images draws no bar (on a log axis it cannot): a "0" tells it from a class left out
+        totals = data.groupby("class_name")["count"].sum()
+        for x, name in enumerate(TASKS[task]):
+            if totals.get(name, 0) == 0:
+                ax.annotate("0", (x, 0), xycoords=ax.get_xaxis_transform(), xytext=(0, 3),
+                            textcoords="offset points", ha="center", va="bottom")
         if task == "age" and dataset in LOG_SCALE_AGE:
             ax.set_yscale("log")
             # plain numbers, and the ticks between the decades labelled too, so a bar of 70 reads as about 70

@@ -14,8 +14,8 @@ the text is silent, the thesis's own parameter counts (accounting.py):
 * LoRA/DoRA, LoRA+ (Hayou et al. 2024, "LoRA+: Efficient Low Rank Adaptation of Large Models"):
   backbone A matrices at lr_backbone (1e-5), backbone B matrices at loraplus_ratio x that (6e-5);
   DoRA magnitudes with the A matrices (lr_backbone), as the thesis's code grouped them.
-  The pooler's adapters (A, B, m) train at lr_head (1e-4) without the LoRA+ ratio: §3.6 gives "1e-4 for
-  the LoRA matrices in the attention pooling layer", and the thesis's code put every pooler tensor in the
+  The pooler's adapters (A, B, m) train at lr_head (1e-4) without the LoRA+ ratio: §3.6 sets "to 1e-4
+  the learning rate for the LoRA matrices in the attention pooling layer", and the thesis's code put every pooler tensor in the
   head's group.
 * MTLoRA: TA-DoRA A at lr_backbone, B at 6x; block-L TS-LoRA likewise (A / B); the task pooling (probes and
   its TS-LoRA) and heads at lr_head.

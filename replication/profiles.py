@@ -89,7 +89,7 @@ PROFILES = {
         max_epochs=4,
         patience=10,
         # The thesis's rates (1e-4 / 1e-5) are for runs over 168k faces that early stopping ends; the demo's
-        # few short epochs over ~1.2k generated faces need them 30x larger (same ratio between groups).
+        # few short epochs over 1,560 generated training faces need them 30x larger (same ratio between groups).
         lr_head=3e-3,
         lr_backbone=3e-4,
         amp="none",

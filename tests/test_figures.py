@@ -182,6 +182,10 @@ def test_lagenda_figure_shows_gender_within_each_age_group(tmp_path, monkeypatch
     assert len(drawn[1].axes) == 2  # no age-by-gender panel beyond LAGENDA
     drawn[1].canvas.draw()
     assert any(t.get_text() for t in age.yaxis.get_minorticklabels())
+    # the empty age groups (2-8: no image) are marked "0" at their place, as the log axis draws no bar for them
+    zeros = [t for t in age.texts if t.get_text() == "0"]
+    assert sorted(round(t.xy[0]) for t in zeros) == list(range(2, 9))
+    assert [t.get_text() for t in drawn[1].axes[1].texts] == []  # both genders have images
     plt.close(drawn[1])
 
 

@@ -114,6 +114,16 @@ def test_clip_footnote_matches_text(text):
     assert citation.endswith("(age {} and {}, gender {} and {})".format(*m.groups()))
 
 
+def test_table_4_1_note_quotes_section_4_2s_range(text):
+    """§4.2's prose gives the zero-shot age range up to 48.72%, a value not in Table 4.1 (highest 48.62%)."""
+    low, high = map(float, re.search(r"age group classification the accuracy values go from ([\d.]+)% to ([\d.]+)%",
+                                     text).groups())
+    ages = [v for c, v in zip(thesis.TABLE_4_1.columns, thesis.TABLE_4_1.rows["zs"]) if c.endswith("/age")]
+    assert low == min(ages) and high != max(ages)
+    assert f"{high:.2f}%" in thesis.TABLE_4_1.cell_notes["zs", "utkface/age"]
+    assert max(ages) == thesis.TABLE_4_1.value("zs", "utkface/age")
+
+
 def test_fig_4_2_prints_no_balanced_accuracy(text):
     """§4.7.1 gives only differences to APViT / POSTER++, which FIG_4_2's note repeats."""
     section = block(text, "4.7.1 Emotion Recognition confusion matrices", "4.7.2")
