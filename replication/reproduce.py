@@ -286,6 +286,14 @@ def _kernel_manager(groups: list[int]):
             if pgid is not None:
                 groups.append(pgid)
 
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client 8 interrupts a kernel before asking it to shut down. papermill shuts it down once
+            # its last cell replied (or failed), so there is nothing left to interrupt, and a SIGINT landing while
+            # ipykernel still finishes that reply printed "ERROR | KeyboardInterrupt caught in kernel" (seen on a
+            # busy machine). Ctrl-C reaches a running cell through the process group (execute), not through here.
+            if not getattr(self, "shutting_down", False):
+                await super()._async_interrupt_kernel()
+
     return GroupRecordingKernelManager
 
 

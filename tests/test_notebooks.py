@@ -425,6 +425,27 @@ def test_a_failed_cell_is_named_with_the_partly_executed_copy(monkeypatch, tmp_p
     assert [c.execution_count for c in executed] == [1, 2] and executed[1].outputs[0]["ename"] == "ZeroDivisionError"
 
 
+def test_a_finished_notebooks_kernel_is_shut_down_without_an_interrupt(monkeypatch, tmp_path):
+    """jupyter_client 8 sends SIGINT before every shutdown; landing while ipykernel still finished the last reply, it
+    logged "ERROR | KeyboardInterrupt caught in kernel" into reproduce's output."""
+    sent = []
+    make = reproduce._kernel_manager
+
+    def recording(groups):
+        class Recording(make(groups)):
+            async def _async_signal_kernel(self, signum):
+                sent.append(signum)
+                await super()._async_signal_kernel(signum)
+        return Recording
+
+    monkeypatch.setattr(reproduce, "_kernel_manager", recording)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    nbformat.write(nb, tmp_path / "tiny.ipynb")
+    monkeypatch.setattr(reproduce, "NOTEBOOK_DIR", tmp_path)
+    reproduce.execute("tiny", tmp_path / "executed", {}, log=lambda text: None)
+    assert signal.SIGINT not in sent
+
+
 def test_ctrl_c_interrupts_the_running_cell_and_the_kernel_stops_quietly(monkeypatch, tmp_path, capfd):
     """Ctrl-C (SIGINT to reproduce) is handed to the running cell, which fails with KeyboardInterrupt into the partial
     copy; papermill stopped mid-cell instead shut the kernel down with the cell's reply unsent (ipykernel's ZMQError
