@@ -8,8 +8,18 @@ Public API (stable, used by the notebooks and by outside code):
 * ``tokenize(texts, bpe_path)`` -> LongTensor N×32
 * ``get_config(name)`` -> the PE-Core configuration of that name
 """
-from replication.checkpoint import load_clip, load_vision
-from replication.config import get_config
-from replication.tokenizer import tokenize
+import importlib
 
-__all__ = ["load_clip", "load_vision", "tokenize", "get_config"]
+# each public name and the module that defines it
+_PUBLIC = {"load_clip": "replication.checkpoint", "load_vision": "replication.checkpoint",
+           "tokenize": "replication.tokenizer", "get_config": "replication.config"}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    """The public names are imported on first use (PEP 562): `python3 -m replication` imports this package before
+    its entry point runs, and importing torch here took a second or two that Ctrl-C turned into a traceback."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

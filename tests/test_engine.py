@@ -589,6 +589,30 @@ def test_ctrl_c_before_a_command_handles_it_is_one_line(monkeypatch, capsys, tmp
         assert main([name]) == 130 and capsys.readouterr().err == f"\n{name}: interrupted\n"
 
 
+def test_the_entry_point_imports_torch_only_inside_its_ctrl_c_handler():
+    """`python3 -m replication` imports the package, then __main__, before main's try block: torch imported by
+    either (the public API did) made Ctrl-C in the first second or two a traceback. The public names still
+    resolve, to the defining modules' own objects, for `import replication` and `from replication import`."""
+    script = ("import sys, replication\n"
+              "assert 'torch' not in sys.modules, 'import replication'\n"
+              "from replication import load_clip\n"
+              "from replication.checkpoint import load_vision\n"
+              "from replication.config import get_config\n"
+              "from replication.tokenizer import tokenize\n"
+              "assert (load_clip, replication.load_vision, replication.get_config, replication.tokenize) == "
+              "(replication.checkpoint.load_clip, load_vision, get_config, tokenize)\n"
+              "assert replication.__all__ == ['load_clip', 'load_vision', 'tokenize', 'get_config']\n"
+              "try:\n    replication.nothing\nexcept AttributeError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "module 'replication' has no attribute 'nothing'\n", done.stderr
+    # -X importtime lists on stderr every module imported (by the package, by __main__ as runpy runs it): no torch
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "replication", "--help"], cwd=REPO,
+                          capture_output=True, text=True)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()]
+    assert done.returncode == 0 and "replication" in imported
+    assert not [name for name in imported if name.split(".")[0] == "torch"]
+
+
 def test_a_command_on_windows_is_one_line_pointing_to_wsl(monkeypatch, capsys):
     """On Windows `import fcntl` (runs.py) failed with a bare ModuleNotFoundError; now no command starts there."""
     import types
