@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from replication import runs, tables
+from replication import distributed, runs, tables
 from replication.arguments import HelpFormatter, positive_int, reported
 from replication.checkpoint import PE_CORE_WEIGHTS
 from replication.engine import AMP_MODES, TrainConfig
@@ -384,6 +384,12 @@ def cli(argv: list[str] | None = None) -> int:
             args.checkpoint_blocks)
     except ValueError as err:
         parser.error(str(err))
+    # as train checks it: a device torch does not know or the machine lacks failed in 04_2's first run, after the
+    # data and notebooks 02-03
+    problem = args.device is not None and distributed.device_problem(args.device)
+    if problem:
+        print(f"reproduce: error: {problem}", file=sys.stderr)
+        return 2
 
     profile = get_profile(args.profile)
     given = {"raw_data": args.raw_data, "detector_dir": args.detector_dir,

@@ -375,6 +375,19 @@ def test_reproduce_refuses_a_number_below_one_before_any_work(monkeypatch, capsy
     assert capsys.readouterr().err.endswith(f"error: argument {flag}: expected a whole number >= 1, got '{value}'\n")
 
 
+def test_reproduce_names_a_device_this_machine_lacks_before_any_work(monkeypatch, capsys):
+    """As train says it (distributed.device_problem): the batch made the data and ran notebooks 02 and 03 first,
+    then failed inside 04_2 on torch's error."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(reproduce, "ready_demo", lambda profile: pytest.fail("data made before --device was checked"))
+    for device, message in (("gpu", "--device 'gpu' is not a torch device (e.g. cpu, cuda, cuda:1)"),
+                            ("cuda", "--device cuda but CUDA is not available")):
+        assert reproduce.cli(["--device", device]) == 2
+        assert capsys.readouterr().err == f"reproduce: error: {message}\n"
+
+
 def test_an_empty_only_is_refused(monkeypatch, capsys):
     # every name starts with "": it ran the whole batch
     monkeypatch.setattr(reproduce, "ready_demo", lambda profile: pytest.fail("an empty --only was taken"))
