@@ -385,6 +385,9 @@ def parse_config(argv: list[str]) -> TrainConfig:
                      f"are for tests only")
     if cfg.method == "zero_shot" and cfg.bpe is None:  # §4.2: the prompts go through the text tower
         parser.error(f"zero_shot needs --bpe (the text tower's merges file: {CLIP_MERGES})")
+    if cfg.cache_embeddings and cfg.method != "lp":  # ignored by the engine, yet recorded in config.json
+        parser.error(f"--cache-embeddings is for --method lp only (the embeddings of its frozen encoder are "
+                     f"cached), got --method {cfg.method}")
     problem = args["checkpoint_blocks"] is not None and checkpoint_blocks_problem(args["checkpoint_blocks"],
                                                                                   cfg.model_config)
     if problem:

@@ -186,10 +186,15 @@ def test_train_command_reports_a_bad_value_in_one_line_naming_the_valid_ones(cap
              "--max-train-samples must be >= 1 (not set: every training row), got 0"),
             (["--method", "lp", "--tasks", "age", "--run-name", "../escape"], "--run-name must be a folder name, "
              "without a path separator and not '.' or '..' (the run is written to --runs-dir/<run name>), got "
-             "'../escape'")):
+             "'../escape'"),
+            # ignored by the engine, yet recorded in config.json: the same command without it was then refused
+            (["--method", "ft4", "--tasks", "age", "--cache-embeddings"], "--cache-embeddings is for --method lp "
+             "only (the embeddings of its frozen encoder are cached), got --method ft4")):
         with pytest.raises(SystemExit):
             runs.parse_config(argv)
         assert expected in capsys.readouterr().err.splitlines()[-1], argv
+    assert runs.parse_config(["--method", "lp", "--tasks", "age", "--cache-embeddings"]).cache_embeddings
+    assert not runs.parse_config(["--method", "ft4", "--tasks", "age", "--no-cache-embeddings"]).cache_embeddings
 
 
 def test_train_config_checks_its_numbers_and_run_name():
