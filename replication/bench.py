@@ -52,7 +52,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from replication import accounting, distributed, engine
-from replication.arguments import HelpFormatter, checkpoint_blocks_problem, model_config, positive_int, reported
+from replication.arguments import (HelpFormatter, checkpoint_blocks_problem, model_config, number, positive_int,
+                                   reported)
 from replication.config import get_config
 from replication.engine import FaceDataset, TrainConfig, build_model, model_image_size
 from replication.files import atomic_write_text, check_writable
@@ -877,8 +878,8 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", type=_methods, default="lp,ap,ft4,lora,dora,mtlora", help="comma list of methods")
     add_measurement_arguments(p)
     p.add_argument("--data-loading", action="store_true", help="also time JPEG decode + augmentation")
-    p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="DataLoader workers")
-    p.add_argument("--loader-images", type=int, default=256, help="distinct synthetic JPEGs written")
+    p.add_argument("--workers", type=number(int, 0), default=min(16, os.cpu_count() or 1), help="DataLoader workers")
+    p.add_argument("--loader-images", type=positive_int, default=256, help="distinct synthetic JPEGs written")
     p.add_argument("--loader-batches", type=int, default=0,
                    help="batches loaded (0: 4 x workers); the first max(workers, 1) are not timed")
     p.add_argument("--out", type=Path, default=None,

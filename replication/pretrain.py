@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from replication.arguments import HelpFormatter, model_config, positive_int, reported
+from replication.arguments import HelpFormatter, model_config, number, positive_int, reported
 from replication.checkpoint import load_clip, save_clip_meta_layout
 from replication.config import get_config
 from replication.data import ManifestError, read_manifest
@@ -248,7 +248,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=positive_int, default=800, help="optimiser steps")
     parser.add_argument("--batch-size", type=positive_int, default=128, help="image-caption pairs per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
+    parser.add_argument("--seed", type=number(int, 0), default=0, help="seed of the initialisation and the batches")
     args = parser.parse_args(argv)
     if not (args.prepared / "manifest.csv").exists():  # as train reports a missing input: no usage block
         print(f"pretrain: error: {args.prepared / 'manifest.csv'} not found.\n"

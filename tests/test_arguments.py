@@ -36,6 +36,25 @@ def test_an_unknown_model_config_is_one_line_naming_the_known_ones(command, caps
         "PE-Core-S16-384, PE-Core-B16-224, PE-Core-L14-336, PE-Core-G14-448, demo-tiny, got 'foo'")
 
 
+@pytest.mark.parametrize("command, argv, expected", [
+    ("demo-data", ["--seed", "-3"], "--seed: expected a whole number >= 0, got '-3'"),
+    ("pretrain", ["--seed", "-1"], "--seed: expected a whole number >= 0, got '-1'"),
+    ("bench", ["--data-loading", "--workers", "-1"], "--workers: expected a whole number >= 0, got '-1'"),
+    ("bench", ["--data-loading", "--loader-images", "0"], "--loader-images: expected a whole number >= 1, got '0'")])
+def test_a_seed_or_count_out_of_range_is_refused_as_it_is_parsed(command, argv, expected, tmp_path, capsys):
+    """A negative seed was numpy's ValueError traceback (demo-data, pretrain); bench's data loading failed with a
+    traceback after the measurements had run."""
+    cli = importlib.import_module(COMMANDS[command][0]).cli
+    # what the command would do if the value were taken: write to tmp_path, read nothing there, measure briefly
+    where = {"demo-data": ["--out", str(tmp_path / "raw")], "pretrain": ["--prepared", str(tmp_path)],
+             "bench": ["--device", "cpu", "--config", "demo-tiny", "--methods", "lp", "--batch", "2", "--steps", "1",
+                       "--warmup", "0", "--dtype", "fp32", "--out", str(tmp_path / "bench.json")]}[command]
+    with pytest.raises(SystemExit) as exit_:
+        cli(where + argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python3 -m replication {command}: error: argument {expected}"
+
+
 class _Parsed(Exception):
     pass
 

@@ -382,7 +382,7 @@ def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m replication demo-data", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="raw data root to write (one folder per dataset)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every face, label and file drawn")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of every face, label and file drawn")
     p.add_argument("--scale", type=number(float, 0, above=True), default=1.0, help="multiply every dataset's size")
     a = p.parse_args(argv)
     return reported("demo-data", lambda: _demo_data(Path(a.out), a.seed, a.scale), (OSError,))
