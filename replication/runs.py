@@ -32,7 +32,7 @@ from replication.data import ManifestError, read_prepare_settings
 from replication.engine import (INPUT_FIELDS, RUN_METHODS, BatchSizeError, FaceDataset, RunStateError, Trainer,
                                 TrainConfig, build_model, evaluation_frame, model_image_size, predict_logits,
                                 predictions_table, read_run_state)
-from replication.files import atomic_write, atomic_write_text, sha1
+from replication.files import atomic_write, atomic_write_text, check_writable, sha1
 from replication.labels import TASKS
 from replication.metrics import summarize_predictions
 from replication.profiles import PROFILES, RUN_FIELDS, demo_inputs_help, get_profile
@@ -406,6 +406,12 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"train: error: {problem}", file=sys.stderr)
         return 2
     finished = (cfg.run_dir / "DONE").exists()
+    if not finished:  # a finished run is only read back (its folder may be read-only)
+        try:  # made only once the model and data are built (_writing): a file in the way failed there
+            check_writable(cfg.runs_dir, "folder")
+        except OSError as err:
+            print(f"train: error: --runs-dir {err}", file=sys.stderr)
+            return 2
 
     def train() -> int:
         folder = run(cfg)

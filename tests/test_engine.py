@@ -243,6 +243,18 @@ def test_train_command_names_a_device_this_machine_lacks(tmp_path, monkeypatch, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_train_command_names_a_runs_dir_that_cannot_be_a_folder(tmp_path, monkeypatch, capsys):
+    """A file as --runs-dir, or above it, was FileExistsError's or NotADirectoryError's traceback once the model
+    and data were built; now one line before any work."""
+    monkeypatch.setattr(runs, "run", lambda cfg: pytest.fail("trained with a --runs-dir it cannot write"))
+    (tmp_path / "afile").write_text("")
+    for runs_dir, message in ((tmp_path / "afile", f"{tmp_path / 'afile'} is a file; expected a folder"),
+                              (tmp_path / "afile" / "sub", f"{tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a "
+                                                           f"file, not a folder")):
+        assert runs.cli(["--method", "lp", "--tasks", "age", "--runs-dir", str(runs_dir)]) == 2
+        assert capsys.readouterr().err == f"train: error: --runs-dir {message}\n"
+
+
 def test_train_command_reports_a_missing_input_without_a_traceback(tmp_path, capsys):
     code = runs.cli(["--method", "lp", "--tasks", "age", "--prepared", str(tmp_path / "nowhere"),
                        "--runs-dir", str(tmp_path / "runs"), "--checkpoint", ""])
