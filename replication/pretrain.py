@@ -45,7 +45,7 @@ from replication.data import ManifestError, read_manifest
 from replication.files import atomic_write, atomic_write_text, check_writable
 from replication.labels import MISSING, TASKS
 from replication.profiles import PROFILES, demo_inputs_help
-from replication.tokenizer import get_tokenizer, merges_in_vocab, train_bpe
+from replication.tokenizer import MergesError, get_tokenizer, merges_in_vocab, train_bpe
 from replication.zero_shot import EMOTION_WORDS, PROMPTS, ZeroShotClassifier, article
 
 # Words for composing captions (emotions: the zero-shot prompts' adjectives, EMOTION_WORDS); the zero-shot
@@ -255,8 +255,9 @@ def cli(argv: list[str] | None = None) -> int:
               + demo_inputs_help(args.prepared, args.checkpoint, args.bpe, written=("--checkpoint", "--bpe")),
               file=sys.stderr)
         return 2
-    # what the user can fix (an output that cannot be written, a bad manifest); a bug keeps its traceback
-    return reported("pretrain", lambda: _pretrain(args), (OSError, ManifestError))
+    # what the user can fix (an output that cannot be written, a bad manifest, a --bpe that is no merges file); a
+    # bug keeps its traceback
+    return reported("pretrain", lambda: _pretrain(args), (OSError, ManifestError, MergesError))
 
 
 def _pretrain(args: argparse.Namespace) -> int:

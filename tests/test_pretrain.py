@@ -187,6 +187,19 @@ def test_cli_refuses_outputs_it_could_write_only_after_training(prepared, tmp_pa
         assert capsys.readouterr() == ("", f"pretrain: error: {says}\n")
 
 
+def test_cli_names_a_bpe_that_is_no_merges_file_in_one_line(prepared, tmp_path, capsys):
+    """An existing --bpe is reused: one that is no merges file ended in MergesError's traceback (train said it in
+    one line), and no checkpoint is written."""
+    bpe = tmp_path / "notes.txt"
+    bpe.write_text("#version: 0.2\n")
+    assert pretrain.cli(["--prepared", str(prepared), "--checkpoint", str(tmp_path / "demo.pt"), "--bpe", str(bpe),
+                         "--steps", "1", "--batch-size", "4"]) == 2
+    assert capsys.readouterr().err == (f"pretrain: error: {bpe}: no BPE merges after the header line (expected "
+                                       f"CLIP's bpe_simple_vocab_16e6.txt.gz, or the demo's file written by "
+                                       f"train_bpe)\n")
+    assert not (tmp_path / "demo.pt").exists()
+
+
 def test_the_loss_is_the_symmetric_multi_positive_infonce_at_the_clamped_learned_scale(prepared, tmp_path, monkeypatch):
     """Listing 2.2's objective, recomputed by hand from one step's features: logits = exp(logit_scale) x the
     cosine similarities (images x captions), cross-entropy image->text and text->image, each row's target spread
