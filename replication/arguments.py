@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Callable
 
 from replication.config import CONFIGS
@@ -45,6 +46,13 @@ def checkpoint_blocks_problem(blocks: int, config: str) -> str | None:
     blocks, which pe.Transformer reads as all of them, so that is not checked here."""
     layers = CONFIGS[config].vision.layers
     return None if blocks <= layers else f"--checkpoint-blocks {blocks}: {config} has {layers} blocks"
+
+
+def prepared_file_error(prepared: Path) -> str:
+    """The error of `train` and `pretrain` for a --prepared that is a file: manifest.csv given instead of the folder
+    holding it was looked for as <file>/manifest.csv, and `prepare --out <file>` offered to make it."""
+    return (f"--prepared {prepared} is a file; it takes the folder holding manifest.csv"
+            + (f": --prepared {prepared.parent}" if prepared.name == "manifest.csv" else ""))
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from replication.arguments import HelpFormatter, model_config, number, positive_int, reported
+from replication.arguments import HelpFormatter, model_config, number, positive_int, prepared_file_error, reported
 from replication.checkpoint import load_clip, save_clip_meta_layout
 from replication.config import get_config
 from replication.data import ManifestError, read_manifest
@@ -250,6 +250,9 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     parser.add_argument("--seed", type=number(int, 0), default=0, help="seed of the initialisation and the batches")
     args = parser.parse_args(argv)
+    if args.prepared.is_file():  # the help below would make the crops in it
+        print(f"pretrain: error: {prepared_file_error(args.prepared)}", file=sys.stderr)
+        return 2
     if not (args.prepared / "manifest.csv").exists():  # as train reports a missing input: no usage block
         print(f"pretrain: error: {args.prepared / 'manifest.csv'} not found.\n"
               + demo_inputs_help(args.prepared, args.checkpoint, args.bpe, written=("--checkpoint", "--bpe")),

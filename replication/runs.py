@@ -26,7 +26,7 @@ import pandas as pd
 from torch import nn
 
 from replication import distributed
-from replication.arguments import HelpFormatter, checkpoint_blocks_problem, reported
+from replication.arguments import HelpFormatter, checkpoint_blocks_problem, prepared_file_error, reported
 from replication.checkpoint import PE_CORE_WEIGHTS, CheckpointError, load_clip
 from replication.data import ManifestError, read_prepare_settings
 from replication.engine import (INPUT_FIELDS, RUN_METHODS, BatchSizeError, FaceDataset, RunStateError, Trainer,
@@ -82,7 +82,10 @@ class MissingInputError(FileNotFoundError):
 def _missing_inputs(cfg: TrainConfig, missing: dict[str, Path]) -> str:
     """One line per missing input, then how to get it: the demo makes all of its own (pretrain writes its
     encoder: Hugging Face's weights are the full profile's), the full profile's come from the README's table.
-    An input given as a folder is said to be one: the file in it was meant, and making the inputs would not help."""
+    An input given as a folder is said to be one: the file in it was meant, and making the inputs would not help;
+    so is a --prepared given as a file, alone (the help would make the crops in it)."""
+    if "manifest_sha1" in missing and Path(cfg.prepared).is_file():
+        return prepared_file_error(Path(cfg.prepared))
     lines = [f"{_INPUTS[key][0]} {path} is a folder; expected {_INPUTS[key][2]}"
              for key, path in missing.items() if path.is_dir()]
     missing = {key: path for key, path in missing.items() if not path.is_dir()}

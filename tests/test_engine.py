@@ -263,6 +263,18 @@ def test_train_command_reports_a_missing_input_without_a_traceback(tmp_path, cap
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
 
 
+def test_train_command_says_prepared_takes_the_folder_of_the_manifest(prepared, tmp_path, capsys):
+    """manifest.csv given for its folder was looked for as manifest.csv/manifest.csv, and `prepare --out
+    .../manifest.csv` offered to make it; the folder is named, also with another input missing."""
+    for profile in ("demo", "full"):
+        assert runs.cli(["--profile", profile, "--method", "lp", "--tasks", "age", "--prepared",
+                         str(prepared / "manifest.csv"), "--runs-dir", str(tmp_path / "runs"), "--checkpoint",
+                         str(tmp_path / "missing.pt"), "--device", "cpu"]) == 2
+        assert capsys.readouterr().err == (f"train: error: --prepared {prepared / 'manifest.csv'} is a file; it takes "
+                                           f"the folder holding manifest.csv: --prepared {prepared}\n")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_command_reports_a_bad_manifest_value_without_a_traceback(tmp_path, capsys):
     (tmp_path / "prepared").mkdir()
     (tmp_path / "prepared" / "manifest.csv").write_text("path,dataset,split,age,gender,emotion\n"

@@ -109,6 +109,15 @@ def test_cli_names_the_missing_manifest_in_one_error(tmp_path, capsys, demo):
     assert err.startswith(f"pretrain: error: {tmp_path / 'manifest.csv'} not found.\n") and "usage" not in err
 
 
+def test_cli_says_prepared_takes_the_folder_of_the_manifest(prepared, tmp_path, capsys):
+    """manifest.csv given for its folder was looked for as manifest.csv/manifest.csv, and `prepare --out
+    .../manifest.csv` offered to make it."""
+    for given, says in ((prepared / "manifest.csv", f": --prepared {prepared}"), (prepared / "crops" / "0.jpg", "")):
+        assert pretrain.cli(["--prepared", str(given), "--checkpoint", str(tmp_path / "demo.pt")]) == 2
+        assert capsys.readouterr().err == (f"pretrain: error: --prepared {given} is a file; it takes the folder "
+                                           f"holding manifest.csv{says}\n")
+
+
 def test_cli_gives_the_exact_commands_that_make_the_demo_data(tmp_path, capsys, monkeypatch, demo):
     """`prepare` alone defaults to the SSD at 336 px: the demo's data needs the arguments reproduce passes, and
     the commands write where the failed one looked (the demo's own folders, or the ones it was given)."""
