@@ -107,6 +107,9 @@ class TrainConfig:
         if len(self.tasks) == 1 and self.weighting != "none":
             raise ValueError(f"weighting must be 'none' for a single-task run (plain cross-entropy, §3.1), got "
                              f"{self.weighting!r}: uw and ema weight the losses of several tasks (§3.7.3)")
+        if len(self.tasks) > 1 and self.weighting == "none":  # a plain sum of the losses: not a §3.7.3 weighting
+            raise ValueError(f"weighting must be uw or ema for a multi-task run (§3.7.3), got 'none': it is the "
+                             f"single-task runs' plain cross-entropy")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be {', '.join(AMP_MODES[:-1])} or {AMP_MODES[-1]}, got {self.amp!r}")
         if self.model_config not in CONFIGS:

@@ -171,6 +171,9 @@ def test_train_command_reports_a_bad_value_in_one_line_naming_the_valid_ones(cap
             (["--method", "lp", "--tasks", "age,age"], "each once"),
             (["--method", "lp", "--tasks", "age", "--weighting", "uw"], "weighting must be 'none' for a single-task"),
             (["--method", "ft4", "--tasks", "age,gender", "--weighting", "sum"], "weighting must be uw, ema or none"),
+            # an unweighted sum of the task losses: trained, though the help says none is single-task's
+            (["--method", "ft4", "--tasks", "age,gender", "--weighting", "none"], "weighting must be uw or ema for a "
+             "multi-task run (§3.7.3), got 'none': it is the single-task runs' plain cross-entropy"),
             (["--method", "lp", "--tasks", "age", "--amp", "fp8"], "amp must be bf16, fp16 or none, got 'fp8'"),
             (["--method", "lp", "--tasks", "age", "--profile", "thesis"], "invalid choice: 'thesis'"),
             (["--method", "lp", "--tasks", "age", "--model-config", "PE-Core-L14"], "--model-config must be one of "
