@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -493,6 +494,10 @@ class Trainer:
         size = model_image_size(cfg.model_config)
         root = Path(cfg.prepared)
         self.train_set = TrainingSet(cfg, read_split(cfg, "train"))
+        rows = len(self.train_set.frame)
+        if (cfg.max_train_samples or 0) > rows and self.d.is_main:  # taken whole, while the folder name says n<N>
+            print(f"note: --max-train-samples {cfg.max_train_samples} exceeds the {rows} training rows labelled for "
+                  f"{', '.join(cfg.tasks)}: all {rows} are used", file=sys.stderr)
         self.val_frame = read_split(cfg, "val")
         unlabelled = [t for t in cfg.tasks if (self.val_frame[t] == MISSING).all()]
         if unlabelled:  # §4.1 selection and §3.1 stopping would compare NaN accuracies

@@ -924,6 +924,16 @@ def test_amp_modes_autocast_to_their_precision():
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == dtype, amp
 
 
+def test_a_max_train_samples_above_the_training_rows_is_noted(prepared, tmp_path, capsys):
+    """It was capped without a word, the run folder still named n<N>. The fixture has 36 training rows with a
+    gender label."""
+    for samples, note in ((1000, "note: --max-train-samples 1000 exceeds the 36 training rows labelled for gender: "
+                                 "all 36 are used\n"), (36, "")):
+        trainer = engine.Trainer(_cfg(prepared, tmp_path, method="lp", tasks=("gender",), weighting="none",
+                                      max_train_samples=samples))
+        assert len(trainer.train_set.frame) == 36 and capsys.readouterr().err == note
+
+
 def test_subsampled_training_rows_are_distinct(prepared):
     """--max-train-samples N keeps N different rows of the split (no row twice), in manifest order."""
     frame = pd.DataFrame({"path": [f"{i}.jpg" for i in range(20)], "age": [i % 9 for i in range(20)],
