@@ -21,8 +21,8 @@ its tiny encoder a real, if brief, pre-training of the same kind:
 2-core CPU (measured: README, "What the demo shows"). Measured against 400
 steps, they raise a logistic-regression probe on the frozen embeddings from 35 % to 53 % on the
 demo's emotion test set and from 31 % to 47 % on age, which is worth the demo's budget.
-Idempotent: an existing checkpoint is kept (delete it to pre-train again); an existing merges
-file is reused.
+Idempotent: an existing checkpoint is kept (delete it to pre-train again), and the settings its report
+records otherwise are named; an existing merges file is reused.
 """
 from __future__ import annotations
 
@@ -150,7 +150,12 @@ def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo
     """Pre-train demo-tiny contrastively on the training crops; returns the checkpoint path."""
     prepared, checkpoint, bpe = Path(prepared), Path(checkpoint), Path(bpe)
     if checkpoint.is_file():
-        print(f"pretrain: {checkpoint} exists, nothing to do")
+        # kept, never retrained; settings that differ from its report's are said (a later reproduce takes it as is)
+        changed = _changed_settings(checkpoint, dict(config=config, steps=steps, batch_size=batch_size, lr=lr,
+                                                     seed=seed))
+        print(f"pretrain: {checkpoint} exists, nothing to do" if not changed else
+              f"pretrain: {checkpoint} exists, pre-trained with other settings ({', '.join(changed)}): it is kept; "
+              f"to pre-train with these, delete it or give another --checkpoint")
         return checkpoint
     # both written only after the minutes of training (the merges file when missing): checked now
     check_writable(checkpoint, "file")
@@ -203,7 +208,7 @@ def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo
                   f"({time.time() - start:.0f}s)", flush=True)
 
     report = {"config": config, "train_images": len(images), "steps": steps,
-              "batch_size": batch_size, "seconds": round(time.time() - start, 1),
+              "batch_size": batch_size, "lr": lr, "seed": seed, "seconds": round(time.time() - start, 1),
               "final_loss": float(np.mean(losses[-20:]))}
 
     def save_and_score(tmp: Path) -> None:
@@ -217,6 +222,15 @@ def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo
     print(f"pretrain: wrote {checkpoint}; zero-shot accuracy on the validation split: "
           f"{report['val_zero_shot_accuracy']}")
     return checkpoint
+
+
+def _changed_settings(checkpoint: Path, settings: dict) -> list[str]:
+    """Each of ``settings`` that the report beside ``checkpoint`` records otherwise, as "steps 60 -> 800" (reports
+    written before lr and seed were recorded hold neither; a checkpoint without a report, none)."""
+    report = checkpoint.with_suffix(".json")
+    recorded = json.loads(report.read_text()) if report.is_file() else {}
+    return [f"{key} {recorded[key]} -> {value}" for key, value in settings.items()
+            if key in recorded and recorded[key] != value]
 
 
 @torch.no_grad()

@@ -64,7 +64,7 @@ def test_only_the_training_split_is_used(prepared):
     assert images.shape == (12, 3, 64, 64) and images.dtype == torch.uint8 and labels.shape == (12, 3)
 
 
-def test_pretrain_writes_a_loadable_checkpoint_once(prepared, tmp_path):
+def test_pretrain_writes_a_loadable_checkpoint_once(prepared, tmp_path, capsys):
     ckpt, bpe = tmp_path / "out" / "demo.pt", tmp_path / "out" / "bpe.txt.gz"
     pretrain.pretrain(prepared, ckpt, bpe, steps=2, batch_size=8)
     model = load_clip(ckpt, config="demo-tiny")          # the same loader as the real checkpoint
@@ -75,8 +75,17 @@ def test_pretrain_writes_a_loadable_checkpoint_once(prepared, tmp_path):
     report = (ckpt.with_suffix(".json")).read_text()
     assert '"train_images": 12' in report and "val_zero_shot_accuracy" in report
     stamp = ckpt.stat().st_mtime_ns
+    capsys.readouterr()
     pretrain.pretrain(prepared, ckpt, bpe, steps=2, batch_size=8)   # idempotent
     assert ckpt.stat().st_mtime_ns == stamp
+    assert capsys.readouterr().out == f"pretrain: {ckpt} exists, nothing to do\n"
+    # other settings than the report's are named, not trained (nor was a 60-step encoder asked for 800 steps: a
+    # later reproduce took it as it was, without a word)
+    pretrain.pretrain(prepared, ckpt, bpe, steps=3, batch_size=8, seed=1)
+    assert ckpt.stat().st_mtime_ns == stamp
+    assert capsys.readouterr().out == (f"pretrain: {ckpt} exists, pre-trained with other settings (steps 2 -> 3, seed "
+                                       f"0 -> 1): it is kept; to pre-train with these, delete it or give another "
+                                       f"--checkpoint\n")
     assert not list(ckpt.parent.glob("*tmp*"))
 
 
