@@ -403,3 +403,40 @@ def test_vggface2_mivia_age_is_the_last_column_and_zero_is_an_age(tmp_path):
     res = read_vggface2(_vggface2_folder(tmp_path, ["n000001/0001_01.jpg,55,29.995", "n000001/0002_01.jpg,41,0.0"]))
     assert [r.age for r in res.records] == [3, 0]
     assert not res.notes["age_missing"]
+
+
+def parse_mivia_ages_in(folder: Path) -> dict:
+    return parse_mivia_ages(folder / "test.age_detected.csv")
+
+
+_OPEN_QUOTE_CASES = [  # reader, label file, header, one row (n = its number), what one row per line is
+    (read_fairface, "fairface_label_train.csv", "file,age,gender,race,service_test",
+     lambda n: f"train/{n}.jpg,20-29,Male,White,True", "one image per line with the columns file, age, gender"),
+    (read_lagenda, "lagenda_annotation.csv", "img_name,age,gender,face_x0,face_y0,face_x1,face_y1",
+     lambda n: f"lag_benchmark/{n}.jpg.jpg,30,M,10,20,50,70",
+     "one person per line with the columns img_name, age, gender, face_x0, face_y0, face_x1, face_y1"),
+    (lambda folder: parse_loose_boxes(folder / "loose_bb_test.csv"), "loose_bb_test.csv", "NAME_ID,X,Y,W,H",
+     lambda n: f"n000001/{n:04d}_01,10,20,30,40", "one face box per line with the columns NAME_ID, X, Y, W, H"),
+    (parse_mivia_ages_in, "test.age_detected.csv", None,  # MIVIA's quote character is |
+     lambda n: f"n000001/{n:04d}_01.jpg,30.5", "one image per line: its test_list path first, its age in years last"),
+]
+
+
+@pytest.mark.parametrize("read, name, header, row, per_line", _OPEN_QUOTE_CASES)
+def test_a_quote_left_open_in_a_label_csv_stops_with_its_line(tmp_path, read, name, header, row, per_line):
+    """A stray quote swallowed the rows after it: into one row skipped under the last line's number (a small file),
+    or into csv's field size error, naming no file (a large one). Label files hold no line break inside a field:
+    the row that runs on stops the run with the line it began on, as identity_meta.csv's does."""
+    (tmp_path / "fairface_label_val.csv").write_text("file,age,gender,race,service_test\n")
+    quote = "|" if header is None else '"'
+    lines = [] if header is None else [header]
+    rows = [row(n) for n in range(1, 20)]
+    rows[1] = quote + rows[1]
+    path = tmp_path / name
+    path.write_text("\n".join(lines + rows) + "\n")
+    first, last = len(lines) + 2, len(lines) + len(rows)  # the lines of rows[1] and of the last row
+    assert _message(read, tmp_path) == (f"{path} line {first}: the row runs on to line {last} (a quote left "
+                                        f"open?); expected {per_line}")
+    path.write_text("\n".join(lines + rows + [row(n) for n in range(20, 8000)]) + "\n")
+    assert _message(read, tmp_path) == (f"{path} line {first}: field larger than field limit (131072); "
+                                        f"expected {per_line}")

@@ -32,7 +32,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from replication.files import read_text
 from replication.labels import AGE_GROUPS, MISSING, age_to_group
@@ -84,25 +84,57 @@ def _label_text(path: Path, what: str) -> str:
     return read_text(_need(path, what), f"the {what} as released")
 
 
-def _csv_with_columns(f, path: Path, columns: tuple[str, ...]) -> csv.DictReader:
-    """A DictReader over the open ``f`` (read from ``path``) whose header holds ``columns``, else a ValueError
-    naming the file and what it lacks (an empty file has no header at all: said as such, not as header None)."""
-    reader = csv.DictReader(f)
-    if reader.fieldnames is None:
+def _csv_rows(f, path: Path, expected: str, **fmt) -> Iterator[tuple[int, list[str]]]:
+    """(line, fields) for each row of the CSV label file ``path``, open as ``f`` (``fmt``: csv.reader's format
+    arguments); a blank line is a row without fields. No label file holds a line break inside a field, so a row
+    that runs on past its line is a quote left open, which would swallow the rows after it (one skipped row, named
+    by the last line, or rows merged into another's values): it stops with the line it began on and ``expected``,
+    and so does csv's own error (such a quote swallowing more than csv's field size limit, which named no file)."""
+    rows = csv.reader(f, **fmt)
+    end = 0  # the line the previous row ended on
+    try:
+        for row in rows:
+            line_no, end = end + 1, rows.line_num
+            if end != line_no:  # csv reads on over line breaks inside quotes
+                raise ValueError(f"{path} line {line_no}: the row runs on to line {end} (a quote left open?); "
+                                 f"{expected}")
+            yield line_no, row
+    except csv.Error as err:
+        raise ValueError(f"{path} line {end + 1}: {err}; {expected}") from None
+
+
+def _csv_with_columns(f, path: Path, columns: tuple[str, ...], item: str
+                      ) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    """The header of the open ``f`` (read from ``path``), which must hold ``columns``, else a ValueError naming the
+    file and what it lacks (an empty file has no header at all: said as such, not as header None); and (line, row)
+    for each line after it that is not blank, one ``item`` per line (_csv_rows), the row a dict as csv.DictReader
+    gives it: fields beyond the header's under the key None, those short of it None."""
+    rows = _csv_rows(f, path, f"expected one {item} per line with the columns {', '.join(columns)}")
+    header = next(rows, (1, None))[1]
+    if header is None:
         raise ValueError(f"{path}: the file is empty; expected a header with the columns {', '.join(columns)}")
-    missing = set(columns) - set(reader.fieldnames)
+    missing = set(columns) - set(header)
     if missing:
-        raise ValueError(f"{path}: header {reader.fieldnames} lacks columns {sorted(missing)}")
-    return reader
+        raise ValueError(f"{path}: header {header} lacks columns {sorted(missing)}")
+
+    def as_dicts():
+        for line_no, fields in rows:
+            if fields:
+                row = dict(zip(header, fields))
+                if len(fields) > len(header):
+                    row[None] = fields[len(header):]
+                yield line_no, row | dict.fromkeys(header[len(fields):])
+
+    return header, as_dicts()
 
 
-def _field_count_problem(row: dict, reader: csv.DictReader) -> str | None:
-    """What to say of a DictReader row with fields beyond the header's (its key None) or short of them (values
-    None), whose columns may be shifted, so that even values that parse may be another column's; None if whole."""
+def _field_count_problem(row: dict, header: list[str]) -> str | None:
+    """What to say of a _csv_with_columns row with fields beyond the header's (its key None) or short of them
+    (values None), whose columns may be shifted, so that even values that parse may be another column's; None if
+    whole."""
     extra, short = len(row.pop(None, [])), sum(v is None for v in row.values())
     if not (extra or short):
         return None
-    header = reader.fieldnames
     return f"{len(header) + extra - short} fields, expected the header's {len(header)} ({','.join(header)})"
 
 
@@ -129,12 +161,12 @@ def read_fairface_csv(label_csv: Path, image_root: Path, result: ReadResult) -> 
     """Append the rows of one ``fairface_label_{train,val}.csv`` (split = its name's part)."""
     split = "train" if "train" in label_csv.name else "val"
     with io.StringIO(_label_text(label_csv, "FairFace label CSV"), newline="") as f:
-        reader = _csv_with_columns(f, label_csv, ("file", "age", "gender"))
-        for row in reader:
+        header, rows = _csv_with_columns(f, label_csv, ("file", "age", "gender"), "image")
+        for line_no, row in rows:
             result.rows_read += 1
             name = row["file"]
-            where = f"{name} (line {reader.line_num})"  # as LAGENDA's skips: the row to look at in the file
-            problem = _field_count_problem(row, reader)  # skipped and counted like the other bad label rows
+            where = f"{name} (line {line_no})"  # as LAGENDA's skips: the row to look at in the file
+            problem = _field_count_problem(row, header)  # skipped and counted like the other bad label rows
             if problem:
                 result.skip("unknown_label", f"{where}: {problem}")
                 continue
@@ -219,12 +251,11 @@ def read_lagenda(folder: Path) -> ReadResult:
     path = folder / "lagenda_annotation.csv"
     box_cols = ("face_x0", "face_y0", "face_x1", "face_y1")
     with io.StringIO(_label_text(path, "LAGENDA annotation CSV"), newline="") as f:
-        reader = _csv_with_columns(f, path, ("img_name", "age", "gender", *box_cols))
-        for row in reader:
-            row_no = reader.line_num  # the file's line, which a blank line above does not shift
+        header, rows = _csv_with_columns(f, path, ("img_name", "age", "gender", *box_cols), "person")
+        for row_no, row in rows:  # the file's line, which a blank line above does not shift
             result.rows_read += 1
             name = f"{row['img_name']} (line {row_no})"
-            problem = _field_count_problem(row, reader)
+            problem = _field_count_problem(row, header)
             if problem:
                 result.skip("unknown_label", f"{name}: {problem}")
                 continue
@@ -411,36 +442,29 @@ def parse_identity_meta(path: Path) -> dict[str, tuple[int, int]]:
     out = {}
     one_per_line = f"expected one identity per line: {', '.join(IDENTITY_META_HEADER)}"
     with io.StringIO(_label_text(path, "VGGFace2 identity_meta.csv"), newline="") as f:
-        rows = csv.reader(f, skipinitialspace=True)
-        first = next(rows, None)  # None: an empty file has no line 1 at all
+        rows = _csv_rows(f, path, one_per_line, skipinitialspace=True)
+        first = next(rows, (1, None))[1]  # None: an empty file has no line 1 at all
         header = [h.strip() for h in first or []]
         if header != IDENTITY_META_HEADER:
             got = "the file is empty" if first is None else f"got {header}"
             raise ValueError(f"{path} line 1: expected the header {', '.join(IDENTITY_META_HEADER)}, {got}")
-        end = rows.line_num  # the line the previous row ended on
-        try:
-            for row in rows:
-                line_no, end = end + 1, rows.line_num
-                if end != line_no:  # csv reads on over line breaks inside quotes
-                    raise ValueError(f"{path} line {line_no}: the row runs on to line {end} (a quote left open?); "
-                                     f"{one_per_line}")
-                if len(row) != len(IDENTITY_META_HEADER):
-                    raise ValueError(f"{path} line {line_no}: {len(row)} fields, {one_per_line}; got {row}")
-                fields = dict(zip(IDENTITY_META_HEADER, (v.strip() for v in row)))
-                for column, (form, what) in IDENTITY_META_FORMS.items():
-                    if not re.fullmatch(form, fields[column]):
-                        raise ValueError(f"{path} line {line_no}: expected {column} {what}, got {row}")
-                out[fields["Class_ID"]] = ({"m": 0, "f": 1}[fields["Gender"]], int(fields["Flag"]))
-        except csv.Error as err:  # e.g. a quote left open swallows more than csv's field size limit
-            raise ValueError(f"{path} line {end + 1}: {err}; {one_per_line}") from None
+        for line_no, row in rows:
+            if len(row) != len(IDENTITY_META_HEADER):
+                raise ValueError(f"{path} line {line_no}: {len(row)} fields, {one_per_line}; got {row}")
+            fields = dict(zip(IDENTITY_META_HEADER, (v.strip() for v in row)))
+            for column, (form, what) in IDENTITY_META_FORMS.items():
+                if not re.fullmatch(form, fields[column]):
+                    raise ValueError(f"{path} line {line_no}: expected {column} {what}, got {row}")
+            out[fields["Class_ID"]] = ({"m": 0, "f": 1}[fields["Gender"]], int(fields["Flag"]))
     return out
 
 
 def parse_mivia_ages(path: Path) -> dict[str, float]:
     """MIVIA ``*.age_detected.csv``: image path in column 0, age (float years) in the last column."""
     ages = {}
+    expected = "expected one image per line: its test_list path first, its age in years last"
     with io.StringIO(_label_text(path, "MIVIA age file"), newline="") as f:
-        for line_no, row in enumerate(csv.reader(f, skipinitialspace=True, quotechar="|"), start=1):
+        for line_no, row in _csv_rows(f, path, expected, skipinitialspace=True, quotechar="|"):
             if not row:
                 continue
             try:
@@ -458,12 +482,12 @@ def parse_loose_boxes(path: Path) -> dict[str, Box]:
     """``loose_bb_test.csv``: NAME_ID,X,Y,W,H (xywh) -> {NAME_ID.jpg: xyxy}."""
     boxes = {}
     with io.StringIO(_label_text(path, "VGGFace2 loose_bb_test.csv"), newline="") as f:
-        reader = _csv_with_columns(f, path, ("NAME_ID", "X", "Y", "W", "H"))
-        for row in reader:
+        _, rows = _csv_with_columns(f, path, ("NAME_ID", "X", "Y", "W", "H"), "face box")
+        for line_no, row in rows:
             try:
                 x, y, w, h = (float(row[c]) for c in ("X", "Y", "W", "H"))
             except (ValueError, TypeError):  # TypeError: a short row leaves the last columns None
-                raise ValueError(f"{path} line {reader.line_num}: expected NAME_ID and four numbers X,Y,W,H, "
+                raise ValueError(f"{path} line {line_no}: expected NAME_ID and four numbers X,Y,W,H, "
                                  f"got {list(row.values())}") from None
             boxes[row["NAME_ID"] + ".jpg"] = (x, y, x + w, y + h)
     return boxes
