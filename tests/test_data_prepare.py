@@ -278,6 +278,28 @@ def test_cli_warns_of_empty_datasets_and_a_missing_mivia_age_file(tmp_path, caps
     assert report["datasets"]["vggface2"]["notes"]["mivia_age_file_absent"]["count"] == 1
 
 
+def test_cli_warns_of_unread_celebahq_folders_and_of_datasets_or_test_sets_left_empty(demo_run, tmp_path, capsys):
+    """CelebA-HQ's images outside celeba_hq/{train,val}/{male,female} were not read and not counted, and a dataset
+    whose every row was skipped, or whose Table 3.1 test set was empty, said nothing (only 0 rows read did)."""
+    raw = tmp_path / "raw"
+    for d in ("fairface", "rafdb", "celebahq"):
+        shutil.copytree(demo_run[0] / d, raw / d)
+    (raw / "fairface" / "fairface_label_val.csv").write_text("file,age,gender,race,service_test\n")
+    shutil.rmtree(raw / "rafdb" / "basic" / "Image" / "original")
+    rafdb_rows = len((raw / "rafdb" / "basic" / "EmoLabel" / "list_patition_label.txt").read_text().split("\n"))
+    train = raw / "celebahq" / "celeba_hq" / "train"
+    (train / "female").rename(train / "Female")  # e.g. renamed by hand
+    assert prep.cli(["--data-root", str(raw), "--out", str(tmp_path / "out"), "--detector", "boxes",
+                     "--size", "24"]) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")] == [
+        "warning: fairface has no test rows: its official val split, Table 3.1's test set, gave none",
+        f"warning: rafdb skipped all of its {rafdb_rows} rows: it adds nothing to the manifest",
+        "warning: celebahq lacks the folder(s) celeba_hq/train/female of its layout (see the README): it is prepared "
+        "without them",
+        "warning: celebahq has folders outside its layout (see the README), whose images are not read: "
+        "celeba_hq/train/Female"]
+
+
 def test_cli_says_when_the_data_root_does_not_exist(tmp_path, capsys):
     missing = tmp_path / "no-such-folder"
     assert prep.cli(["--data-root", str(missing), "--out", str(tmp_path / "out"), "--detector", "boxes"]) == 2

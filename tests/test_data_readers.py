@@ -440,3 +440,16 @@ def test_a_quote_left_open_in_a_label_csv_stops_with_its_line(tmp_path, read, na
     path.write_text("\n".join(lines + rows + [row(n) for n in range(20, 8000)]) + "\n")
     assert _message(read, tmp_path) == (f"{path} line {first}: field larger than field limit (131072); "
                                         f"expected {per_line}")
+
+
+def test_celebahq_notes_missing_and_unexpected_folders(tmp_path):
+    """Its labels are its folder names: images anywhere else (Female/ renamed, a folder a partial unzip left out)
+    were never read, nor counted, without a word; the folders are now listed for prepare's warning."""
+    for rel in ("train/Female", "train/male", "val/male", "val/female", "test"):
+        (tmp_path / "celeba_hq" / rel).mkdir(parents=True)
+        (tmp_path / "celeba_hq" / rel / "000001.jpg").write_bytes(b"")
+    res = read_celebahq(tmp_path)
+    assert res.rows_read == 3 and [r.name for r in res.records] == [
+        "train/male/000001.jpg", "val/male/000001.jpg", "val/female/000001.jpg"]
+    assert res.notes == {"folder_missing": ["celeba_hq/train/female"],
+                         "folder_not_read": ["celeba_hq/test", "celeba_hq/train/Female"]}

@@ -42,7 +42,7 @@ from replication.arguments import HelpFormatter, number, reported
 from replication.files import NotTextError, atomic_write_text, check_writable, read_text
 from replication.labels import DATASETS, NUM_CLASSES, TASKS
 
-from .compose import compose, training_totals
+from .compose import TEST_SOURCES, compose, training_totals
 from .faces import ImageError, SSDFaceDetector, load_rgb, locate_ssd_files, resize, save_jpeg, square_crop
 from .readers import READERS, Record, box_has_area
 from .stats import class_counts, records_frame
@@ -389,17 +389,35 @@ def _prepare(a: argparse.Namespace, aligned: tuple[str, ...], datasets: tuple[st
     for d, r in report["datasets"].items():
         skips = ", ".join(f"{k} {v['count']}" for k, v in r["skipped"].items()) or "none"
         print(f"{d:9s} read {r['rows_read']:7d}  manifest {r['manifest']}  skipped: {skips}")
-        # Neither stops the run, but each leaves a test set or a dataset empty: say so, not only in report.json.
-        if r["rows_read"] == 0:
-            print(f"warning: {d} read 0 rows (empty label list or image folders?): it adds nothing to the manifest")
-        if "mivia_age_file_absent" in r["notes"]:
-            expected = r["notes"]["mivia_age_file_absent"]["files"][0]
-            print(f"warning: {d} has no MIVIA age file (expected {expected}): its images have no age, "
-                  "so its age test set is empty")
+        for warning in _warnings(d, r):
+            print(f"warning: {warning}")
     if report["absent_datasets"]:  # prepared without them (a subset is allowed), but never silently
         print(f"absent (no folder in {a.data_root}): {', '.join(report['absent_datasets'])}")
     print(f"wrote {Path(a.out) / 'manifest.csv'} ({report['manifest_rows']} rows) and report.json")
     return 0
+
+
+def _warnings(d: str, r: dict) -> list[str]:
+    """What dataset ``d``'s report ``r`` holds that does not stop the run but leaves the dataset or a test set of it
+    empty, or images unread: said on the console, not only in report.json."""
+    out, notes = [], r["notes"]
+    test_split = dict(TEST_SOURCES).get(d)  # the official split Table 3.1 tests on, if any
+    if r["rows_read"] == 0:
+        out.append(f"{d} read 0 rows (empty label list or image folders?): it adds nothing to the manifest")
+    elif sum(r["manifest"].values()) == 0:
+        out.append(f"{d} skipped all of its {r['rows_read']} rows: it adds nothing to the manifest")
+    elif test_split is not None and r["manifest"]["test"] == 0:
+        out.append(f"{d} has no test rows: its official {test_split} split, Table 3.1's test set, gave none")
+    if "folder_missing" in notes:
+        out.append(f"{d} lacks the folder(s) {', '.join(notes['folder_missing']['files'])} of its layout (see the "
+                   "README): it is prepared without them")
+    if "folder_not_read" in notes:
+        out.append(f"{d} has folders outside its layout (see the README), whose images are not read: "
+                   f"{', '.join(notes['folder_not_read']['files'])}")
+    if "mivia_age_file_absent" in notes:
+        out.append(f"{d} has no MIVIA age file (expected {notes['mivia_age_file_absent']['files'][0]}): its images "
+                   "have no age, so its age test set is empty")
+    return out
 
 
 if __name__ == "__main__":

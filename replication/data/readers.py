@@ -398,16 +398,30 @@ def parse_celebamask_attributes(path: Path) -> dict[str, int]:
     return genders
 
 
+CELEBAHQ_SPLITS, CELEBAHQ_SEXES = ("train", "val"), ("male", "female")  # StarGAN v2's folders; gender id = index
+
+
 def read_celebahq(folder: Path) -> ReadResult:
     """StarGAN v2 ``celeba_hq/{train,val}/{female,male}`` (28,000/2,000: the split Table 3.2 fits),
-    else CelebAMask-HQ's 30,000 images with the attribute file (no official split: all train)."""
+    else CelebAMask-HQ's 30,000 images with the attribute file (no official split: all train).
+
+    The labels are the folder names, so images in any other folder are not read: such folders (``Female/``
+    renamed, ``test/``) and the expected ones missing (a partial unzip) are listed in ``result.notes``."""
     result = ReadResult("celebahq")
     stargan = folder / "celeba_hq"
     if stargan.is_dir():
-        for split in ("train", "val"):
-            for gender, sex in enumerate(("male", "female")):
+        layout = {stargan: CELEBAHQ_SPLITS} | {stargan / split: CELEBAHQ_SEXES for split in CELEBAHQ_SPLITS}
+        for d, names in layout.items():
+            for p in sorted(d.iterdir()) if d.is_dir() else ():
+                if p.is_dir() and p.name not in names:
+                    result.notes["folder_not_read"].append(p.relative_to(folder).as_posix())
+        for split in CELEBAHQ_SPLITS:
+            for gender, sex in enumerate(CELEBAHQ_SEXES):
                 d = stargan / split / sex
-                for p in sorted(d.iterdir()) if d.is_dir() else ():
+                if not d.is_dir():
+                    result.notes["folder_missing"].append(d.relative_to(folder).as_posix())
+                    continue
+                for p in sorted(d.iterdir()):
                     result.rows_read += 1
                     rel = f"{split}/{sex}/{p.name}"
                     result.records.append(Record("celebahq", p, rel, safe_key(rel.rsplit(".", 1)[0]),
