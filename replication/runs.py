@@ -28,7 +28,7 @@ from torch import nn
 from replication import distributed
 from replication.arguments import HelpFormatter, checkpoint_blocks_problem, prepared_file_error, reported
 from replication.checkpoint import PE_CORE_WEIGHTS, CheckpointError, load_clip
-from replication.data import ManifestError, read_prepare_settings
+from replication.data import ManifestError, PreparedFolderError, read_prepare_settings
 from replication.engine import (INPUT_FIELDS, RUN_METHODS, BatchSizeError, FaceDataset, RunStateError, Trainer,
                                 TrainConfig, build_model, evaluation_frame, model_image_size, predict_logits,
                                 predictions_table, read_run_state)
@@ -432,8 +432,8 @@ def cli(argv: list[str] | None = None) -> int:
              f"resumes {cfg.run_dir} from its last checkpoint (last.pt, written every {cfg.checkpoint_every} "
              f"steps and at each epoch's end)")
     # the user's to fix, not a bug: one line, no traceback
-    return reported("train", train, (MissingInputError, ManifestError, RunFolderError, BatchSizeError,
-                                     CheckpointError, RunStateError, MergesError), resume=again)
+    return reported("train", train, (MissingInputError, ManifestError, PreparedFolderError, RunFolderError,
+                                     BatchSizeError, CheckpointError, RunStateError, MergesError), resume=again)
 
 
 if __name__ == "__main__":

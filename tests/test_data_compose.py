@@ -83,8 +83,8 @@ def test_the_data_package_re_exports_each_submodules_own_objects():
     import replication.data as data
 
     exported = {"compose": ("compose", "training_totals"),
-                "prepare": ("MANIFEST_COLUMNS", "ManifestError", "read_manifest", "read_prepare_settings",
-                            "read_report", "run_prepare"),
+                "prepare": ("MANIFEST_COLUMNS", "ManifestError", "PreparedFolderError", "read_manifest",
+                            "read_prepare_settings", "read_report", "run_prepare"),
                 "readers": ("READERS", "Record"), "stats": ("class_counts", "training_distribution")}
     assert sorted(data.__all__) == sorted(n for names in exported.values() for n in names)
     for module, names in exported.items():

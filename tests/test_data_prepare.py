@@ -438,6 +438,40 @@ def test_a_prepare_that_failed_before_any_crop_does_not_hold_its_settings(tmp_pa
         "the old settings to resume, or use another --out folder (or delete it) to change crop settings.\n")
 
 
+def _lagenda_args(demo_run, tmp_path) -> list[str]:
+    """prepare's arguments for the demo's LAGENDA alone (copied under ``tmp_path``) into ``tmp_path/out``."""
+    shutil.copytree(demo_run[0] / "lagenda", tmp_path / "raw" / "lagenda")
+    return ["--data-root", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--detector", "boxes", "--size", "24"]
+
+
+def test_damaged_state_files_of_a_prepared_folder_are_named_with_the_way_out(demo_run, tmp_path, capsys):
+    """An emptied prepare_settings.json was "prepare: error: Expecting value: line 1 column 1 (char 0)", naming no
+    file; a journal line of JSON but no crop's entry a TypeError traceback."""
+    args, out = _lagenda_args(demo_run, tmp_path), tmp_path / "out"
+    assert prep.cli(args) == 0
+    settings, journal = out / "prepare_settings.json", out / "journal.jsonl"
+    kept = settings.read_text()
+    for text, got in (("", "the file is empty"), ("[1, 2]", "a JSON list")):
+        settings.write_text(text)
+        capsys.readouterr()
+        assert prep.cli(args) == 2
+        assert capsys.readouterr().err == (
+            f"prepare: error: {settings}: {got}; expected the JSON object of crop settings that prepare writes. "
+            "Delete it and run prepare with the settings its crops were made with (report.json's options), or "
+            "prepare into another --out\n")
+    settings.write_text(kept)
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines + ["[1,2]", lines[0]]) + "\n")
+    assert prep.cli(args) == 2
+    assert capsys.readouterr().err == (
+        f"prepare: error: {journal} line {len(lines) + 1}: expected a crop's JSON object with its path, source, box "
+        "and notes, as prepare writes, got '[1,2]'; delete that line or the file: the crops they stood for are made "
+        "again\n")
+    journal.write_text("\n".join(lines[1:] + [lines[0][:20]]) + "\n")  # a line cut by a run killed: redone
+    assert prep.cli(args) == 0
+    assert json.loads((out / "report.json").read_text())["datasets"]["lagenda"]["written"] == 1
+
+
 def test_an_interrupted_prepare_says_how_to_resume(tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

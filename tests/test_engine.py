@@ -1274,6 +1274,13 @@ def test_crops_of_another_size_than_the_model_takes_are_noted(prepared, tmp_path
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert notes == [f"note: the crops in {folder} are 32 px, demo-tiny takes 64 px: every crop is resized "
                      f"(`prepare --size 64` makes crops of the model's size)"]
+    # an emptied one was a JSONDecodeError traceback, naming no file
+    (folder / "prepare_settings.json").write_text("")
+    assert runs.cli(_train_argv(folder, tmp_path / "runs2")) == 2
+    assert capsys.readouterr().err == (
+        f"train: error: {folder / 'prepare_settings.json'}: the file is empty; expected the JSON object of crop "
+        "settings that prepare writes. Delete it and run prepare with the settings its crops were made with "
+        "(report.json's options), or prepare into another --out\n")
 
 
 def test_profiles_hold_the_thesis_settings_and_the_demo_its_cpu_ones():

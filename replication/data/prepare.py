@@ -134,11 +134,30 @@ def _listing(names: list[str]) -> dict:
     return {"count": len(names), "files": names[:MAX_LISTED]}
 
 
+class PreparedFolderError(ValueError):
+    """A state file of the prepared folder (prepare_settings.json, journal.jsonl) is not what prepare writes, or
+    another prepare is writing the folder; the message names the file and the way out."""
+
+
 def read_prepare_settings(prepared: str | Path) -> dict | None:
     """The crop settings (CROP_SETTINGS: detector, size, margin, ...) a prepared folder's crops were made with;
-    None for a folder without prepare_settings.json (crops made elsewhere)."""
+    None for a folder without prepare_settings.json (crops made elsewhere). A damaged one (emptied by a full disk,
+    edited) is a PreparedFolderError: the crops' settings are unknown, and prepare must not guess them."""
     path = Path(prepared) / "prepare_settings.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    try:
+        settings = json.loads(data)
+    except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for bytes that are no text
+        settings, got = None, "the file is empty" if not data.strip() else f"not JSON ({err})"
+    else:
+        got = f"a JSON {type(settings).__name__}"
+    if not isinstance(settings, dict):
+        raise PreparedFolderError(
+            f"{path}: {got}; expected the JSON object of crop settings that prepare writes. Delete it and run prepare "
+            f"with the settings its crops were made with (report.json's options), or prepare into another --out")
+    return settings
 
 
 def _changed_settings(old: dict, new: dict) -> list[str]:
@@ -198,11 +217,17 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
     journal_path = out / "journal.jsonl"
     done = {}  # crop path -> journal entry (source, box, notes), for crops finished by an earlier run
     if journal_path.is_file():
-        for line in journal_path.read_text().splitlines():
+        for line_no, line in enumerate(read_text(journal_path, "the journal prepare writes").splitlines(), start=1):
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:  # a line cut by an interrupted run: redo that crop
                 continue
+            if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                    and isinstance(entry.get("notes"), list)):
+                raise PreparedFolderError(
+                    f"{journal_path} line {line_no}: expected a crop's JSON object with its path, source, box and "
+                    f"notes, as prepare writes, got {line[:60]!r}; delete that line or the file: the crops they stood "
+                    "for are made again")
             done[entry["path"]] = entry
 
     # record -> [skip reason or None, notes, reused]; keys are unique per dataset after this loop
