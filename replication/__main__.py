@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0
-    if os.name != "posix":  # the run folders' lock (fcntl.flock) and reproduce's Ctrl-C (os.killpg) are POSIX's
+    if os.name != "posix":  # the output folders' lock (fcntl.flock) and reproduce's Ctrl-C (os.killpg) are POSIX's
         print(f"{argv[0]}: error: this project runs on Linux or macOS; on Windows, run it inside WSL2",
               file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Atomic file writes, a check that an output can be written, reading a text input, and file hashes.
+"""Atomic file writes, an output folder's lock, a check that an output can be written, reading a text input, and
+file hashes.
 
 Results are written atomically (a temporary file beside the target, then os.replace) so that an interrupted
 run never leaves a half-written file that a later run would trust: resuming, and skipping finished work, go by
@@ -6,21 +7,59 @@ which files exist.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
-    """Write ``path`` via ``write(tmp)`` on <name>.tmp beside it, then rename; creates the folder. A writer that
-    picks its format from the file name must be given it (the temporary name ends in .tmp). (No fsync: this
-    guards against the process dying, which is what resuming is for, not against power loss.)"""
+    """Write ``path`` via ``write(tmp)`` on <name>.<random>.tmp beside it, then rename; creates the folder. A writer
+    that picks its format from the file name must be given it (the temporary name ends in .tmp). The name is new
+    for each write, so two processes writing one file do not rename each other's half-written one (or find it
+    gone: the fixed <name>.tmp did both); a write that fails removes it. (No fsync: this guards against the process
+    dying, which is what resuming is for, not against power loss.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C included: nothing else would ever remove a randomly named file
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, busy: Exception) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (made if missing, deleted as the lock is let go) while the block
+    runs; ``busy`` is raised at once if another process holds it. Two processes writing one output folder (a
+    run's, prepare's) would overwrite each other's files and redo each other's work. The lock is flock's, released
+    by the kernel when its process dies: a process killed with kill -9 leaves at most an unlocked file, which the
+    next one takes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        with open(path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise busy from None
+            # the holder before us deletes the file as it lets go: a lock on the deleted file excludes no one
+            # from the new one another process may have made, so take that one (the next pass)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if os.path.samestat(os.fstat(lock.fileno()), current):
+                try:
+                    yield
+                finally:
+                    path.unlink()
+                return
 
 
 def check_writable(path: str | Path, kind: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import functools
 import inspect
 import json
@@ -32,7 +31,7 @@ from replication.data import ManifestError, PreparedFolderError, read_prepare_se
 from replication.engine import (INPUT_FIELDS, RUN_METHODS, BatchSizeError, FaceDataset, RunStateError, Trainer,
                                 TrainConfig, build_model, evaluation_frame, model_image_size, predict_logits,
                                 predictions_table, read_run_state)
-from replication.files import atomic_write, atomic_write_text, check_writable, sha1
+from replication.files import atomic_write, atomic_write_text, check_writable, exclusive_lock, sha1
 from replication.labels import TASKS
 from replication.metrics import summarize_predictions
 from replication.profiles import PROFILES, RUN_FIELDS, demo_inputs_help, get_profile
@@ -161,36 +160,17 @@ def _moved_with_the_runs(old: dict, new: dict, key: str) -> bool:
 
 @contextmanager
 def _writing(cfg: TrainConfig, d: distributed.Dist):
-    """Hold an exclusive lock on <runs_dir>/.<name>.lock while the run folder is written: two processes on one
-    folder would overwrite each other's last.pt. Only the main rank writes, so only it locks. The lock is
-    flock's, released by the kernel when its process dies: a run killed with kill -9 leaves at most an
-    unlocked file, which the next run takes."""
+    """Hold an exclusive lock (files.exclusive_lock) on <runs_dir>/.<name>.lock while the run folder is written:
+    two processes on one folder would overwrite each other's last.pt. Only the main rank writes, so only it locks."""
     if not d.is_main:
         yield
         return
     path = Path(cfg.runs_dir) / f".{cfg.name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        with open(path, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunFolderError(f"another process is writing {cfg.run_dir} now ({path} is locked); once it "
-                                     f"has finished, the same command reuses or resumes its run; or write this run "
-                                     f"elsewhere: another --runs-dir (train and reproduce) or --run-name (train)"
-                                     ) from None
-            # the holder before us deletes the file as it lets go: a lock on the deleted file excludes no one
-            # from the new one another process may have made, so take that one (the next pass)
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                continue
-            if os.path.samestat(os.fstat(lock.fileno()), current):
-                try:
-                    yield
-                finally:
-                    path.unlink()
-                return
+    with exclusive_lock(path, RunFolderError(
+            f"another process is writing {cfg.run_dir} now ({path} is locked); once it has finished, the same "
+            f"command reuses or resumes its run; or write this run elsewhere: another --runs-dir (train and "
+            f"reproduce) or --run-name (train)")):
+        yield
 
 
 def _prepare_dir(cfg: TrainConfig, config: dict, fresh: bool, d: distributed.Dist) -> None:

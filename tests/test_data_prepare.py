@@ -1,5 +1,6 @@
 """``demo-data`` + ``prepare`` end to end: every bad input is counted with its file name,
 nothing is dropped silently, re-runs resume, and the manifest validates."""
+import fcntl
 import json
 import os
 import shutil
@@ -470,6 +471,22 @@ def test_damaged_state_files_of_a_prepared_folder_are_named_with_the_way_out(dem
     journal.write_text("\n".join(lines[1:] + [lines[0][:20]]) + "\n")  # a line cut by a run killed: redone
     assert prep.cli(args) == 0
     assert json.loads((out / "report.json").read_text())["datasets"]["lagenda"]["written"] == 1
+
+
+def test_a_second_prepare_on_a_folder_being_written_is_refused(demo_run, tmp_path, capsys):
+    """Two runs on one --out both redid every crop and appended each to the journal twice (and one could fail in
+    atomic_write): the second now gets one line and writes nothing, as a second `train` on a run folder does."""
+    args, out = _lagenda_args(demo_run, tmp_path), tmp_path / "out"
+    lock = out / ".prepare.lock"
+    out.mkdir()
+    with open(lock, "a") as held:  # as another prepare holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert prep.cli(args) == 2
+        assert capsys.readouterr().err == (f"prepare: error: another prepare is writing {out} now ({lock} is locked); "
+                                           "once it has finished, the same command reuses its crops; or prepare into "
+                                           "another --out\n")
+        assert [p.name for p in out.iterdir()] == [lock.name]
+    assert prep.cli(args) == 0 and not lock.exists()  # the file a killed holder leaves is taken, then removed
 
 
 def test_an_interrupted_prepare_says_how_to_resume(tmp_path, monkeypatch, capsys):

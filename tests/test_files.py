@@ -1,5 +1,6 @@
-"""File helpers: atomic writes leave the old file or the new one (never half of one, never a stray .tmp),
-check_writable's messages, read_text's UTF-8 contract (a BOM dropped, anything else named by line and byte)."""
+"""File helpers: atomic writes leave the old file or the new one (never half of one, never a stray .tmp, never
+another writer's), check_writable's messages, read_text's UTF-8 contract (a BOM dropped, anything else named by
+line and byte)."""
 import hashlib
 import os
 
@@ -20,14 +21,31 @@ def test_an_interrupted_atomic_write_leaves_the_old_file_and_a_finished_one_no_t
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, dies)
     assert target.read_text() == "old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["result.json"]  # the half-written one removed
     atomic_write(target, lambda tmp: tmp.write_text("new"))
     assert target.read_text() == "new" and sorted(p.name for p in target.parent.iterdir()) == ["result.json"]
 
 
-def test_atomic_write_hands_the_writer_a_tmp_name_beside_the_target(tmp_path):
+def test_atomic_write_hands_the_writer_a_new_tmp_name_beside_the_target(tmp_path):
     seen = []
-    atomic_write(tmp_path / "a" / "b.csv", lambda tmp: (seen.append(tmp), tmp.write_bytes(b"x")))
-    assert seen == [tmp_path / "a" / "b.csv.tmp"]
+    for _ in range(2):
+        atomic_write(tmp_path / "a" / "b.csv", lambda tmp: (seen.append(tmp), tmp.write_bytes(b"x")))
+    assert all(tmp.parent == tmp_path / "a" and tmp.name.startswith("b.csv.") and tmp.suffix == ".tmp"
+               for tmp in seen)
+    assert seen[0] != seen[1]
+
+
+def test_two_writers_of_one_file_each_rename_their_own(tmp_path):
+    """Two `prepare` runs on one --out both wrote prepare_settings.json through the one name <name>.tmp: the first
+    to finish renamed the other's half-written file, whose own rename then failed ("No such file or directory")."""
+    target = tmp_path / "prepare_settings.json"
+
+    def slow(tmp):
+        tmp.write_text("first")
+        atomic_write_text(target, "second")  # the other process writes meanwhile
+
+    atomic_write(target, slow)
+    assert target.read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
 
 
 def test_atomic_write_text_is_utf8_whatever_the_locale(tmp_path):

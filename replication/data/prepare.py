@@ -21,7 +21,8 @@ When the SSD finds no face, FairFace keeps the image with the whole image as a f
 Every label row ends up either in the manifest or under a skip reason in report.json
 (checked before writing). Crops are written once; a journal makes re-runs resume. It records each
 crop's source image and box, and a crop whose record now has another source or box (e.g. a LAGENDA
-CSV edited between runs: its keys hold line numbers) is redone, not reused.
+CSV edited between runs: its keys hold line numbers) is redone, not reused. One run at a time writes an
+output folder (a lock, as `train`'s on a run folder): a second one is refused.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import pandas as pd
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook kernel without ipywidgets (not a dependency)
 
 from replication.arguments import HelpFormatter, number, reported
-from replication.files import NotTextError, atomic_write_text, check_writable, read_text
+from replication.files import NotTextError, atomic_write_text, check_writable, exclusive_lock, read_text
 from replication.labels import DATASETS, NUM_CLASSES, TASKS
 
 from .compose import TEST_SOURCES, compose, training_totals
@@ -210,10 +211,20 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
         locate_ssd_files(detector_dir)  # fail before any work, with download instructions
     settings = dict(detector=detector, aligned=sorted(aligned), crop=crop, size=size, margin=margin,
                     threshold=threshold, detector_dir=None if detector_dir is None else str(detector_dir))
-    out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, settings)
+    lock = out / ".prepare.lock"
+    # two runs on one folder would each redo every crop, and append each crop to the journal twice
+    with exclusive_lock(lock, PreparedFolderError(
+            f"another prepare is writing {out} now ({lock} is locked); once it has finished, the same command "
+            f"reuses its crops; or prepare into another --out")):
+        return _prepare_locked(root, out, modes, settings, seed=seed, workers=workers, datasets=datasets, ssd=ssd,
+                               progress=progress)
 
-    reads = {d: READERS[d](root / d) for d in present}
+
+def _prepare_locked(root: Path, out: Path, modes: dict[str, str], settings: dict, *, seed: int, workers: int,
+                    datasets: tuple[str, ...], ssd, progress: bool) -> dict:
+    """run_prepare's work once it holds ``out``'s lock; ``modes``: the crop mode of each dataset present."""
+    _check_settings(out, settings)
+    reads = {d: READERS[d](root / d) for d in modes}
     journal_path = out / "journal.jsonl"
     done = {}  # crop path -> journal entry (source, box, notes), for crops finished by an earlier run
     if journal_path.is_file():
@@ -278,7 +289,7 @@ def run_prepare(data_root: str | Path, out: str | Path, *, detector: str = "ssd"
     atomic_write_text(out / "manifest.csv", manifest.to_csv(index=False))
 
     report = {"options": {**settings, "seed": seed, "workers": workers, "data_root": str(root)},
-              "absent_datasets": [d for d in datasets if d not in present],
+              "absent_datasets": [d for d in datasets if d not in modes],
               "manifest_rows": len(manifest),
               "training_totals": training_totals(composition.rows),
               "datasets": {d: _dataset_report(res, modes[d], outcome, composition, manifest)
