@@ -453,3 +453,16 @@ def test_celebahq_notes_missing_and_unexpected_folders(tmp_path):
         "train/male/000001.jpg", "val/male/000001.jpg", "val/female/000001.jpg"]
     assert res.notes == {"folder_missing": ["celeba_hq/train/female"],
                          "folder_not_read": ["celeba_hq/test", "celeba_hq/train/Female"]}
+
+
+def test_mivia_line_1_is_a_header_only_if_it_is_no_image_row_and_negative_ages_are_no_ages(tmp_path):
+    """A bad age on line 1 was taken for a header (its image silently without age) while the same on line 17
+    stopped the run; a negative age was only a note. Both are now the one error, on any line."""
+    ages = tmp_path / "test.age_detected.csv"
+    ages.write_text("path,age\nn000001/0001_01.jpg,30.5\n")  # a real header
+    assert parse_mivia_ages(ages) == {"n000001/0001_01.jpg": 30.5}
+    for lines, line_no in ((["n000008/0002_01.jpg,34.6.41", "n000008/0003_01.jpg,30"], 1),
+                           (["n000008/0002_01.jpg,-5"], 1), (["n000008/0002_01.jpg,30", "n000008/0003_01.jpg,-5"], 2)):
+        ages.write_text("".join(f"{line}\n" for line in lines))
+        assert _message(parse_mivia_ages, ages) == (f"{ages} line {line_no}: last column is not an age (years, 0 or "
+                                                    f"more): {lines[line_no - 1].split(',')}")

@@ -473,8 +473,14 @@ def parse_identity_meta(path: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
+VGGFACE2_IMAGE = r"n\d{6}/\d{4}_\d{2}\.jpg"  # a test_list.txt path: nXXXXXX/XXXX_XX.jpg
+
+
 def parse_mivia_ages(path: Path) -> dict[str, float]:
-    """MIVIA ``*.age_detected.csv``: image path in column 0, age (float years) in the last column."""
+    """MIVIA ``*.age_detected.csv``: image path in column 0, age (float years, 0 or more) in the last column.
+
+    Line 1 may be a header: a row whose age is not one is taken as such only there, and only if its column 0 is
+    no test_list path (a header would have taken the first image's bad age silently)."""
     ages = {}
     expected = "expected one image per line: its test_list path first, its age in years last"
     with io.StringIO(_label_text(path, "MIVIA age file"), newline="") as f:
@@ -483,12 +489,12 @@ def parse_mivia_ages(path: Path) -> dict[str, float]:
                 continue
             try:
                 age = float(row[-1])
-                if not math.isfinite(age):  # "nan"/"inf" parse but cannot be binned
-                    raise ValueError
-                ages[row[0].strip()] = age
             except ValueError:
-                if line_no > 1:  # line 1 may be a header
-                    raise ValueError(f"{path} line {line_no}: last column is not an age: {row}") from None
+                age = math.nan
+            if math.isfinite(age) and age >= 0:  # "nan"/"inf" parse but cannot be binned, nor can a negative age
+                ages[row[0].strip()] = age
+            elif line_no > 1 or re.fullmatch(VGGFACE2_IMAGE, row[0].strip()):
+                raise ValueError(f"{path} line {line_no}: last column is not an age (years, 0 or more): {row}")
     return ages
 
 
@@ -531,7 +537,7 @@ def read_vggface2_list(test_list: Path, identities: dict[str, tuple[int, int]], 
             continue
         age = MISSING
         if ages is not None:
-            if name in ages and ages[name] >= 0:
+            if name in ages:
                 # MIVIA ages are real-valued estimates; binning floors them like whole years.
                 age = age_to_group(ages[name])
             else:
