@@ -377,6 +377,7 @@ def test_workers_give_the_same_manifest(demo_run, tmp_path):
     ("--margin", "-0.9", "a number >= 0"), ("--margin", "nan", "a number >= 0"),
     ("--threshold", "0", "a number > 0 and <= 1"), ("--threshold", "1.5", "a number > 0 and <= 1"),
     ("--workers", "-2", "a whole number >= 1"), ("--workers", "0", "a whole number >= 1"),
+    ("--seed", "-1", "a whole number >= 0"),  # it failed after every crop, naming no option
 ])
 def test_cli_refuses_settings_out_of_range(tmp_path, capsys, flag, value, expected):
     # --size 0 used to write an empty manifest (every crop failed) and exit 0; the others were taken as given
@@ -384,6 +385,24 @@ def test_cli_refuses_settings_out_of_range(tmp_path, capsys, flag, value, expect
         prep.cli(["--data-root", str(tmp_path), "--out", str(tmp_path / "out"), flag, value])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.endswith(f"error: argument {flag}: expected {expected}, got '{value}'\n")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--datasets", "", "argument --datasets: expected one or more of lagenda, fairface, rafdb, celebahq, utkface, "
+                       "vggface2, got ''"),
+    ("--datasets", ",", "argument --datasets: expected one or more of lagenda, fairface, rafdb, celebahq, utkface, "
+                        "vggface2, got ','"),
+    ("--aligned", "lagenda,utkface", "argument --aligned: lagenda is always cropped from its face boxes; --aligned "
+                                     "takes fairface, rafdb, celebahq, utkface, vggface2"),
+])
+def test_cli_refuses_no_datasets_and_aligned_lagenda(tmp_path, capsys, flag, value, expected):
+    """An empty list was "no dataset folder in RAW: expected some of " (an empty list); --aligned lagenda was
+    ignored (LAGENDA's photos hold several people, always cut from its boxes)."""
+    (tmp_path / "lagenda").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        prep.cli(["--data-root", str(tmp_path), "--out", str(tmp_path / "out"), flag, value])
+    assert exit_.value.code == 2 and capsys.readouterr().err.endswith(f"error: {expected}\n")
     assert not (tmp_path / "out").exists()
 
 

@@ -68,6 +68,10 @@ def crop_mode(dataset: str, detector: str, aligned: tuple[str, ...] = ()) -> str
     return "none" if detector == "boxes" else "ssd"
 
 
+# What --aligned may name: the datasets crop_mode takes whole when asked (not LAGENDA, several people per photo)
+ALIGNABLE = tuple(d for d in DATASETS if crop_mode(d, "ssd", (d,)) == "none")
+
+
 # ---------------------------------------------------------------- one image (runs in workers)
 
 _WORKER: dict = {}
@@ -406,12 +410,18 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--margin", type=number(float, 0), default=0.2, help="box margin per side, fraction of the box")
     p.add_argument("--threshold", type=number(float, 0, 1, above=True), default=0.5, help="minimum SSD confidence")
     p.add_argument("--workers", type=number(int, 1), default=1, help="processes cropping in parallel")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 80/20 train/val splits")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the 80/20 train/val splits")
     a = p.parse_args(argv)
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
     unknown = set(split(a.aligned) + split(a.datasets)) - set(DATASETS)
     if unknown:
         p.error(f"unknown dataset(s) {sorted(unknown)}; known: {', '.join(DATASETS)}")
+    if not split(a.datasets):
+        p.error(f"argument --datasets: expected one or more of {', '.join(DATASETS)}, got {a.datasets!r}")
+    not_alignable = [d for d in split(a.aligned) if d not in ALIGNABLE]
+    if not_alignable:  # it would only change the recorded settings, and so refuse the crops already made
+        p.error(f"argument --aligned: {', '.join(not_alignable)} is always cropped from its face boxes; --aligned "
+                f"takes {', '.join(ALIGNABLE)}")
     # the journal keeps every crop written, so an interrupted run loses none of them
     return reported("prepare", lambda: _prepare(a, split(a.aligned), split(a.datasets)), (OSError, ValueError),
                     resume=f"resumes: the crops already in {a.out} are reused")
