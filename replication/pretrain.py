@@ -127,8 +127,8 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Listing 3.1-like augmentation of a normalised batch: flip, colour and a small random affine.
 
-    Why: ~1.2k training crops seen ~40 times each are otherwise memorised (caption-specific features
-    that separate the training images and nothing else); random geometry and colour make the encoder
+    Why: 1,560 training crops seen ~65 times each (800 steps of 128) are otherwise memorised (caption-specific
+    features that separate the training images and nothing else); random geometry and colour make the encoder
     learn the drawn cues (mouth, brows, hair...) that carry over to validation and test faces.
     """
     b = len(x)

@@ -405,10 +405,6 @@ def test_vggface2_mivia_age_is_the_last_column_and_zero_is_an_age(tmp_path):
     assert not res.notes["age_missing"]
 
 
-def parse_mivia_ages_in(folder: Path) -> dict:
-    return parse_mivia_ages(folder / "test.age_detected.csv")
-
-
 _OPEN_QUOTE_CASES = [  # reader, label file, header, one row (n = its number), what one row per line is
     (read_fairface, "fairface_label_train.csv", "file,age,gender,race,service_test",
      lambda n: f"train/{n}.jpg,20-29,Male,White,True", "one image per line with the columns file, age, gender"),
@@ -417,7 +413,7 @@ _OPEN_QUOTE_CASES = [  # reader, label file, header, one row (n = its number), w
      "one person per line with the columns img_name, age, gender, face_x0, face_y0, face_x1, face_y1"),
     (lambda folder: parse_loose_boxes(folder / "loose_bb_test.csv"), "loose_bb_test.csv", "NAME_ID,X,Y,W,H",
      lambda n: f"n000001/{n:04d}_01,10,20,30,40", "one face box per line with the columns NAME_ID, X, Y, W, H"),
-    (parse_mivia_ages_in, "test.age_detected.csv", None,  # MIVIA's quote character is |
+    (lambda folder: parse_mivia_ages(folder / "test.age_detected.csv"), "test.age_detected.csv", None,  # MIVIA's quote character is |
      lambda n: f"n000001/{n:04d}_01.jpg,30.5", "one image per line: its test_list path first, its age in years last"),
 ]
 
