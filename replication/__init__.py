@@ -23,3 +23,8 @@ def __getattr__(name: str):
     if name not in _PUBLIC:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(_PUBLIC[name]), name)
+
+
+def __dir__() -> list[str]:
+    """The public names too, before their first use (help(), tab completion)."""
+    return sorted({*globals(), *_PUBLIC})

@@ -50,6 +50,8 @@ from replication.zero_shot import EMOTION_WORDS, PROMPTS, ZeroShotClassifier, ar
 
 # Words for composing captions (emotions: the zero-shot prompts' adjectives, EMOTION_WORDS); the zero-shot
 # prompts themselves are also used verbatim.
+# the demo's pre-training (reproduce uses these; its existing encoder is checked against them)
+DEFAULTS = dict(steps=800, batch_size=128, lr=2e-3, seed=0)
 GENDER_WORDS = {0: ("male", "man"), 1: ("female", "woman")}
 OPENINGS = ("a photo of", "a picture of", "a close-up photo of", "a face of")
 
@@ -146,13 +148,14 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo-tiny",
-             steps: int = 800, batch_size: int = 128, lr: float = 2e-3, seed: int = 0) -> Path:
+             steps: int = DEFAULTS["steps"], batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"],
+             seed: int = DEFAULTS["seed"]) -> Path:
     """Pre-train demo-tiny contrastively on the training crops; returns the checkpoint path."""
     prepared, checkpoint, bpe = Path(prepared), Path(checkpoint), Path(bpe)
     if checkpoint.is_file():
         # kept, never retrained; settings that differ from its report's are said (a later reproduce takes it as is)
-        changed = _changed_settings(checkpoint, dict(config=config, steps=steps, batch_size=batch_size, lr=lr,
-                                                     seed=seed))
+        changed = changed_settings(checkpoint, dict(config=config, steps=steps, batch_size=batch_size, lr=lr,
+                                                    seed=seed))
         print(f"pretrain: {checkpoint} exists, nothing to do" if not changed else
               f"pretrain: {checkpoint} exists, pre-trained with other settings ({', '.join(changed)}): it is kept; "
               f"to pre-train with these, delete it or give another --checkpoint")
@@ -224,11 +227,20 @@ def pretrain(prepared: Path, checkpoint: Path, bpe: Path, *, config: str = "demo
     return checkpoint
 
 
-def _changed_settings(checkpoint: Path, settings: dict) -> list[str]:
+def changed_settings(checkpoint: Path, settings: dict) -> list[str]:
     """Each of ``settings`` that the report beside ``checkpoint`` records otherwise, as "steps 60 -> 800" (reports
-    written before lr and seed were recorded hold neither; a checkpoint without a report, none)."""
-    report = checkpoint.with_suffix(".json")
-    recorded = json.loads(report.read_text()) if report.is_file() else {}
+    written before lr and seed were recorded hold neither; a checkpoint without a report, none). An unreadable
+    report is said and compared as none: the encoder it describes is still kept."""
+    report = Path(checkpoint).with_suffix(".json")
+    try:
+        recorded = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+        problem = None if isinstance(recorded, dict) else f"a JSON {type(recorded).__name__}, not an object"
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8 or not JSON
+        problem = str(err)
+    if problem:
+        print(f"pretrain: warning: {report} is not the report pretrain writes ({problem}); the settings "
+              f"{Path(checkpoint).name} was pre-trained with are unknown")
+        return []
     return [f"{key} {recorded[key]} -> {value}" for key, value in settings.items()
             if key in recorded and recorded[key] != value]
 
@@ -259,10 +271,11 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--bpe", type=Path, default=demo.bpe,
                         help="the captions' BPE merges file (an existing one is reused)")
     parser.add_argument("--config", type=model_config, default=demo.model_config, help="model config pre-trained")
-    parser.add_argument("--steps", type=positive_int, default=800, help="optimiser steps")
-    parser.add_argument("--batch-size", type=positive_int, default=128, help="image-caption pairs per step")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
-    parser.add_argument("--seed", type=number(int, 0), default=0, help="seed of the initialisation and the batches")
+    parser.add_argument("--steps", type=positive_int, default=DEFAULTS["steps"], help="optimiser steps")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"],
+                        help="image-caption pairs per step")
+    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak AdamW learning rate")
+    parser.add_argument("--seed", type=number(int, 0), default=DEFAULTS["seed"], help="seed of the initialisation and the batches")
     args = parser.parse_args(argv)
     if args.prepared.is_file():  # the help below would make the crops in it
         print(f"pretrain: error: {prepared_file_error(args.prepared)}", file=sys.stderr)

@@ -195,6 +195,13 @@ def ready_demo(profile, log=print) -> None:
                "prepare")
     if not profile.checkpoint.exists():  # checked here too, so a notebook's set-up cell prints nothing when ready
         pretrain.pretrain(profile.prepared, profile.checkpoint, profile.bpe, config=profile.model_config)
+        return
+    # an encoder pre-trained by hand (`pretrain --steps 60`) is used as it is: said, as its tables will differ
+    changed = pretrain.changed_settings(profile.checkpoint, dict(config=profile.model_config, **pretrain.DEFAULTS))
+    if changed:
+        log(f"reproduce: note: {profile.checkpoint} was pre-trained with other settings than the demo's "
+            f"({', '.join(changed)}); it is used as it is, so the results will differ from the committed "
+            f"tables/demo; delete it to pre-train the demo's")
 
 
 def missing_full_inputs(profile) -> list[str]:
@@ -406,7 +413,8 @@ def _reproduce(args: argparse.Namespace, profile, notebooks: list[str], checkpoi
     """The data, then the notebooks, as ``cli`` was asked."""
     out_dir = args.out or profile.executed_notebooks
     written = settings(profile.name, tables_dir=args.tables_dir, figures_dir=args.figures_dir)
-    for folder in (out_dir, written.tables_dir, written.figures_dir):  # before the data and the training
+    # before the data and the training (the runs folder is first written by notebook 04_2, minutes later)
+    for folder in (out_dir, written.tables_dir, written.figures_dir, profile.runs_dir):
         check_writable(folder, "folder")
     start = time.time()
     (ready_demo if profile.name == "demo" else ready_full)(profile)

@@ -627,6 +627,7 @@ def test_the_entry_point_imports_torch_only_inside_its_ctrl_c_handler():
     resolve, to the defining modules' own objects, for `import replication` and `from replication import`."""
     script = ("import sys, replication\n"
               "assert 'torch' not in sys.modules, 'import replication'\n"
+              "assert {'load_clip', 'load_vision', 'tokenize', 'get_config'} <= set(dir(replication))\n"
               "from replication import load_clip\n"
               "from replication.checkpoint import load_vision\n"
               "from replication.config import get_config\n"

@@ -245,6 +245,26 @@ def test_an_interrupted_demo_generation_is_redone(monkeypatch, tmp_path):
     assert len(generated) == 1 and sorted(d.name for d in profile.raw_data.iterdir()) == sorted(demo.DATASETS)
 
 
+def test_an_existing_demo_encoder_pre_trained_otherwise_is_said(monkeypatch, tmp_path):
+    """reproduce keeps an encoder that `pretrain --steps 60` wrote where the demo's goes, and says so: its tables
+    cannot match the committed tables/demo."""
+    profile = reproduce.get_profile("demo").with_paths(prepared=tmp_path / "crops", checkpoint=tmp_path / "demo.pt")
+    (tmp_path / "crops").mkdir()
+    (tmp_path / "crops" / "manifest.csv").write_text("")
+    profile.checkpoint.write_bytes(b"encoder")
+    monkeypatch.setattr(pretrain, "pretrain", lambda *args, **kwargs: pytest.fail("an existing encoder retrained"))
+    said = []
+    for report, expected in (({"config": "demo-tiny", **pretrain.DEFAULTS}, []),
+                             ({"config": "demo-tiny", "steps": 60, "batch_size": 128}, [
+                                 f"reproduce: note: {profile.checkpoint} was pre-trained with other settings than "
+                                 f"the demo's (steps 60 -> 800); it is used as it is, so the results will differ "
+                                 f"from the committed tables/demo; delete it to pre-train the demo's"])):
+        profile.checkpoint.with_suffix(".json").write_text(json.dumps(report))
+        reproduce.ready_demo(profile, log=said.append)
+        assert said == expected
+        said.clear()
+
+
 def test_full_profile_notebooks_refuse_to_run_without_weights(tmp_path):
     """The notebooks take the full profile's Settings as `train --profile full` does: never random weights."""
     (tmp_path / "manifest.csv").write_text("")
@@ -396,12 +416,12 @@ def test_an_empty_only_is_refused(monkeypatch, capsys):
     assert exit_.value.code == 2 and "error: --only '' matches no notebook" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag", ["--out", "--tables-dir", "--figures-dir"])
+@pytest.mark.parametrize("flag", ["--out", "--tables-dir", "--figures-dir", "--runs-dir"])
 def test_an_output_folder_that_cannot_be_made_is_said_before_any_work(monkeypatch, tmp_path, capsys, flag):
     monkeypatch.setattr(reproduce, "ready_demo", lambda profile: pytest.fail("data made before the folders were "
                                                                              "checked"))
     (tmp_path / "afile").write_text("")
-    folders = {f: str(tmp_path / f.strip("-")) for f in ("--out", "--tables-dir", "--figures-dir")}
+    folders = {f: str(tmp_path / f.strip("-")) for f in ("--out", "--tables-dir", "--figures-dir", "--runs-dir")}
     folders[flag] = str(tmp_path / "afile" / "sub")
     assert reproduce.cli([x for item in folders.items() for x in item]) == 2
     assert capsys.readouterr().err == (f"reproduce: error: {folders[flag]}: {tmp_path / 'afile'} is a file, not a "

@@ -89,6 +89,21 @@ def test_pretrain_writes_a_loadable_checkpoint_once(prepared, tmp_path, capsys):
     assert not list(ckpt.parent.glob("*tmp*"))
 
 
+@pytest.mark.parametrize("report, problem", [
+    (b"{\"steps\": 8", "Expecting ',' delimiter: line 1 column 12 (char 11)"),
+    (b"[800]", "a JSON list, not an object"),
+    (b"\xff", "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte")])
+def test_a_damaged_report_beside_an_existing_encoder_is_said_and_the_encoder_kept(tmp_path, capsys, report, problem):
+    ckpt = tmp_path / "demo.pt"
+    ckpt.write_bytes(b"encoder")
+    ckpt.with_suffix(".json").write_bytes(report)
+    assert pretrain.pretrain(tmp_path / "crops", ckpt, tmp_path / "bpe.txt.gz") == ckpt
+    assert capsys.readouterr().out == (f"pretrain: warning: {ckpt.with_suffix('.json')} is not the report pretrain "
+                                       f"writes ({problem}); the settings demo.pt was pre-trained with are unknown\n"
+                                       f"pretrain: {ckpt} exists, nothing to do\n")
+    assert ckpt.read_bytes() == b"encoder"
+
+
 def test_a_rerun_that_reuses_the_merges_file_trains_the_same_encoder(prepared, tmp_path):
     """An interrupted pretrain leaves the merges file and no checkpoint; the rerun reuses the file and must
     still draw what a fresh run draws (the corpus's captions came from the training rng)."""
