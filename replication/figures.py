@@ -28,6 +28,7 @@ from PIL import Image  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
+from replication import metrics  # noqa: E402
 from replication.data import class_counts  # noqa: E402
 from replication.files import atomic_write  # noqa: E402
 from replication.labels import MISSING, TASKS  # noqa: E402
@@ -160,6 +161,18 @@ def learned_variances(histories: Mapping[str, Sequence[Mapping[str, float]]], ou
 
 
 # --- §4.7 -----------------------------------------------------------------------------------
+
+def confusion_panel(predictions: pd.DataFrame, run_scores: Mapping[str, float], name: str, dataset: str,
+                    task: str) -> tuple[str, np.ndarray, Sequence[str]]:
+    """One panel of Figs 4.2/4.3 for ``confusion_matrices``: the run's ``task`` predictions on the test set
+    ``dataset`` as a confusion matrix, titled with its balanced accuracy and accuracy in % (``run_scores``:
+    the run's ``tables.scores``, so the title repeats the tables' values)."""
+    rows = predictions[(predictions["dataset"] == dataset) & (predictions["task"] == task)]
+    counts = metrics.confusion_matrix(rows["label"], rows["pred"], len(TASKS[task]))
+    title = (f"{name} on {DATASET_NAMES[dataset]}\nbalanced acc. {run_scores[f'{dataset}/{task}/balanced']:.2f} "
+             f"(acc. {run_scores[f'{dataset}/{task}']:.2f})")
+    return title, counts, TASKS[task]
+
 
 def confusion_matrices(panels: Sequence[tuple[str, np.ndarray, Sequence[str]]], fig_id: str, title: str,
                        out_dir, profile: str, columns: int = 2) -> Path:

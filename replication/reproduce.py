@@ -120,8 +120,15 @@ class Settings:
 
     def run(self, method: str, tasks=tuple(TASKS), weighting: str | None = None) -> runs.RunResult:
         """The finished run of ``method`` on ``tasks``: trained (or resumed) if it is not finished yet,
-        read back as it is if it is (a notebook run again recomputes nothing)."""
-        return runs.load_run(runs.run(self.train_config(method, tasks, weighting)))
+        read back as it is if it is (a notebook run again recomputes nothing). A run about to be trained or
+        evaluated is named first, so that a notebook's log says which run its epoch lines belong to."""
+        cfg = self.train_config(method, tasks, weighting)
+        if not (cfg.run_dir / "DONE").exists():
+            epochs = f"{cfg.max_epochs} epoch" + "s" * (cfg.max_epochs != 1)
+            doing = ("predicting the test sets (zero-shot: no training)" if method == "zero_shot"
+                     else f"training (at most {epochs}), then testing its selected epoch")
+            print(f"run {cfg.run_dir.name}: {doing}", flush=True)
+        return runs.load_run(runs.run(cfg))
 
     def single_task_predictions(self, method: str):
         """§4.3: the method's three single-task runs, one per task, as one model's test predictions."""

@@ -84,6 +84,24 @@ def test_confusion_matrices_print_counts_shade_recall_and_say_so(tmp_path, monke
     plt.close(fig)
 
 
+def test_confusion_panel_counts_one_test_set_and_titles_it_with_the_tables_values():
+    """Figs 4.2/4.3: a panel counts only its test set's rows of its task, and its title repeats the
+    balanced accuracy and accuracy of ``tables.scores`` (what Fig. 4.3's table prints beside it)."""
+    from replication import tables
+    predictions = pd.DataFrame({
+        "dataset": ["utkface"] * 5 + ["fairface"] * 2 + ["utkface"] * 2,
+        "task": ["gender"] * 7 + ["age"] * 2,
+        "label": [0, 0, 0, 1, 1, 0, 1, 3, 4],
+        "pred": [0, 0, 1, 1, 0, 1, 1, 3, 3]})
+    run_scores = {"utkface/gender": 60.0, "utkface/gender/balanced": 58.333}
+    title, counts, names = figures.confusion_panel(predictions, run_scores, "DoRA (UW)", "utkface", "gender")
+    np.testing.assert_array_equal(counts, [[2, 1], [1, 1]])
+    assert title == "DoRA (UW) on UTKFace\nbalanced acc. 58.33 (acc. 60.00)" and list(names) == ["male", "female"]
+    s = tables.scores(predictions.assign(path="x"))
+    assert figures.confusion_panel(predictions, s, "m", "utkface", "gender")[0].endswith(
+        f"balanced acc. {s['utkface/gender/balanced']:.2f} (acc. {s['utkface/gender']:.2f})")
+
+
 def clusters(n=90, dim=20, seed=0):
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 3

@@ -144,6 +144,19 @@ def test_runs_are_reused(executed):
         {r: 1 for r, c in written.items() if c["method"] == "lora"} != {}
 
 
+def test_a_notebooks_training_log_names_each_run_before_its_epochs(executed):
+    """The epoch lines of a run trained inside a notebook follow a line naming the run, so a reader of
+    §4.3's twelve single-task runs knows whose losses and accuracies each block shows."""
+    root, outputs = executed
+    cells = nbformat.read(outputs["04_3_single_task"], as_version=4).cells
+    log = "".join(o.get("text", "") for c in cells for o in c.get("outputs", []) if o.get("name") == "stdout")
+    S = reproduce.settings("demo", runs_dir=root / "runs", max_train_samples=32)
+    starts = [log.index(f"run {S.train_config(m, t).name}: training (at most 1 epoch)")
+              for m in reproduce.SINGLE_TASK_METHODS for t in ("age", "gender", "emotion")]
+    assert starts == sorted(starts) and log.index("epoch 1 (") > starts[0]
+    assert log.count("epoch 1 (") == len(starts)  # one block of epoch lines per named run
+
+
 def test_settings_resolve_profile_defaults_and_overrides(tmp_path):
     s = reproduce.settings("demo", max_epochs=2, prepared=str(tmp_path), bpe=None)
     assert s.max_epochs == 2 and s.prepared == tmp_path and s.bpe.name == "bpe_demo.txt.gz"
