@@ -4,6 +4,7 @@ The text is ../shared/thesis/thesis.txt (not part of the repository); the tests 
 Each table is located between two anchor strings; its tab-separated rows are parsed (the row label,
 when there is one, is dropped) and the sequence of numbers must equal the stored values in order.
 """
+import json
 import re
 from pathlib import Path
 
@@ -309,3 +310,43 @@ def test_section_5_1_figures_are_the_texts(text):
               for c, v in zip(thesis.SECTION_5_1.columns, values) if v is not None}
     assert stored == {("zs", "avg_acc"): 69.61, ("zs", "gflops"): 699.76, ("dora", "avg_acc"): 84.07,
                       ("dora", "gflops"): 352, ("dora", "percent"): 8.47, ("ft4", "percent"): 20.13}
+
+
+# --- the notebooks' prose --------------------------------------------------------------------
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+DECIMAL = re.compile(r"(?<![\d.])\d+\.\d+(?![\d.])")  # 48.62, not a section number such as 4.3.1
+
+
+def test_notebook_prose_states_only_the_theses_numbers(text):
+    """Every decimal the notebooks' markdown states is one the thesis prints, or one derived here from
+    the thesis's own numbers: a misquoted thesis figure fails, and so does a demo result written into the
+    prose (unless the thesis prints the same number): what a run gives is read from its tables."""
+    t413, t48 = thesis.TABLE_4_13, thesis.TABLE_4_8
+    derived = {
+        "14.3": round(100 / 7, 1),                      # chance on the seven emotions (§4.2 writes ≈ 14.2)
+        "1.00": round(t413.value("APViT", "rafdb/emotion") - t413.value("dora", "rafdb/emotion"), 2),
+        "0.27": round(0.2 + 0.07, 2),                   # §4.7.1: MTLoRA 0.2 above POSTER++, DoRA 0.07 below
+        "1.15": round(t48.value("dora", "rafdb/emotion") - t48.value("mtlora", "rafdb/emotion"), 2),
+        "0.87": 0.87,                                   # the training log's fractions, by example (0.87 = 87 %)
+    }
+    printed = set(DECIMAL.findall(text))
+    stated = {}
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        for cell in cells:
+            if cell["cell_type"] == "markdown":
+                for number in DECIMAL.findall("".join(cell["source"])):
+                    stated.setdefault(number, path.stem)
+    assert stated, "no notebook prose found"
+    unexplained = {n: nb for n, nb in stated.items() if n not in printed and n not in derived}
+    assert not unexplained
+    assert all(float(n) == v for n, v in derived.items())
+
+
+def test_section_4_5_swaps_the_gaps_to_apvit_and_poster(text):
+    """§4.5's 'Poster++ (1% gap) and ApViT (0.77% gap)': Table 4.13 gives the reverse (what 04_5 says)."""
+    assert "Poster++ (1% gap) and ApViT (0.77% gap)" in text
+    t = thesis.TABLE_4_13
+    gaps = {m: round(t.value(m, "rafdb/emotion") - t.value("dora", "rafdb/emotion"), 2) for m in ("APViT", "POSTER++")}
+    assert gaps == {"APViT": 1.0, "POSTER++": 0.77}
