@@ -44,11 +44,11 @@ class TaskLoRALinear(nn.Module):
     """A frozen linear layer with one LoRA pair per task: y_t = W0 x_t + b + s B_t A_t dropout(x_t).
 
     `shared_a`/`shared_b` are the thesis code's zero-scaled shared pair (see module docstring): they are
-    parameters, never used in the forward pass.
+    parameters, never used in the forward pass, kept because the thesis's MTLoRA count includes them.
     """
 
     def __init__(self, base: nn.Linear, tasks: Sequence[str], rank: int = 64, alpha: float | None = None,
-                 dropout: float = 0.0, shared_pair: bool = True):
+                 dropout: float = 0.0):
         super().__init__()
         adopt_frozen_base(self, base)
         self.tasks = tuple(tasks)
@@ -56,8 +56,7 @@ class TaskLoRALinear(nn.Module):
         pairs = {t: lora_pair(self, rank) for t in self.tasks}  # random draws: each task's A, then the shared A
         self.lora_a = nn.ParameterDict({t: a for t, (a, _) in pairs.items()})
         self.lora_b = nn.ParameterDict({t: b for t, (_, b) in pairs.items()})
-        if shared_pair:
-            self.shared_a, self.shared_b = lora_pair(self, rank)
+        self.shared_a, self.shared_b = lora_pair(self, rank)
         self.dropout = lora_dropout(dropout)
 
     def extra_repr(self) -> str:
@@ -86,11 +85,11 @@ class TaskLoRABlock(nn.Module):
     """The last transformer block rebuilt for task streams (§3.6.1): {task: x} -> {task: block_t(x)}."""
 
     def __init__(self, block: nn.Module, tasks: Sequence[str], rank: int = 64, alpha: float | None = None,
-                 dropout: float = 0.0, shared_pair: bool = True):
+                 dropout: float = 0.0):
         super().__init__()
         self.tasks = tuple(tasks)
         self.heads, self.rope, self.causal = block.attn.heads, block.attn.rope, block.attn.causal
-        kw = dict(tasks=tasks, rank=rank, alpha=alpha, dropout=dropout, shared_pair=shared_pair)
+        kw = dict(tasks=tasks, rank=rank, alpha=alpha, dropout=dropout)
         self.ln_1, self.ln_2 = block.ln_1, block.ln_2
         q, k, v = _split_linear(block.attn.in_proj.weight, block.attn.in_proj.bias)
         self.q, self.k, self.v = (TaskLoRALinear(layer, **kw) for layer in (q, k, v))
@@ -117,11 +116,11 @@ class TaskAttentionPooling(nn.Module):
     """
 
     def __init__(self, pool: nn.Module, tasks: Sequence[str], rank: int = 64, alpha: float | None = None,
-                 dropout: float = 0.0, shared_pair: bool = True):
+                 dropout: float = 0.0):
         super().__init__()
         self.tasks = tuple(tasks)
         self.heads = pool.attn.heads
-        kw = dict(tasks=tasks, rank=rank, alpha=alpha, dropout=dropout, shared_pair=shared_pair)
+        kw = dict(tasks=tasks, rank=rank, alpha=alpha, dropout=dropout)
         self.probe = nn.ParameterDict({t: nn.Parameter(pool.probe.detach().clone()) for t in self.tasks})
         q, k, v = _split_linear(pool.attn.in_proj_weight, pool.attn.in_proj_bias)
         self.q, self.k, self.v = (TaskLoRALinear(layer, **kw) for layer in (q, k, v))
@@ -149,17 +148,17 @@ class MTLoRAEncoder(nn.Module):
     TA-DoRA on blocks 0..L-2, the last block and the attention pooling replaced by their task versions."""
 
     def __init__(self, vision: nn.Module, tasks: Sequence[str], rank: int = 64, alpha: float | None = None,
-                 dropout: float = 0.0, train_magnitude: bool = False, shared_pair: bool = True):
+                 dropout: float = 0.0, train_magnitude: bool = False):
         super().__init__()
         if not tasks:
             raise ValueError("MTLoRA needs at least one task")
         self.tasks = tuple(tasks)
         vision.requires_grad_(False)
         blocks = vision.transformer.resblocks
-        self.block = TaskLoRABlock(blocks[-1], tasks, rank, alpha, dropout, shared_pair)
+        self.block = TaskLoRABlock(blocks[-1], tasks, rank, alpha, dropout)
         # Meta's truncate(layer_idx=L-2): the backbone keeps blocks 0..L-2 and no pooler.
         vision.transformer.resblocks = nn.ModuleList(blocks[:-1])
-        self.pool = TaskAttentionPooling(vision.attn_pool, tasks, rank, alpha, dropout, shared_pair)
+        self.pool = TaskAttentionPooling(vision.attn_pool, tasks, rank, alpha, dropout)
         del vision.attn_pool
         names = [f"transformer.resblocks.{i}.{n}" for i in range(len(blocks) - 1) for n in TA_TARGETS]
         inject_adapters(vision, names, "dora", rank=rank, alpha=alpha, dropout=dropout)
