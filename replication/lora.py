@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 ADAPTER_KINDS = ("lora", "dora")
+# §3.6: "every linear layer" of a transformer block, by its name in pe.ResidualAttentionBlock. The same four
+# carry MTLoRA's task-agnostic adapters (§3.6.1: "the same configuration described previously").
+BLOCK_TARGETS = ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")
 
 
 def adopt_frozen_base(adapter: nn.Module, base: nn.Linear) -> None:

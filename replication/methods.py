@@ -32,11 +32,10 @@ import torch
 from torch import nn
 
 from .heads import make_heads
-from .lora import adapter_parameters, inject_adapters
+from .lora import BLOCK_TARGETS, adapter_parameters, inject_adapters
 from .mtlora import MTLoRAEncoder
 
 METHODS = ("lp", "ap", "ft4", "lora", "dora", "mtlora")
-BLOCK_TARGETS = ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")
 # The pooler's fused in_proj is a raw Parameter (not an nn.Linear), so the thesis's PEFT could not adapt it;
 # its trainable counts (§3.6) hold only these three.
 POOL_TARGETS = ("attn_pool.attn.out_proj", "attn_pool.mlp.c_fc", "attn_pool.mlp.c_proj")

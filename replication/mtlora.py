@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import add_low_rank, adopt_frozen_base, inject_adapters, lora_dropout, lora_pair, lora_scaling
+from .lora import (BLOCK_TARGETS, add_low_rank, adopt_frozen_base, inject_adapters, lora_dropout, lora_pair,
+                   lora_scaling)
 from .pe import attend
 
 
@@ -140,9 +141,6 @@ class TaskAttentionPooling(nn.Module):
         return out
 
 
-TA_TARGETS = ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")
-
-
 class MTLoRAEncoder(nn.Module):
     """images -> {task: (B, width) pooled feature} (§3.6.1). Takes over `vision` and edits it in place:
     TA-DoRA on blocks 0..L-2, the last block and the attention pooling replaced by their task versions."""
@@ -160,7 +158,7 @@ class MTLoRAEncoder(nn.Module):
         vision.transformer.resblocks = nn.ModuleList(blocks[:-1])
         self.pool = TaskAttentionPooling(vision.attn_pool, tasks, rank, alpha, dropout)
         del vision.attn_pool
-        names = [f"transformer.resblocks.{i}.{n}" for i in range(len(blocks) - 1) for n in TA_TARGETS]
+        names = [f"transformer.resblocks.{i}.{n}" for i in range(len(blocks) - 1) for n in BLOCK_TARGETS]
         inject_adapters(vision, names, "dora", rank=rank, alpha=alpha, dropout=dropout)
         for name, p in vision.named_parameters():
             if name.endswith(".magnitude"):
