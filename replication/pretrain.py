@@ -112,8 +112,8 @@ def load_split(prepared: Path, split: str, image_size: int) -> tuple[torch.Tenso
     """uint8 images (N, 3, S, S), squash-resized as the eval transform, and labels (N, 3) of a split."""
     manifest = read_manifest(prepared / "manifest.csv")
     rows = manifest[manifest["split"] == split].reset_index(drop=True)
-    if rows.empty:
-        raise ValueError(f"{prepared / 'manifest.csv'} has no rows with split == {split!r}")
+    if rows.empty:  # a manifest of test sets only: ManifestError, so the command says it in one line
+        raise ManifestError(f"{prepared / 'manifest.csv'} has no rows with split == {split!r}")
     images = np.stack([
         np.asarray(Image.open(prepared / p).convert("RGB").resize((image_size, image_size),
                                                                    Image.BILINEAR))

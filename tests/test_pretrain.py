@@ -270,3 +270,15 @@ def test_the_loss_is_the_symmetric_multi_positive_infonce_at_the_clamped_learned
     report = json.loads(ckpt.with_suffix(".json").read_text())
     assert report["final_loss"] == pytest.approx(float(expected), rel=1e-4)
     assert float(seen["model"].logit_scale.detach()) == pytest.approx(np.log(100))
+
+
+def test_cli_names_a_manifest_without_training_rows_in_one_line(prepared, tmp_path, capsys):
+    """A manifest of test sets only (e.g. `prepare --datasets utkface,vggface2`) has nothing to pre-train on: it
+    was a ValueError traceback, which pretrain's one-line errors did not cover."""
+    manifest = pd.read_csv(prepared / "manifest.csv")
+    manifest[manifest["split"] == "test"].to_csv(prepared / "manifest.csv", index=False)
+    assert pretrain.cli(["--prepared", str(prepared), "--checkpoint", str(tmp_path / "demo.pt"),
+                         "--bpe", str(tmp_path / "bpe.txt.gz")]) == 2
+    assert capsys.readouterr().err == (f"pretrain: error: {prepared / 'manifest.csv'} has no rows with split == "
+                                       f"'train'\n")
+    assert not (tmp_path / "demo.pt").exists()
