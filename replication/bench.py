@@ -838,13 +838,14 @@ def _methods(text: str) -> list[str]:
 
 def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
     """The options of what is measured and how, shared with benchmarks/peft_compare.py."""
-    p.add_argument("--batch", type=int, default=128, help="images per step")
+    p.add_argument("--batch", type=number(int, 2), default=128,
+                   help="images per step (at least 2: the heads' BatchNorm trains on batches)")
     p.add_argument("--dtype", choices=AMP, default=get_profile("full").amp,
                    help="autocast dtype (fp32: no autocast); default: the full profile's")
     p.add_argument("--config", type=model_config, default="PE-Core-L14-336", help="model config measured")
     p.add_argument("--device", help="default: cuda (without a GPU, name the CPU explicitly: --device cpu)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (median reported)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
+    p.add_argument("--steps", type=positive_int, default=20, help="timed steps per measurement (median reported)")
+    p.add_argument("--warmup", type=number(int, 0), default=5, help="untimed steps before timing")
     p.add_argument("--checkpoint-blocks", type=_checkpoint_mode, default="off",
                    help="activation checkpointing of the first blocks: off, all, profile (as the full profile "
                         "trains each method) or a number of blocks")
@@ -853,9 +854,8 @@ def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_measurement_arguments(p: argparse.ArgumentParser, args) -> None:
-    """Stops on impossible settings and on a missing GPU unless the CPU is asked for; sets args.device."""
-    if args.steps < 1 or args.warmup < 0 or args.batch < 2:
-        p.error("--steps must be >= 1, --warmup >= 0, --batch >= 2 (the heads' BatchNorm trains on batches)")
+    """Stops on checkpointing beyond the model's blocks and on a missing GPU unless the CPU is asked for (the numbers
+    are checked as they are parsed); sets args.device."""
     problem = args.checkpoint_blocks.isdecimal() and checkpoint_blocks_problem(int(args.checkpoint_blocks), args.config)
     if problem:
         p.error(f"{problem} ('all' checkpoints them all)")
@@ -880,7 +880,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--data-loading", action="store_true", help="also time JPEG decode + augmentation")
     p.add_argument("--workers", type=number(int, 0), default=min(16, os.cpu_count() or 1), help="DataLoader workers")
     p.add_argument("--loader-images", type=positive_int, default=256, help="distinct synthetic JPEGs written")
-    p.add_argument("--loader-batches", type=int, default=0,
+    p.add_argument("--loader-batches", type=number(int, 0), default=0,
                    help="batches loaded (0: 4 x workers); the first max(workers, 1) are not timed")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default benchmarks/results/bench-<device>-<date>.json)")
@@ -889,9 +889,9 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--plan-checkpointing", type=Path, nargs=2, metavar=("OFF.json", "ALL.json"),
                    help="measure nothing: the blocks each method must checkpoint to fit --memory-gib, from the "
                         "--project outputs without checkpointing and with all blocks checkpointed")
-    p.add_argument("--memory-gib", type=float, default=L40S_BYTES / 2**30,
+    p.add_argument("--memory-gib", type=number(float, 0, above=True), default=L40S_BYTES / 2**30,
                    help="card memory for --plan-checkpointing (default: the thesis's 48 GB L40S)")
-    p.add_argument("--headroom", type=float, default=0.2,
+    p.add_argument("--headroom", type=number(float, 0, 1), default=0.2,
                    help="share of the card --plan-checkpointing leaves for what the counts do not see")
     full = get_profile("full")
     p.add_argument("--wall-clock", type=Path, metavar="RESULT.json",

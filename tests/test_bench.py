@@ -770,3 +770,20 @@ def test_saved_tensors_counts_a_shared_storage_once_at_its_dtypes_size():
         out = (h[:, :4] * w1).sum() + (h[:, 4:] * w2).sum()
     assert saved.bytes == 2 * 5 * 16
     del out
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--steps", "0", "a whole number >= 1"), ("--warmup", "-1", "a whole number >= 0"),
+    ("--batch", "1", "a whole number >= 2"), ("--loader-batches", "-2", "a whole number >= 0"),
+    ("--memory-gib", "0", "a number > 0"), ("--headroom", "1.5", "a number >= 0 and <= 1"),
+    ("--headroom", "nan", "a number >= 0 and <= 1")])
+def test_numbers_out_of_range_are_refused_naming_the_option_and_value(capsys, monkeypatch, option, value, expected):
+    """Each option says what it takes: --steps/--warmup/--batch shared one message that named none of the values,
+    and --memory-gib, --headroom (a plan with a negative usable memory) and --loader-batches took any number."""
+    import replication.bench as bench
+
+    monkeypatch.setattr(bench, "run", lambda *args: pytest.fail(f"bench measured with {option} {value}"))
+    with pytest.raises(SystemExit) as exit_:
+        cli(["--device", "cpu", "--config", "demo-tiny", option, value])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: argument {option}: expected {expected}, got '{value}'\n")

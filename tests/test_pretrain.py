@@ -282,3 +282,11 @@ def test_cli_names_a_manifest_without_training_rows_in_one_line(prepared, tmp_pa
     assert capsys.readouterr().err == (f"pretrain: error: {prepared / 'manifest.csv'} has no rows with split == "
                                        f"'train'\n")
     assert not (tmp_path / "demo.pt").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-0.001", "nan"])
+def test_cli_refuses_a_learning_rate_that_is_not_positive(prepared, capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        pretrain.cli(["--prepared", str(prepared), "--lr", value])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: argument --lr: expected a number > 0, got '{value}'\n")
