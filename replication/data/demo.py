@@ -45,7 +45,7 @@ import numpy as np
 
 from replication.arguments import HelpFormatter, number, reported
 from replication.files import check_writable
-from replication.labels import DATASETS
+from replication.labels import DATASETS, age_to_group
 
 from .readers import FAIRFACE_AGES
 
@@ -335,11 +335,11 @@ def write_vggface2(root: Path, rng, n_ids: int, per_id: int) -> None:
         if flag:
             continue
         base = int(rng.choice(range(18, 80)))
-        look = Look.random(rng, int(np.searchsorted([3, 10, 20, 30, 40, 50, 60, 70], base, side="right")), sex)
+        look = Look.random(rng, age_to_group(base), sex)
         for i in range(1, per_id + 1):
             name = f"{cid}/{i:04d}_01.jpg"
             age = float(np.clip(base + rng.normal(0, 3), 1, 95))
-            look.age = int(np.searchsorted([3, 10, 20, 30, 40, 50, 60, 70], age, side="right"))
+            look.age = age_to_group(age)  # the group of this image's age, which the MIVIA file records
             h, w = int(rng.integers(120, 161)), int(rng.integers(110, 151))
             img = _background(rng, h, w)
             u = rng.uniform(26, 36)
