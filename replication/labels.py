@@ -1,4 +1,4 @@
-"""The three tasks, their class vocabularies and the test sets of each (thesis §2.7, §3.1, §4.1).
+"""The three tasks, their class vocabularies and the test sets of each (thesis §1.2, §2.7, §3.1, §4's opening).
 
 Every other module refers to classes by the integer ids defined here:
 age 0..8 in FairFace's bin order, gender 0 male / 1 female, emotion 0..6 in RAF-DB's order.

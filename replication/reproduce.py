@@ -382,7 +382,8 @@ def cli(argv: list[str] | None = None) -> int:
         parser.add_argument(flag, type=_absolute, help=help_)
     parser.add_argument("--max-epochs", type=positive_int, help="epoch cap of every run (default: the profile's)")
     parser.add_argument("--max-train-samples", type=positive_int,
-                        help="training draws per epoch of every run, for a quick look (default: the profile's)")
+                        help="train every run on this many rows drawn from the training split, for a quick look "
+                             "(default: all of them)")
     parser.add_argument("--batch-size", type=positive_int, help="batch size of every run (default: the profile's)")
     parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the profile's)")
     parser.add_argument("--amp", choices=AMP_MODES, help="autocast dtype (default: the profile's; full: fp16 "

@@ -95,8 +95,9 @@ TABLE_3_2_TASKS = Table(
     {"gender": (168362, 100.00), "age": (136747, 81.22), "emotion": (9215, 5.47),
      "total": (168362, None)})
 
-# §3.3–3.6.1: "Trainable parameters / Total parameters / Percentage of trainable" of each method
-# (multi-task, three heads; the totals include the frozen backbone and any adapter).
+# §3.3–3.6.1: "Trainable parameters / Total parameters / Percentage of trainable" of each method. The totals are
+# of the multi-task model (three heads, the frozen backbone and any adapter included); the trainable counts are
+# the single-task age model's for LP, AP and FT4 and the multi-task model's for DoRA and MTLoRA (accounting.py).
 PARAMS = Table(
     "params", "Trainable and total parameters of each method", "§3.3–3.6.1",
     ("trainable", "total", "percent"),

@@ -4,7 +4,7 @@
 
 The real datasets cannot be shipped (licences, size), so the demo profile draws cartoon
 faces whose labels are *visible* and learnable, with enough random variation that the
-tasks are not trivial (thesis §2.7 datasets, §3.1 tasks):
+tasks are not trivial (thesis §2.7 datasets, §1.2 tasks):
 
 * age group: head roundness and eye size/height (children), under-eye lines (from 30), forehead
   lines and folds (from 40), grey then white hair and eyebrows (from 40), bald babies;
