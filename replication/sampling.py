@@ -33,7 +33,9 @@ from torch.utils.data import Sampler
 from replication.labels import MISSING
 
 
-def _stack(labels: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _checked_labels(labels: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``labels`` (task -> class ids, -1 missing) as numpy arrays, checked: 1-D integer arrays of one length, no id
+    below -1 (each error names the task and what was expected)."""
     arrays = {task: np.asarray(y) for task, y in labels.items()}
     lengths = {task: y.shape for task, y in arrays.items()}
     if len(set(lengths.values())) != 1 or any(len(s) != 1 for s in lengths.values()):
@@ -63,7 +65,7 @@ def class_balanced_weights(labels: Mapping[str, np.ndarray]) -> np.ndarray:
 
     ``labels`` maps task -> int array (-1 = missing), all the same length. Samples without any label
     get weight 0 (they carry no training signal)."""
-    arrays = _stack(labels)
+    arrays = _checked_labels(labels)
     n = len(next(iter(arrays.values())))
     total = np.zeros(n, dtype=np.float64)
     count = np.zeros(n, dtype=np.float64)
@@ -85,7 +87,7 @@ def expected_class_shares(weights: np.ndarray, labels: Mapping[str, np.ndarray])
     samples of the task gives Table 3.2's "Weighted %" (the thesis estimated it by Monte Carlo)."""
     weights = np.asarray(weights, dtype=np.float64)
     shares = {}
-    for task, y in _stack(labels).items():
+    for task, y in _checked_labels(labels).items():
         has = y != MISSING
         mass = np.bincount(y[has], weights=weights[has])
         shares[task] = mass / mass.sum() if mass.sum() > 0 else mass
@@ -95,7 +97,7 @@ def expected_class_shares(weights: np.ndarray, labels: Mapping[str, np.ndarray])
 def expected_task_shares(weights: np.ndarray, labels: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Expected fraction of drawn samples that carry each task's label (§3.7.2: emotion ~ 1/3)."""
     weights = np.asarray(weights, dtype=np.float64)
-    return {task: float(weights[y != MISSING].sum() / weights.sum()) for task, y in _stack(labels).items()}
+    return {task: float(weights[y != MISSING].sum() / weights.sum()) for task, y in _checked_labels(labels).items()}
 
 
 def emotion_replication_factor(has_emotion: np.ndarray, share: float = 1 / 3) -> int:
