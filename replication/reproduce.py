@@ -81,8 +81,8 @@ class Settings:
     amp: str
     device: str
     num_workers: int
-    lr_head: float = 1e-4
-    lr_backbone: float = 1e-5
+    lr_head: float
+    lr_backbone: float
     checkpoint_blocks: dict[str, int] = field(default_factory=dict)  # method -> first blocks checkpointed
     max_train_samples: int | None = None
     seed: int = 0
