@@ -294,21 +294,22 @@ def parameter_tables(rows: Iterable[Mapping], profile: str) -> dict[str, pd.Data
     by_id = {r["figure"]: r for r in rows}
     sections = {"lp": "s3.3", "ap": "s3.4", "ft4": "s3.5", "dora": "s3.6", "mtlora": "s3.6.1"}
 
+    def params_figure(method, column):  # accounting's row of a §3.3–3.6.1 count
+        return by_id[f"{sections[method]}/{method}_{column}"]
+
+    def table_4_3_figure(row):  # accounting's row of a Table 4.3 cell
+        return by_id["table4.3/gflops_zero_shot" if row == "gflops" else f"table4.3/{row}"]
+
     def params(method, column):
         if column == "percent":
             return 100 * params(method, "trainable") / params(method, "total")
-        return by_id[f"{sections[method]}/{method}_{column}"]["replicated"]
+        return params_figure(method, column)["replicated"]
 
-    def table_4_3(row, column):
-        key = "table4.3/gflops_zero_shot" if row == "gflops" else f"table4.3/{row}"
-        return by_id[key]["replicated"]
-
-    notes_3 = {(m, kind): by_id[f"{s}/{m}_{kind}"]["note"]
-               for m, s in sections.items() for kind in ("trainable", "total")}
-    notes_43 = {row: by_id["table4.3/gflops_zero_shot" if row == "gflops" else f"table4.3/{row}"]["note"]
-                for row in thesis.TABLE_4_3.rows}
+    notes_3 = {(m, kind): params_figure(m, kind)["note"] for m in sections for kind in ("trainable", "total")}
+    notes_43 = {row: table_4_3_figure(row)["note"] for row in thesis.TABLE_4_3.rows}
     return {"params": compare(thesis.PARAMS, params, profile, notes_3),
-            "4.3": compare(thesis.TABLE_4_3, table_4_3, profile, notes_43)}
+            "4.3": compare(thesis.TABLE_4_3, lambda row, column: table_4_3_figure(row)["replicated"], profile,
+                           notes_43)}
 
 
 def table_4_14(rows: Iterable[Mapping], scores_by_row: Mapping[str, Mapping[str, float]],
