@@ -287,20 +287,24 @@ def unmerge_adapters(model: nn.Module) -> nn.Module:
 _ADAPTER_KEYS = ("lora_a", "lora_b", "magnitude")
 
 
+def _adapter_tensors(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every adapter Parameter (A, B, DoRA magnitude), keyed as in model.state_dict()."""
+    return {f"{name}.{key}": getattr(m, key)
+            for name, m in adapter_modules(model) for key in _ADAPTER_KEYS if hasattr(m, key)}
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the adapter tensors (A, B, DoRA magnitudes), keyed as in model.state_dict().
 
     For L14 with rank 64 this is ~26M values (~100 MB fp32) instead of the 1.2 GB backbone.
     """
-    return {f"{name}.{key}": getattr(m, key).detach().clone()
-            for name, m in adapter_modules(model) for key in _ADAPTER_KEYS if hasattr(m, key)}
+    return {key: param.detach().clone() for key, param in _adapter_tensors(model).items()}
 
 
 @torch.no_grad()
 def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load tensors saved by adapter_state_dict into a model with the same adapters (unmerged)."""
-    expected = {f"{name}.{key}": getattr(m, key)
-                for name, m in adapter_modules(model) for key in _ADAPTER_KEYS if hasattr(m, key)}
+    expected = _adapter_tensors(model)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise KeyError(f"adapter state does not match the model: missing {missing[:5]}"
