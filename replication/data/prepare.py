@@ -230,20 +230,7 @@ def _prepare_locked(root: Path, out: Path, modes: dict[str, str], settings: dict
     _check_settings(out, settings)
     reads = {d: READERS[d](root / d) for d in modes}
     journal_path = out / "journal.jsonl"
-    done = {}  # crop path -> journal entry (source, box, notes), for crops finished by an earlier run
-    if journal_path.is_file():
-        for line_no, line in enumerate(read_text(journal_path, "the journal prepare writes").splitlines(), start=1):
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by an interrupted run: redo that crop
-                continue
-            if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
-                    and isinstance(entry.get("notes"), list)):
-                raise PreparedFolderError(
-                    f"{journal_path} line {line_no}: expected a crop's JSON object with its path, source, box and "
-                    f"notes, as prepare writes, got {line[:60]!r}; delete that line or the file: the crops they stood "
-                    "for are made again")
-            done[entry["path"]] = entry
+    done = _read_journal(journal_path)
 
     # record -> [skip reason or None, notes, reused]; keys are unique per dataset after this loop
     outcome: dict[tuple[str, str], list] = {}
@@ -300,6 +287,28 @@ def _prepare_locked(root: Path, out: Path, modes: dict[str, str], settings: dict
                            for d, res in reads.items()}}
     atomic_write_text(out / "report.json", json.dumps(report, indent=1))
     return report
+
+
+def _read_journal(path: Path) -> dict[str, dict]:
+    """Crop path -> journal entry (source, box, notes) of every crop an earlier run finished; empty without a
+    journal. A line cut short by an interrupted run is skipped (its crop is made again); any other line that is not
+    an entry prepare writes is a PreparedFolderError naming it."""
+    done = {}
+    if not path.is_file():
+        return done
+    for line_no, line in enumerate(read_text(path, "the journal prepare writes").splitlines(), start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by an interrupted run: redo that crop
+            continue
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                and isinstance(entry.get("notes"), list)):
+            raise PreparedFolderError(
+                f"{path} line {line_no}: expected a crop's JSON object with its path, source, box and "
+                f"notes, as prepare writes, got {line[:60]!r}; delete that line or the file: the crops they stood "
+                "for are made again")
+        done[entry["path"]] = entry
+    return done
 
 
 def crop_rel(r: Record) -> str:
