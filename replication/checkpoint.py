@@ -10,7 +10,8 @@ loads half a model; a vision tower of another known config is named.
 Renames bridge the layouts:
 * our blocks hold the fused q|k|v projection as an nn.Linear `attn.in_proj` (so adapters can wrap it,
   as the thesis's code does in its `migrate_weights`), Meta's as raw `attn.in_proj_weight` / `attn.in_proj_bias`;
-  the attention pooler keeps Meta's raw names (it is not adapted);
+  the attention pooler's fused in_proj keeps Meta's raw names (no adapter wraps it; its out_proj and MLP are
+  nn.Linear layers under Meta's names already);
 * timm's Eva port renames most modules and splits the pooler's in_proj into `q` and `kv` (timm's `eva.py`);
 * open_clip's `PE-Core-*` (Hugging Face `timm/PE-Core-*`, file `open_clip_model.safetensors`) is the whole
   CLIP: the timm tower under `visual.trunk.`, Meta's text keys under `text.`.
