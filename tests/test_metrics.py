@@ -122,3 +122,29 @@ def test_empty_inputs_are_refused():
         accuracy([], [])
     with pytest.raises(ValueError, match="no predictions for task 'age'"):
         summarize_predictions(_predictions([("u0", "utkface", "gender", 0, 0)]), tasks=("age",))
+
+
+def test_balanced_accuracy_averages_and_the_overall_average_differ_from_the_plain_ones():
+    """Every set below has accuracy != balanced accuracy, so an average built from the wrong one shows: the
+    §4 average balanced accuracy is the mean of the per-dataset balanced accuracies (VGGFace2 left out of age),
+    and the overall average is the mean of the task *accuracy* averages (scikit-learn as the oracle)."""
+    sets = {("age", "utkface"): ([0, 0, 0, 1], [0, 0, 0, 0]), ("age", "fairface"): ([2, 3, 3], [2, 2, 3]),
+            ("age", "vggface2"): ([4, 5, 5], [4, 4, 5]),
+            ("gender", "utkface"): ([0, 0, 0, 1], [0, 0, 0, 0]), ("gender", "fairface"): ([1, 1, 0], [1, 1, 1]),
+            ("gender", "vggface2"): ([0, 1, 1, 1], [0, 0, 1, 1]),
+            ("emotion", "rafdb"): ([3, 3, 3, 6], [3, 3, 3, 3])}
+    rows = [(f"{ds}{i}", ds, task, label, pred) for (task, ds), (labels, preds) in sets.items()
+            for i, (label, pred) in enumerate(zip(labels, preds))]
+    res = summarize_predictions(_predictions(rows))
+    averaged = {"age": ("utkface", "fairface"), "gender": ("utkface", "fairface", "vggface2"), "emotion": ("rafdb",)}
+    acc_avg = {}
+    for task, datasets in averaged.items():
+        accs = [skm.accuracy_score(*sets[task, ds]) for ds in datasets]
+        bals = [skm.balanced_accuracy_score(*sets[task, ds]) for ds in datasets]
+        assert abs(np.mean(accs) - np.mean(bals)) > 0.05  # the two averages are told apart here
+        assert res["tasks"][task]["average_balanced_accuracy"] == pytest.approx(np.mean(bals))
+        assert res["tasks"][task]["average_accuracy"] == pytest.approx(np.mean(accs))
+        acc_avg[task] = np.mean(accs)
+    assert res["tasks"]["age"]["datasets"]["vggface2"]["balanced_accuracy"] == pytest.approx(
+        skm.balanced_accuracy_score(*sets["age", "vggface2"]))
+    assert res["overall_average_accuracy"] == pytest.approx(np.mean(list(acc_avg.values())))
