@@ -1218,6 +1218,23 @@ def test_single_task_sampling_weights_average_every_label_a_row_has():
     np.testing.assert_allclose(weights, expected + [emotion[1]], rtol=1e-12)
 
 
+def test_emotion_replication_takes_the_configured_share():
+    """§3.7.2 replicates the emotion rows of a multi-task run to about a third of the training set; --emotion-share
+    changes that third. 4 emotion rows among 16: a half needs 3 copies (12 of 24), a third 2 (8 of 20, nearer
+    1/3 than 1 copy's 4 of 16); the oracle tries every whole number of copies."""
+    frame = pd.DataFrame({"age": [1] * 12 + [-1] * 4, "gender": [0, 1] * 6 + [-1] * 4,
+                          "emotion": [-1] * 12 + [0, 1, 2, 3]})
+
+    def copies(share):
+        return min(range(1, 20), key=lambda k: abs(4 * k / (4 * k + 12) - share))
+
+    assert (copies(0.5), copies(1 / 3)) == (3, 2)
+    for share in (0.5, 1 / 3):
+        cfg = TrainConfig(method="dora", tasks=tuple(TASKS), weighting="uw", emotion_share=share)
+        rows = engine.TrainingSet(cfg, frame).rows
+        assert np.bincount(rows, minlength=16).tolist() == [1] * 12 + [copies(share)] * 4
+
+
 def test_validation_accuracy_is_pooled_over_the_validation_datasets():
     """A task's validation accuracy counts every labelled row once, whatever dataset it came from (3 of 4
     right: 0.75, where the mean of the two datasets' accuracies would be 0.5)."""
