@@ -240,3 +240,28 @@ def test_heads_read_proj_output_but_mtlora_heads_read_the_pooled_width():
         assert all(h[0].num_features == dim for h in model.heads.values())
         logits = model(torch.randn(2, 3, 24, 24))
         assert {t: v.shape for t, v in logits.items()} == {t: (2, NUM_CLASSES[t]) for t in ALL}
+
+
+def test_bn_head_statistics_and_eval_output_match_hand_computation():
+    """§3.4 BN head, BatchNorm1d with torch's defaults (as the thesis's code): one training batch moves the running
+    statistics by momentum 0.1 (unbiased variance), and eval mode normalises with them (eps 1e-5) before the
+    deeper head: Linear(d, C)(GELU(Linear(d, d) BN(x)))."""
+    import math
+
+    torch.manual_seed(0)
+    head = DeepHead(6, 3, use_bn=True).double()
+    with torch.no_grad():
+        head[0].weight.normal_(1, 0.3)
+        head[0].bias.normal_(0, 0.5)
+    x = torch.randn(16, 6, dtype=torch.float64) * 2 + 1
+    head.train()
+    head(x)
+    mean, var = x.mean(0), x.var(0, unbiased=True)
+    torch.testing.assert_close(head[0].running_mean, 0.1 * mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(head[0].running_var, 0.9 + 0.1 * var, rtol=1e-12, atol=1e-12)
+    head.eval()
+    z = torch.randn(4, 6, dtype=torch.float64)
+    n = (z - 0.1 * mean) / torch.sqrt(0.9 + 0.1 * var + 1e-5) * head[0].weight + head[0].bias
+    h = n @ head[2].weight.T + head[2].bias
+    h = h * 0.5 * (1 + torch.erf(h / math.sqrt(2)))
+    torch.testing.assert_close(head(z), h @ head[4].weight.T + head[4].bias, rtol=1e-12, atol=1e-12)
