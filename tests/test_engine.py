@@ -1124,6 +1124,19 @@ def test_lp_trains_on_augmented_images_unless_asked_to_cache(prepared, tmp_path)
     assert not trainer.cached
     images, _ = next(trainer._batches(None))  # the training loader's images, not cached embeddings
     assert images.shape == (8, 3, 64, 64)
+    # the first image is the first draw's crop through Listing 3.1 under the draw's own seed, not the plain
+    # evaluation resize
+    from replication.transforms import eval_transform, train_transform
+
+    indices, seeds = trainer.sampler.draws()
+    row = int(trainer.train_set.rows[int(indices[0])])
+    with Image.open(Path(prepared) / trainer.train_set.frame["path"][row]) as image:
+        image = image.convert("RGB")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seeds[0]))
+        augmented = train_transform(64)(image)
+    torch.testing.assert_close(images[0], augmented)
+    assert (images[0] - eval_transform(64)(image)).abs().max() > 0.1
 
 
 def test_lp_embeddings_are_computed_once(prepared, tmp_path, monkeypatch):
