@@ -883,7 +883,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--loader-batches", type=number(int, 0), default=0,
                    help="batches loaded (0: 4 x workers); the first max(workers, 1) are not timed")
     p.add_argument("--out", type=Path, default=None,
-                   help="JSON path (default benchmarks/results/bench-<device>-<date>.json)")
+                   help="JSON path (default benchmarks/results/bench-<device>-<date-time>.json)")
     p.add_argument("--project", type=Path, nargs=2, metavar=("SMALL.json", "LARGE.json"),
                    help="measure nothing: project the saved activations of two results to --batch")
     p.add_argument("--plan-checkpointing", type=Path, nargs=2, metavar=("OFF.json", "ALL.json"),

@@ -3,6 +3,7 @@ import argparse
 import importlib
 import importlib.util
 import math
+import re
 import shlex
 from pathlib import Path
 
@@ -69,10 +70,9 @@ def _parser_of(cli, monkeypatch) -> argparse.ArgumentParser:
     return got.value.args[0]
 
 
-def _readme_commands() -> list[str]:
-    """Every full `python3 -m replication ...` line of the READMEs' code blocks: continuations joined, `&&` chains
-    split, shell variables (`B="..."`, then `$B ...`) expanded, comments dropped; synopsis lines (`[...]`, `a|b`)
-    left out."""
+def _readme_commands(prefix: str = "python3 -m replication") -> list[str]:
+    """Every full ``prefix ...`` line of the READMEs' code blocks: continuations joined, `&&` chains split, shell
+    variables (`B="..."`, then `$B ...`) expanded, comments dropped; synopsis lines (`[...]`, `a|b`) left out."""
     root = Path(__file__).resolve().parents[1]
     commands = []
     for readme in (root / "README.md", root / "benchmarks" / "README.md"):
@@ -89,7 +89,7 @@ def _readme_commands() -> list[str]:
                     line = line.replace(f"${name}", value)
                 for part in line.split("&&"):
                     part = part.strip()
-                    if part.startswith("python3 -m replication") and "[" not in part and "|" not in part:
+                    if part.startswith(prefix) and "[" not in part and "|" not in part:
                         commands.append(part)
     return commands
 
@@ -110,6 +110,44 @@ def test_every_command_line_the_readmes_show_is_accepted(monkeypatch):
         cli = importlib.import_module(COMMANDS[argv[0]][0]).cli
         with pytest.raises(_Parsed):
             cli(argv[1:])
+
+
+def _peft_compare():
+    """benchmarks/peft_compare.py as a module (a script beside the library, which imports peft)."""
+    pytest.importorskip("peft")
+    spec = importlib.util.spec_from_file_location(
+        "peft_compare", Path(__file__).resolve().parents[1] / "benchmarks" / "peft_compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_peft_compare_line_the_readmes_show_is_accepted(monkeypatch):
+    """The READMEs' `python3 benchmarks/peft_compare.py ...` lines, as the `python3 -m replication` ones above."""
+    commands = _readme_commands("python3 benchmarks/peft_compare.py")
+    assert len(commands) >= 2 and any("--checkpoint-blocks profile" in c for c in commands)
+    main = _peft_compare().main
+    original = argparse.ArgumentParser.parse_args
+
+    def parsed(self, *args, **kwargs):
+        raise _Parsed(original(self, *args, **kwargs))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parsed)
+    for line in commands:
+        with pytest.raises(_Parsed):
+            main(shlex.split(line)[2:])
+
+
+def test_the_readmes_name_gpu_sh_s_steps_in_its_order():
+    """What `bash benchmarks/gpu.sh` runs, and in which order, as both READMEs list it: the step names a reader
+    passes to it (a renamed or reordered step would leave them wrong)."""
+    root = Path(__file__).resolve().parents[1]
+    steps = re.search(r'^STEPS="([^"]+)"', (root / "benchmarks" / "gpu.sh").read_text(), re.M).group(1).split()
+    bench_readme = (root / "benchmarks" / "README.md").read_text()
+    assert f"name some: {' '.join(steps)}" in bench_readme
+    assert re.findall(r"^\| `([a-z-]+)` \| `", bench_readme, re.M) == steps  # the table of steps
+    order = (root / "README.md").read_text().split("Its steps, in the order it runs them:")[1].split(". The ")[0]
+    assert re.findall(r"`([a-z-]+)`\s+(?:measures|times|turns|runs)", order) == steps
 
 
 def test_every_option_of_every_command_has_help_and_its_default(monkeypatch):

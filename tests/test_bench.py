@@ -159,6 +159,20 @@ def test_json_records_the_run(result):
         METHODS) - {"lp"}
 
 
+def test_the_out_help_names_the_default_path_bench_writes(capsys, monkeypatch):
+    """`--help` said bench-<device>-<date>.json while the default file is named to the second (result_path), as
+    peft_compare's help and benchmarks/README.md say."""
+    import re
+
+    import replication.bench as bench
+    monkeypatch.setenv("COLUMNS", "10000")  # one line per option
+    with pytest.raises(SystemExit):
+        cli(["--help"])
+    assert "(default benchmarks/results/bench-<device>-<date-time>.json)" in capsys.readouterr().out
+    path = bench.result_path("bench", torch.device("cpu"))
+    assert path.parent == bench.RESULTS and re.fullmatch(r"bench-[a-z0-9-]+-\d{8}-\d{6}\.json", path.name), path
+
+
 def test_unknown_method_is_rejected(capsys):
     with pytest.raises(SystemExit):
         cli(["--methods", "lora,qlora", "--device", "cpu"])
