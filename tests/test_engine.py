@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from replication import engine, runs
 from replication.checkpoint import CheckpointError
 from replication.engine import TrainConfig
 from replication.labels import TASKS
+from replication.losses import make_weighting
 from replication.runs import load_run, run
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -56,6 +58,13 @@ def test_multitask_run_writes_run_folder_and_is_not_retrained(prepared, tmp_path
     first = result.epochs[0]
     assert set(first["val_accuracy"]) == {"age", "gender", "emotion"}
     assert set(first["log_variances"]) == {"age", "gender", "emotion"}  # UW s_k logged each epoch (Fig 4.1)
+    # the s_k are trained (they leave their start at 0 from the first epoch on), the last epoch logs those of last.pt,
+    # and each task weight is e^{-s_k}
+    assert all(s != 0 for s in first["log_variances"].values())
+    trained = torch.load(folder / "last.pt", weights_only=False)["weighting"]["log_vars"].double()
+    assert result.epochs[-1]["log_variances"] == dict(zip(cfg.tasks, trained.tolist()))
+    assert result.epochs[-1]["task_weights"] == pytest.approx({t: math.exp(-s) for t, s in
+                                                               zip(cfg.tasks, trained.tolist())}, rel=1e-12)
     assert first["lr"]["uncertainty_weighting"] == cfg.lr_head
     # predictions: one row per test image and task, only on that task's test sets
     p = result.predictions
@@ -745,6 +754,91 @@ def test_uw_log_variances_stay_out_of_weight_decay(prepared, tmp_path):
     assert len(params) == len({id(p) for p in params}) and {id(p) for p in params} == {id(p) for p in trainable}
 
 
+class _Heads(torch.nn.Module):
+    """An Objective's model without an encoder: one linear head per task on 5 input features."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads = torch.nn.ModuleDict({"age": torch.nn.Linear(5, 9), "gender": torch.nn.Linear(5, 2),
+                                          "emotion": torch.nn.Linear(5, 7)})
+
+    def forward(self, x):
+        return {t: head(x) for t, head in self.heads.items()}
+
+
+_X = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+# (age, gender, emotion) of 8 rows: age labelled in 5, gender in 2, emotion in 3; and a batch without emotion labels
+_LABELS_ALL = [[3, -1, -1], [0, 1, -1], [8, -1, -1], [5, 0, -1], [1, -1, -1], [-1, -1, 6], [-1, -1, 2], [-1, -1, 0]]
+_LABELS_NO_EMOTION = [[3, -1, -1], [0, 1, -1], [8, -1, -1], [5, 0, -1], [1, -1, -1], [2, -1, -1], [-1, 1, -1],
+                      [7, -1, -1]]
+
+
+def _ce(logits, y):
+    """float64 hand computation of -log softmax(logits)[y]."""
+    logits = [float(v) for v in logits.detach()]
+    m = max(logits)
+    return -(logits[y] - m - math.log(sum(math.exp(v - m) for v in logits)))
+
+
+def _masked_means(logits, labels):
+    """§3.7.1 by hand: per task, the mean cross-entropy over the rows labelled for it (0 without any)."""
+    out = {}
+    for i, t in enumerate(TASKS):
+        rows = [r for r, row in enumerate(labels) if row[i] != -1]
+        out[t] = sum(_ce(logits[t][r], labels[r][i]) for r in rows) / len(rows) if rows else 0.0
+    return out
+
+
+def test_a_task_s_loss_is_the_mean_over_its_labelled_rows_only():
+    """§3.7.1 in one process: of 8 rows, age is labelled in 5, gender in 2 and emotion in 3; each task's loss is
+    the mean cross-entropy over its own labelled rows (not over the 8 rows, nor over all 10 labels), and so is
+    its gradient (s = 0: every uncertainty weight is 1)."""
+    objective = engine.Objective(_Heads(), make_weighting("uw", tuple(TASKS)), cached=False)
+    total, losses = objective(_X, torch.tensor(_LABELS_ALL))
+    logits = objective.model(_X)
+    expected = _masked_means(logits, _LABELS_ALL)
+    for t in TASKS:
+        assert abs(losses[t].item() - expected[t]) < 1e-6, t
+    assert abs(total.item() - sum(expected.values())) < 1e-5
+    total.backward()
+    # d/dW of the mean over the n labelled rows r: sum_r (softmax(z_r) - onehot(y_r)) x_r^T / n
+    for i, t in enumerate(TASKS):
+        rows = [r for r, row in enumerate(_LABELS_ALL) if row[i] != -1]
+        z = logits[t][rows].detach().double()
+        y = torch.tensor([_LABELS_ALL[r][i] for r in rows])
+        delta = torch.softmax(z, 1) - torch.nn.functional.one_hot(y, z.shape[1]).double()
+        head = objective.model.heads[t]
+        torch.testing.assert_close(head.weight.grad.double(), delta.T @ _X[rows].double() / len(rows),
+                                   rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(head.bias.grad.double(), delta.sum(0) / len(rows), rtol=1e-5, atol=1e-7)
+
+
+def test_uw_leaves_a_task_without_labels_in_the_batch_out_of_the_loss():
+    """§3.7.3 through the engine's Objective in one process: a batch without any emotion label adds neither
+    e^{-s} L nor s / 2 for emotion to the uncertainty-weighted loss, so s_emotion gets no gradient (and its
+    AdamW step, without weight decay, leaves it as it was); age and gender keep both terms."""
+    objective = engine.Objective(_Heads(), make_weighting("uw", tuple(TASKS)), cached=False)
+    s = [0.3, -0.2, 0.5]
+    with torch.no_grad():
+        objective.weighting.log_vars.copy_(torch.tensor(s))
+    total, losses = objective(_X, torch.tensor(_LABELS_NO_EMOTION))
+    L = _masked_means(objective.model(_X), _LABELS_NO_EMOTION)
+    assert losses["emotion"].item() == 0.0 and L["emotion"] == 0.0
+    expected = sum(math.exp(-s[i]) * L[t] + s[i] / 2 for i, t in enumerate(("age", "gender")))
+    assert abs(total.item() - expected) < 1e-6
+    total.backward()
+    grad = objective.weighting.log_vars.grad
+    for i, t in enumerate(("age", "gender")):  # d/ds (e^{-s} L + s/2) = -e^{-s} L + 1/2
+        assert abs(grad[i].item() - (-math.exp(-s[i]) * L[t] + 0.5)) < 1e-6, t
+    assert grad[2].item() == 0.0
+    assert not any(p.grad.any() for p in objective.model.heads["emotion"].parameters())
+    optimizer = torch.optim.AdamW([objective.weighting.log_vars], lr=0.1, weight_decay=0.0)
+    optimizer.step()
+    assert objective.weighting.log_vars[2].item() == 0.5
+    assert objective.weighting.log_vars[0].item() != 0.3
+
+
 def test_the_lr_schedule_floors_each_group_at_0_009_of_its_starting_rate(prepared, tmp_path):
     """ReduceLROnPlateau (factor 0.1, patience 5, §3.1) with the thesis's code's floor: 30 epochs without
     improvement take each group from its rate to 0.009 x it (two cuts of 10x, then the floor), no lower."""
@@ -846,16 +940,66 @@ def test_single_task_selects_on_accuracy_stops_and_cuts_the_lr_on_loss(prepared,
     assert [o[3] for o in out] == pytest.approx([lr] * 9 + [0.1 * lr])
 
 
-def test_ema_weights_of_an_epoch_are_the_inverse_ema_losses_at_the_previous_epoch_end(prepared, tmp_path):
+def test_ema_weights_of_an_epoch_are_the_inverse_ema_losses_at_the_previous_epoch_end(prepared, tmp_path,
+                                                                                      monkeypatch):
     """§3.7.3 EMA weighting inside the training loop: lambda_k = 1 / L~_k, frozen at each epoch's start from the
-    EMA of the previous epoch (as metrics.jsonl logs it); the first epoch is the plain sum."""
+    EMA of the previous epoch (as metrics.jsonl logs it); the first epoch is the plain sum. The EMA logged at each
+    epoch's end is the hand recursion over every step's task losses so far (beta = 0.95, started at the first
+    observation), a step whose batch has no label of a task skipped for it; the train loss, the epoch's mean
+    over the batches that hold a label of the task."""
+    steps, real = [], engine.train_step
+
+    def spy(objective, optimizer, scaler, inputs, targets, autocast):
+        losses = real(objective, optimizer, scaler, inputs, targets, autocast)
+        steps.append(({t: float(v) for t, v in losses.items()}, (targets != -1).any(0).tolist()))
+        return losses
+
+    monkeypatch.setattr(engine, "train_step", spy)
     trainer = engine.Trainer(_cfg(prepared, tmp_path, weighting="ema", max_epochs=3))
     trainer.fit()
     epochs = trainer.progress.history
     assert epochs[0]["task_weights"] == {t: 1.0 for t in TASKS}
     for before, after in zip(epochs, epochs[1:]):
         assert after["task_weights"] == pytest.approx({t: 1 / before["ema_losses"][t] for t in TASKS}, rel=1e-12)
-        assert after["ema_losses"] != before["ema_losses"]
+    n = trainer.steps_per_epoch
+    assert len(steps) == 3 * n and not all(all(present) for _, present in steps)  # a batch without some task
+    ema = {}
+    for e, record in enumerate(epochs):
+        seen = {}
+        for losses, present in steps[e * n:(e + 1) * n]:
+            for t, there in zip(TASKS, present):
+                if there:
+                    ema[t] = 0.95 * ema[t] + 0.05 * losses[t] if t in ema else losses[t]
+                    seen.setdefault(t, []).append(losses[t])
+        assert record["ema_losses"] == pytest.approx(ema, rel=1e-12), e
+        assert record["train_loss"] == pytest.approx({t: sum(v) / len(v) for t, v in seen.items()}, rel=1e-12), e
+
+
+def test_ema_skips_a_task_without_labels_in_a_step_s_batch(prepared, tmp_path):
+    """§3.7.3 EMA through the engine's step in one process: a step whose batch holds no emotion label is no
+    observation of the emotion loss (its masked loss is an exact 0), so emotion's running loss, its train loss and
+    the weight frozen from it at the next epoch start stay those of the step before; age and gender, labelled in
+    some rows of either batch, are observed both times (beta = 0.95, the first observation as the start)."""
+    trainer = engine.Trainer(_cfg(prepared, tmp_path, method="lp", weighting="ema"))
+    images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    observed = []
+    for labels in (_LABELS_ALL, _LABELS_NO_EMOTION):
+        targets = torch.tensor(labels)
+        losses = engine.train_step(trainer.objective, trainer.optimizer, trainer.scaler, images, targets,
+                                   trainer.autocast)
+        trainer._observe(losses, targets)
+        observed.append({t: float(v) for t, v in losses.items()})
+    first, second = observed
+    assert second["emotion"] == 0.0 and first["emotion"] > 0
+    ema = trainer.weighting.log()["ema_losses"]
+    assert ema["emotion"] == first["emotion"]
+    for t in ("age", "gender"):
+        assert ema[t] == pytest.approx(0.95 * first[t] + 0.05 * second[t], rel=1e-12), t
+    assert trainer.progress.loss_sums == {"age": [first["age"] + second["age"], 2],
+                                          "gender": [first["gender"] + second["gender"], 2],
+                                          "emotion": [first["emotion"], 1]}
+    trainer.weighting.start_epoch()
+    assert trainer.weighting.log()["task_weights"] == pytest.approx({t: 1 / ema[t] for t in TASKS}, rel=1e-12)
 
 
 def test_every_module_trains_in_training_mode(prepared, tmp_path, monkeypatch):
@@ -1152,6 +1296,17 @@ def test_lp_embeddings_are_computed_once(prepared, tmp_path, monkeypatch):
     assert trainer.cached and sum(embedded) == 48 + 12
     epochs = [json.loads(line) for line in (trainer.dir / "metrics.jsonl").read_text().splitlines()]
     assert len(epochs) == 3 and epochs[0]["train_loss"] != epochs[2]["train_loss"]
+    # what is cached, row for row: the frozen encoder's eval-mode embeddings of each crop's plain evaluation resize
+    # (the speed option leaves out §3.1's augmentation), for the training rows and the validation rows alike
+    train, val = trainer._cache()
+    for cache, frame in ((train, trainer.train_set.frame), (val, trainer.val_frame)):
+        rows = [0, 1, len(frame) - 1]
+        images = torch.stack([engine.eval_transform(64)(Image.open(prepared / frame["path"][r]).convert("RGB"))
+                              for r in rows])
+        with torch.no_grad():
+            expected = trainer.model.eval().embed(images)
+        for t in TASKS:
+            torch.testing.assert_close(cache[t][rows], expected[t])
 
 
 def test_zero_shot_run_writes_predictions_without_training(prepared, tmp_path, monkeypatch):
