@@ -274,8 +274,10 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=positive_int, default=DEFAULTS["steps"], help="optimiser steps")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"],
                         help="image-caption pairs per step")
-    parser.add_argument("--lr", type=number(float, 0, above=True), default=DEFAULTS["lr"], help="peak AdamW learning rate")
-    parser.add_argument("--seed", type=number(int, 0), default=DEFAULTS["seed"], help="seed of the initialisation and the batches")
+    parser.add_argument("--lr", type=number(float, 0, above=True), default=DEFAULTS["lr"],
+                        help="peak AdamW learning rate")
+    parser.add_argument("--seed", type=number(int, 0), default=DEFAULTS["seed"],
+                        help="seed of the initialisation and the batches")
     args = parser.parse_args(argv)
     if args.prepared.is_file():  # the help below would make the crops in it
         print(f"pretrain: error: {prepared_file_error(args.prepared)}", file=sys.stderr)
